@@ -1,0 +1,43 @@
+# `make demo`: all set-up, then the main job on embedded defaults (SQLite instance, local files).
+# `make test`: all set-up, then the tests. Both are idempotent: a second run skips finished set-up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+export PYTHONUNBUFFERED := 1
+DEMO_SHARD_SIZE ?= 2000
+
+.PHONY: setup demo test dev bench bench-gpu clean-outputs lock
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[demo,test]'
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+data/demo_corpus/.demo_version: curation/demo_corpus.py | $(VENV)/.installed
+	$(PY) -m curation.demo_corpus --corpus data/demo_corpus --fewshot data/demo_fewshot
+
+demo: setup data/demo_corpus/.demo_version
+	$(VENV)/bin/dagster instance concurrency set gpu $$($(PY) -c "import torch; print(max(1, torch.cuda.device_count()))") >/dev/null
+	$(PY) -m orchestration.cli run --source demo=data/demo_corpus --shard-size $(DEMO_SHARD_SIZE)
+
+test: setup
+	bash scripts/ensure_chromium.sh
+	$(PY) -m pytest -q -p no:cacheprovider
+
+dev: setup
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+bench: setup
+	$(PY) -m bench.suite
+
+clean-outputs:
+	rm -rf data/outputs $(DAGSTER_HOME)

@@ -1,0 +1,114 @@
+"""Data-quality gates on every stage. Blocking checks stop downstream stages of the same run when a
+bad output would poison them; their results appear on each asset's Checks tab in the UI."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from curation import storage
+from partitions.shards import SHARDS
+from resources.corpus import CorpusResource
+
+
+def _read(corpus: CorpusResource, stage: str, shard: str, columns: list[str] | None = None) -> pl.DataFrame:
+    return storage.read_parquet(corpus.stage_uri(stage, shard), columns=columns)
+
+
+def _dupes(df: pl.DataFrame) -> int:
+    return int(len(df) - df["image_id"].n_unique())
+
+
+@dg.asset_check(asset="raw_inventory", blocking=True, partitions_def=SHARDS,
+                description="One inventory row per manifest entry (never fewer), and no duplicate ids.")
+def inventory_matches_manifest(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    manifest = corpus.registry().manifest(shard)
+    inv = _read(corpus, "raw_inventory", shard, ["image_id", "error_code"])
+    missing = set(manifest["image_id"]) - set(inv["image_id"])
+    return dg.AssetCheckResult(
+        passed=len(inv) == len(manifest) and not missing and _dupes(inv) == 0,
+        metadata={"manifest_rows": len(manifest), "inventory_rows": len(inv), "missing": len(missing),
+                  "duplicate_ids": _dupes(inv)},
+    )
+
+
+@dg.asset_check(asset="dedup_clusters", blocking=True, partitions_def=SHARDS,
+                description="Every cluster's representative exists (in this shard or an earlier one) and ids are unique.")
+def dedup_representatives_exist(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    df = _read(corpus, "dedup_clusters", shard)
+    local = df.filter(pl.col("rep_shard") == shard)
+    reps_here = set(df.filter(pl.col("is_representative"))["image_id"])
+    missing_local = set(local["cluster_id"]) - reps_here
+    earlier = df.filter(pl.col("rep_shard") != shard)
+    missing_earlier = 0
+    for rep_shard, group in earlier.group_by("rep_shard"):
+        rep_shard = rep_shard[0]
+        uri = corpus.stage_uri("dedup_clusters", rep_shard)
+        other = storage.read_parquet(uri, columns=["image_id", "is_representative"]).filter(pl.col("is_representative"))
+        missing_earlier += len(set(group["cluster_id"]) - set(other["image_id"]))
+    one_rep = df.filter(pl.col("is_representative")).group_by("cluster_id").len()["len"].max() or 0
+    return dg.AssetCheckResult(
+        passed=not missing_local and missing_earlier == 0 and _dupes(df) == 0 and one_rep <= 1,
+        metadata={"clusters_without_representative": len(missing_local) + missing_earlier,
+                  "duplicate_ids": _dupes(df), "max_representatives_per_cluster": int(one_rep)},
+    )
+
+
+@dg.asset_check(asset="curated_images", blocking=True, partitions_def=SHARDS,
+                description="Every inventory row has a decision; every reject has at least one reason; kept images are representatives.")
+def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    cur = _read(corpus, "curated_images", shard)
+    inv = _read(corpus, "raw_inventory", shard, ["image_id"])
+    no_reason = int(cur.filter(~pl.col("keep") & (pl.col("reasons").list.len() == 0)).height)
+    return dg.AssetCheckResult(
+        passed=len(cur) == len(inv) and no_reason == 0 and _dupes(cur) == 0,
+        metadata={"rows": len(cur), "inventory_rows": len(inv), "rejects_without_reason": no_reason},
+    )
+
+
+@dg.asset_check(asset="image_embeddings", blocking=True, partitions_def=SHARDS,
+                description="One finite, unit-norm vector of the model's dimension per kept image.")
+def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    emb = _read(corpus, "image_embeddings", shard)
+    kept = _read(corpus, "curated_images", shard, ["image_id", "keep"]).filter(pl.col("keep"))
+    if len(emb) == 0:
+        return dg.AssetCheckResult(passed=len(kept) == 0, metadata={"rows": 0, "kept": len(kept)})
+    mat = np.asarray(emb["embedding"].to_list(), dtype=np.float32)
+    norms = np.linalg.norm(mat, axis=1)
+    dims = {len(v) for v in emb["embedding"].to_list()[:1000]}
+    finite = bool(np.isfinite(mat).all())
+    unit = bool(np.all(np.abs(norms - 1.0) < 1e-2))
+    return dg.AssetCheckResult(
+        passed=finite and unit and len(dims) == 1 and len(emb) == len(kept) and _dupes(emb) == 0,
+        metadata={"rows": len(emb), "kept": len(kept), "dims": str(sorted(dims)), "finite": finite,
+                  "max_norm_error": float(np.max(np.abs(norms - 1.0)))},
+    )
+
+
+@dg.asset_check(asset="image_classifications", blocking=False, partitions_def=SHARDS,
+                description="Probabilities lie in [0, 1]; top-k probabilities sum to at most 1 (to 1 over all labels).")
+def classification_probabilities(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
+    shard = context.partition_key
+    df = _read(corpus, "image_classifications", shard)
+    bad = 0
+    if len(df) and df["zs_topk_probs"].null_count() < len(df):
+        sums = df.select(pl.col("zs_topk_probs").list.sum()).to_series().drop_nulls()
+        bad += int(((sums > 1.0 + 1e-3) | (sums < 0)).sum())
+    for col in ("zs_prob", "fs_prob"):
+        s = df[col].drop_nulls()
+        bad += int(((s < 0) | (s > 1 + 1e-6)).sum())
+    return dg.AssetCheckResult(passed=bad == 0, metadata={"rows": len(df), "violations": bad})
+
+
+ALL_CHECKS = [
+    inventory_matches_manifest,
+    dedup_representatives_exist,
+    curated_decisions_complete,
+    embeddings_valid,
+    classification_probabilities,
+]

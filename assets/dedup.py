@@ -1,0 +1,78 @@
+"""Stage 2, `dedup_clusters`: exact and near duplicates within the shard and against every earlier shard."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets._common import OWNERS, counts_md, make_config
+from assets.inventory import raw_inventory
+from curation import storage
+from partitions.shards import SHARDS, ShardRegistry
+from resources.corpus import CorpusResource, StageSettings
+
+# Dedup of shard N reads the dedup index of shards 1..N-1. In a parallel backfill an earlier shard
+# may not be done yet: the step then fails with a clear message and retries with backoff, so the
+# result never depends on the order in which shards happened to run.
+WAIT_FOR_EARLIER = dg.RetryPolicy(max_retries=8, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: str) -> pl.DataFrame | None:
+    earlier = registry.earlier_keys(shard)
+    frames, missing = [], []
+    for key in earlier:
+        uri = corpus.stage_uri("dedup_index", key)
+        if not storage.exists(uri):
+            missing.append(key)
+            continue
+        frames.append(storage.read_parquet(uri))
+    if missing:
+        raise dg.Failure(
+            f"dedup of {shard} compares against every earlier shard, but {len(missing)} earlier shard(s) "
+            f"have no dedup index yet: {missing[:10]}{'...' if len(missing) > 10 else ''}. Materialise "
+            "dedup_clusters for them first (this step retries automatically in backfills)."
+        )
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+
+@dg.asset(
+    partitions_def=SHARDS,
+    deps=[raw_inventory],
+    group_name="dedup",
+    kinds={"python", "polars", "parquet"},
+    owners=OWNERS,
+    retry_policy=WAIT_FOR_EARLIER,
+    description=(
+        "Exact (sha256) and near (perceptual-hash) duplicate clusters, within the shard and against every "
+        "earlier shard, with one deterministic representative per cluster (see README 'Dedup')."
+    ),
+)
+def dedup_clusters(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
+    from curation.dedup import DedupConfig, dedup_shard
+
+    shard = context.partition_key
+    registry = corpus.registry()
+    inventory = storage.read_parquet(corpus.stage_uri("raw_inventory", shard))
+    earlier = load_earlier_index(corpus, registry, shard)
+    cfg = make_config(DedupConfig, settings.dedup)
+    clusters, index = dedup_shard(inventory, earlier, cfg)
+    if len(clusters) != len(inventory):
+        raise dg.Failure(f"dedup returned {len(clusters)} rows for {len(inventory)} inventory rows")
+    uri = corpus.stage_uri("dedup_clusters", shard)
+    storage.write_parquet(clusters, uri)
+    storage.write_parquet(index, corpus.stage_uri("dedup_index", shard))
+    kinds = dict(clusters.group_by("dup_kind").len().iter_rows())
+    sizes = clusters.group_by("cluster_id").len()
+    cross = int((clusters["rep_shard"] != clusters["shard"]).fill_null(False).sum())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(clusters),
+            "path": dg.MetadataValue.path(uri),
+            "clusters": int(sizes.height),
+            "largest_cluster": int(sizes["len"].max() or 0),
+            "duplicates": int((~clusters["is_representative"]).sum()),
+            "cross_shard_duplicates": cross,
+            "earlier_shards_compared": len(registry.earlier_keys(shard)),
+            "by_kind": counts_md({str(k): int(v) for k, v in kinds.items()}, ("kind", "images")),
+        }
+    )

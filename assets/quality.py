@@ -1,0 +1,49 @@
+"""Stage 3, `curated_images`: the quality-filtered set, with every reject's reasons."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets._common import OWNERS, RETRY, counts_md
+from assets.dedup import dedup_clusters
+from assets.inventory import raw_inventory
+from curation import storage
+from curation.quality import QualityConfig, evaluate, reject_counts
+from partitions.shards import SHARDS
+from resources.corpus import CorpusResource, StageSettings
+
+
+@dg.asset(
+    partitions_def=SHARDS,
+    deps=[raw_inventory, dedup_clusters],
+    group_name="curation",
+    kinds={"python", "polars", "parquet"},
+    owners=OWNERS,
+    retry_policy=RETRY,
+    description=(
+        "Cluster representatives that pass the configurable checks (size, aspect ratio, brightness, "
+        "contrast, entropy, sharpness); every other image with all of its reasons."
+    ),
+)
+def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
+    shard = context.partition_key
+    try:
+        cfg = QualityConfig.from_overrides(settings.quality)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from exc
+    inventory = storage.read_parquet(corpus.stage_uri("raw_inventory", shard))
+    clusters = storage.read_parquet(corpus.stage_uri("dedup_clusters", shard))
+    curated = evaluate(inventory, clusters, cfg)
+    uri = corpus.stage_uri("curated_images", shard)
+    storage.write_parquet(curated, uri)
+    kept = int(curated["keep"].sum())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(curated),
+            "path": dg.MetadataValue.path(uri),
+            "kept": kept,
+            "rejected": len(curated) - kept,
+            "keep_rate": round(kept / max(1, len(curated)), 4),
+            "rejects_by_reason": counts_md(reject_counts(curated)),
+        }
+    )

@@ -1,0 +1,104 @@
+"""Column contracts of every table the pipeline writes.
+
+Each stage writes one Parquet file per shard with exactly these columns (polars dtypes). The
+contracts live here so that the stage code, the asset checks and the tests agree on one definition.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+# A shard manifest: the fixed membership of one shard, written once when the shard is registered.
+MANIFEST_SCHEMA: dict[str, pl.DataType] = {
+    "image_id": pl.String,  # 16 hex chars of sha1(uri): stable, unique within a corpus
+    "uri": pl.String,  # absolute local path or s3://bucket/key
+    "rel_path": pl.String,  # path relative to the source root (what reports show)
+    "listed_bytes": pl.Int64,  # size seen when listing
+    "listed_mtime": pl.Float64,  # mtime seen when listing (unix seconds), null on S3 when unknown
+}
+
+# raw_inventory: one row per manifest row, never fewer.
+INVENTORY_SCHEMA: dict[str, pl.DataType] = {
+    "image_id": pl.String,
+    "uri": pl.String,
+    "rel_path": pl.String,
+    "shard": pl.String,
+    "bytes": pl.Int64,  # bytes actually read (null when the file could not be read)
+    "mtime": pl.Float64,
+    "sha256": pl.String,  # hex digest of the file's bytes (null when unreadable)
+    "format": pl.String,  # PIL format name, e.g. JPEG, PNG; null when not recognised
+    "width": pl.Int32,  # after EXIF orientation is applied
+    "height": pl.Int32,
+    "mode": pl.String,  # PIL mode of the decoded frame, e.g. RGB, RGBA, LA, P, I;16
+    "orientation": pl.Int8,  # EXIF orientation tag 1..8 (1 when absent)
+    "n_frames": pl.Int32,  # frames in animated files (first frame is analysed)
+    "has_alpha": pl.Boolean,  # composited on the documented background before hashing
+    "ahash": pl.UInt64,
+    "dhash": pl.UInt64,
+    "phash": pl.UInt64,
+    "whash": pl.UInt64,
+    "color_mean_r": pl.Float32,  # mean of each channel after compositing (0..255): colour check
+    "color_mean_g": pl.Float32,
+    "color_mean_b": pl.Float32,
+    "brightness": pl.Float32,  # mean grey level 0..255
+    "contrast": pl.Float32,  # standard deviation of grey levels
+    "entropy": pl.Float32,  # Shannon entropy of the grey histogram, bits (0..8)
+    "sharpness": pl.Float32,  # variance of the Laplacian of the analysis-size grey image
+    "decode_ms": pl.Float32,
+    "error_code": pl.String,  # null when the image was analysed; else a code from curation.errors
+    "error_message": pl.String,
+}
+
+# dedup_clusters: one row per inventory row.
+DEDUP_SCHEMA: dict[str, pl.DataType] = {
+    "image_id": pl.String,
+    "shard": pl.String,
+    "cluster_id": pl.String,  # image_id of the cluster's representative
+    "is_representative": pl.Boolean,
+    "dup_kind": pl.String,  # "unique" | "representative" | "exact" | "near" | "not_hashed"
+    "rep_shard": pl.String,  # shard of the representative (an earlier shard for cross-shard dups)
+    "distance": pl.Int16,  # Hamming distance (pHash) to the representative; 0 for exact; null if none
+}
+
+# curated_images: one row per inventory row, with the decision and every reason.
+CURATED_SCHEMA: dict[str, pl.DataType] = {
+    "image_id": pl.String,
+    "uri": pl.String,
+    "rel_path": pl.String,
+    "shard": pl.String,
+    "keep": pl.Boolean,
+    "reasons": pl.List(pl.String),  # empty when kept
+    "width": pl.Int32,
+    "height": pl.Int32,
+    "cluster_id": pl.String,
+}
+
+# image_embeddings: one row per kept image.
+EMBEDDING_COLUMNS = ("image_id", "shard", "model", "embedding")  # embedding: List(Float16->Float32 stored)
+
+# image_classifications: one row per embedded image.
+CLASSIFICATION_COLUMNS = (
+    "image_id",
+    "shard",
+    "zs_label",  # zero-shot label or "unknown"
+    "zs_prob",
+    "zs_topk_labels",
+    "zs_topk_probs",
+    "fs_label",  # few-shot (linear probe) label, null when no probe is configured
+    "fs_prob",
+)
+
+
+def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Select and cast `df` to `schema`, adding missing columns as nulls; raises on unknown dtypes."""
+    cols = []
+    for name, dtype in schema.items():
+        if name in df.columns:
+            cols.append(pl.col(name).cast(dtype))
+        else:
+            cols.append(pl.lit(None, dtype=dtype).alias(name))
+    return df.select(cols)

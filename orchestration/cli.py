@@ -1,0 +1,106 @@
+"""`curate`: the path for users without the daemon.
+
+    python -m orchestration.cli run [--source NAME=URI ...] [--shard-size N] [--output-root DIR]
+
+registers every file of each source that is in no shard yet (shards of --shard-size), adds the
+shards as Dagster dynamic partitions in the instance at $DAGSTER_HOME, materialises every stage for
+every shard whose report is not materialised yet (in shard order, so cross-shard dedup sees every
+earlier shard), then trains the few-shot probe and writes the corpus summary. Runs go through Dagster
+in the real instance: they appear in `dagster dev` / the UI with their logs, metadata and checks.
+Re-running resumes: finished shards are skipped (use --force to redo them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="curate", description="Register sources as shards and materialise every stage.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="register new files and materialise all stages for every shard")
+    run.add_argument("--source", action="append", default=[], help="NAME=URI (local folder or s3://bucket/prefix); repeatable")
+    run.add_argument("--shard-size", type=int, default=None, help="files per shard (default 10,000 or $CURATION_SHARD_SIZE)")
+    run.add_argument("--output-root", default=None, help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT or ./data/outputs)")
+    run.add_argument("--force", action="store_true", help="re-materialise shards that are already done")
+    run.add_argument("--no-summary", action="store_true", help="skip the few-shot probe and corpus summary")
+    reg = sub.add_parser("register", help="only register new files as shards (no runs)")
+    for p in (reg,):
+        p.add_argument("--source", action="append", default=[])
+        p.add_argument("--shard-size", type=int, default=None)
+        p.add_argument("--output-root", default=None)
+    return ap.parse_args(argv)
+
+
+def _apply_env(args: argparse.Namespace) -> None:
+    if args.source:
+        os.environ["CURATION_SOURCES"] = ",".join(args.source)
+    if args.shard_size:
+        os.environ["CURATION_SHARD_SIZE"] = str(args.shard_size)
+    if args.output_root:
+        os.environ["CURATION_OUTPUT_ROOT"] = os.path.abspath(args.output_root) if "://" not in args.output_root else args.output_root
+
+
+def register_all(instance, corpus) -> list[str]:
+    """Register new files of every source; make sure every registered shard is a Dagster partition."""
+    from partitions.discovery import discover_all
+    from partitions.shards import SHARDS
+
+    registry = corpus.registry()
+    for name, uri in sorted(corpus.sources.items()):
+        new = discover_all(registry, name, uri, shard_size=corpus.shard_size, page_size=corpus.page_size)
+        print(f"source {name}: {len(new)} new shard(s) {[s.key for s in new]}", flush=True)
+    keys = registry.keys()
+    known = set(instance.get_dynamic_partitions(SHARDS.name))
+    missing = [k for k in keys if k not in known]
+    if missing:
+        instance.add_dynamic_partitions(SHARDS.name, missing)
+    return keys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    _apply_env(args)
+    if not os.environ.get("DAGSTER_HOME"):
+        print("DAGSTER_HOME is not set: point it at a folder holding dagster.yaml (make demo sets ./dagster_home)", file=sys.stderr)
+        return 2
+    import dagster as dg
+    from tqdm import tqdm
+
+    from orchestration.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    from resources.corpus import CorpusResource
+
+    corpus = CorpusResource()  # the same settings the Definitions resolve (env-driven)
+    keys = register_all(instance, corpus)
+    if args.cmd == "register":
+        print(f"{len(keys)} shard(s) registered")
+        return 0
+    done = instance.get_materialized_partitions(dg.AssetKey("shard_report"))
+    todo = [k for k in keys if args.force or k not in done]
+    print(f"{len(keys)} shard(s); {len(todo)} to materialise", flush=True)
+    job = defs.resolve_job_def("curate_shard")
+    failed = []
+    t0 = time.monotonic()
+    for key in tqdm(todo, desc="shards", unit="shard", file=sys.stdout, disable=None):
+        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                        tags={"curation/shard": key, "curation/launched_by": "cli"})
+        if not result.success:
+            failed.append(key)
+            print(f"shard {key}: run {result.run_id} FAILED (see the run in the UI)", flush=True)
+    if not args.no_summary and not failed:
+        result = defs.resolve_job_def("curation_summary_job").execute_in_process(instance=instance, raise_on_error=False)
+        if not result.success:
+            failed.append("curation_summary")
+    print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")
+    report = os.path.join(corpus.output_root, "reports", "corpus", "report.html")
+    print(f"corpus report: {report}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

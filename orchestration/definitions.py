@@ -1,0 +1,51 @@
+"""The code location: assets, checks, jobs, the sensor, resources and the executor for this deployment.
+
+Executor by deployment (env CURATION_DEPLOYMENT):
+- "local" (default): the multiprocess executor; the `gpu` pool limits GPU steps across runs.
+- "k8s": dagster-k8s's `k8s_job_executor`, set on the Definitions (not on a job) so backfills and
+  sensor runs get one pod per step too; GPU assets request `nvidia.com/gpu` through their
+  `dagster-k8s/config` tags (orchestration/k8s.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from assets import checks as asset_checks
+from assets import classifications, dedup, embeddings, inventory, quality, reports
+from orchestration.jobs import curate_shard_job, summary_job
+from orchestration.sensors import build_new_files_sensor
+from resources.classifier import ClassifierSettings
+from resources.corpus import CorpusResource, StageSettings
+from resources.models import EmbedderResource
+
+DEPLOYMENT = os.environ.get("CURATION_DEPLOYMENT", "local")
+
+
+def executor_for(deployment: str) -> dg.ExecutorDefinition:
+    if deployment == "local":
+        return dg.multiprocess_executor
+    if deployment == "k8s":
+        from orchestration.k8s import k8s_executor
+
+        return k8s_executor()
+    raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local' or 'k8s'")
+
+
+all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, reports])
+
+defs = dg.Definitions(
+    assets=all_assets,
+    asset_checks=asset_checks.ALL_CHECKS,
+    jobs=[curate_shard_job, summary_job],
+    sensors=[build_new_files_sensor(curate_shard_job)],
+    resources={
+        "corpus": CorpusResource(),
+        "settings": StageSettings(),
+        "embedder": EmbedderResource(),
+        "classifier": ClassifierSettings(),
+    },
+    executor=executor_for(DEPLOYMENT),
+)

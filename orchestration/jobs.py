@@ -1,0 +1,29 @@
+"""Jobs: the per-shard curation job (every partitioned stage) and the corpus roll-up."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from partitions.shards import SHARDS
+
+PARTITIONED_STAGES = (
+    "raw_inventory",
+    "dedup_clusters",
+    "curated_images",
+    "image_embeddings",
+    "image_classifications",
+    "shard_report",
+)
+
+curate_shard_job = dg.define_asset_job(
+    name="curate_shard",
+    selection=dg.AssetSelection.assets(*PARTITIONED_STAGES),
+    partitions_def=SHARDS,
+    description="All six stages for one shard: inventory, dedup, quality filter, embeddings, labels, report.",
+)
+
+summary_job = dg.define_asset_job(
+    name="curation_summary_job",
+    selection=dg.AssetSelection.assets("few_shot_probe", "curation_summary"),
+    description="Trains the few-shot probe and rolls every shard up into the corpus report (duckdb).",
+)

@@ -1,0 +1,71 @@
+"""The sensor that turns new files in the configured sources into shards and runs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import dagster as dg
+
+from partitions.discovery import SourceCursor, discover_page
+from partitions.shards import SHARDS
+from resources.corpus import CorpusResource
+
+# Stop listing new pages well inside Dagster's default 60 s sensor evaluation limit.
+TICK_BUDGET_S = 40.0
+
+
+def shard_run_requests(keys: list[str], job_name: str | None = None) -> list[dg.RunRequest]:
+    return [dg.RunRequest(run_key=f"shard:{k}", partition_key=k, tags={"curation/shard": k}) for k in keys]
+
+
+def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResource) -> dg.SensorResult:
+    """One tick: reconcile registered shards with Dagster's partitions, then page through each source.
+
+    Registered-but-unknown shards (e.g. the registry was written but the tick that did so crashed
+    before its result was committed) are added and requested too, so nothing registered is lost.
+    """
+    state = json.loads(context.cursor) if context.cursor else {}
+    cursors = {name: SourceCursor.from_json(state.get(name)) for name in corpus.sources}
+    registry = corpus.registry()
+    known = set(context.instance.get_dynamic_partitions(SHARDS.name))
+    registered = registry.keys()
+    missing = [k for k in registered if k not in known]
+    new_keys: list[str] = list(missing)
+    started = time.monotonic()
+    notes = []
+    for name, uri in sorted(corpus.sources.items()):
+        if time.monotonic() - started > TICK_BUDGET_S:
+            notes.append(f"{name}: skipped this tick (time budget)")
+            continue
+        try:
+            res = discover_page(registry, name, uri, cursors[name], shard_size=corpus.shard_size, page_size=corpus.page_size)
+        except FileNotFoundError as exc:
+            notes.append(f"{name}: {exc}")
+            continue
+        cursors[name] = res.cursor
+        new_keys.extend(s.key for s in res.shards)
+        notes.append(f"{name}: listed {res.listed}, new {res.new_files}, shards {[s.key for s in res.shards]}")
+    cursor = json.dumps({k: c.to_json() for k, c in cursors.items()}, sort_keys=True)
+    context.log.info("; ".join(notes) or "no sources configured")
+    if not new_keys:
+        return dg.SensorResult(skip_reason="no new files: " + "; ".join(notes), cursor=cursor)
+    return dg.SensorResult(
+        run_requests=shard_run_requests(new_keys),
+        dynamic_partitions_requests=[SHARDS.build_add_request(new_keys)],
+        cursor=cursor,
+    )
+
+
+def build_new_files_sensor(job: dg.UnresolvedAssetJobDefinition, interval_s: int = 60) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="new_files_sensor",
+        job=job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description="Registers files that are in no shard yet as new shards and requests a curation run for each.",
+    )
+    def new_files_sensor(context: dg.SensorEvaluationContext, corpus: CorpusResource) -> dg.SensorResult:
+        return evaluate_new_files(context, corpus)
+
+    return new_files_sensor
