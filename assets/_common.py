@@ -36,8 +36,16 @@ def shard_source(shard: str) -> str:
     return parse_shard_key(shard)[0]
 
 
-def table_preview(df: pl.DataFrame, n: int = 10) -> dg.MetadataValue:
-    return dg.MetadataValue.md(df.head(n).to_pandas().to_markdown(index=False) if len(df) else "_empty_")
+def frame_md(df: pl.DataFrame, n: int = 50) -> dg.MetadataValue:
+    """A polars frame as a Markdown table (first `n` rows) for the Dagster UI."""
+    if not len(df):
+        return dg.MetadataValue.md("_empty_")
+    head = df.head(n)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in head.iter_rows()]
+    if len(df) > n:
+        lines.append(f"\n_{len(df) - n} more rows_")
+    return dg.MetadataValue.md("\n".join(lines))
 
 
 def counts_md(counts: dict[str, int], header: tuple[str, str] = ("reason", "images")) -> dg.MetadataValue:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import dagster as dg
 import polars as pl
 
@@ -50,6 +51,7 @@ def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: s
 def dedup_clusters(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
     from curation.dedup import DedupConfig, dedup_shard
 
+    t0 = time.monotonic()
     shard = context.partition_key
     registry = corpus.registry()
     inventory = storage.read_parquet(corpus.stage_uri("raw_inventory", shard))
@@ -73,6 +75,7 @@ def dedup_clusters(context: dg.AssetExecutionContext, corpus: CorpusResource, se
             "duplicates": int((~clusters["is_representative"]).sum()),
             "cross_shard_duplicates": cross,
             "earlier_shards_compared": len(registry.earlier_keys(shard)),
+            "elapsed_s": round(time.monotonic() - t0, 3),
             "by_kind": counts_md({str(k): int(v) for k, v in kinds.items()}, ("kind", "images")),
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import dagster as dg
 import polars as pl
 
@@ -43,6 +44,7 @@ def image_opener(root: str, max_bytes: int = 512 * 1024 * 1024):
 def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     from curation.embedding import embed_shard
 
+    t0 = time.monotonic()
     shard = context.partition_key
     curated = storage.read_parquet(corpus.stage_uri("curated_images", shard), columns=["image_id", "uri", "keep"])
     items = curated.filter(pl.col("keep")).select("image_id", "uri")
@@ -65,6 +67,7 @@ def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, 
             "model": model.name,
             "dim": model.dim,
             "device": str(model.device),
+            "elapsed_s": round(time.monotonic() - t0, 3),
             "images_per_second": round(len(items) / max(progress.elapsed, 1e-9), 1),
         }
     )

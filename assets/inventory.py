@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import os
 
 import dagster as dg
@@ -38,6 +39,7 @@ def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers:
 def raw_inventory(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
     from curation.inventory import InventoryConfig
 
+    t0 = time.monotonic()
     shard = context.partition_key
     manifest = corpus.registry().manifest(shard)
     cfg = make_config(InventoryConfig, settings.inventory)
@@ -61,5 +63,6 @@ def raw_inventory(context: dg.AssetExecutionContext, corpus: CorpusResource, set
             "bytes_total": int(df["bytes"].fill_null(0).sum()),
             "images_per_second": round(len(df) / max(progress.elapsed, 1e-9), 1),
             "workers": workers,
+            "elapsed_s": round(time.monotonic() - t0, 3),
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import dagster as dg
 
 from assets._common import OWNERS, RETRY, counts_md
@@ -26,6 +27,7 @@ from resources.corpus import CorpusResource, StageSettings
     ),
 )
 def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
+    t0 = time.monotonic()
     shard = context.partition_key
     try:
         cfg = QualityConfig.from_overrides(settings.quality)
@@ -44,6 +46,7 @@ def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, se
             "kept": kept,
             "rejected": len(curated) - kept,
             "keep_rate": round(kept / max(1, len(curated)), 4),
+            "elapsed_s": round(time.monotonic() - t0, 3),
             "rejects_by_reason": counts_md(reject_counts(curated)),
         }
     )

@@ -1,0 +1,131 @@
+"""Stage 6, `shard_report`, and the corpus roll-up `curation_summary` (duckdb over every shard)."""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+import polars as pl
+
+from assets._common import OWNERS, RETRY, frame_md
+from assets.classifications import image_classifications
+from assets.dedup import dedup_clusters
+from assets.embeddings import image_embeddings
+from assets.inventory import raw_inventory
+from assets.quality import curated_images
+from curation import storage
+from partitions.shards import SHARDS
+from resources.corpus import CorpusResource
+
+STAGE_ASSETS = ("raw_inventory", "dedup_clusters", "curated_images", "image_embeddings", "image_classifications")
+
+
+def stage_timings(instance: dg.DagsterInstance, shard: str) -> dict[str, float]:
+    """Seconds each stage took for this shard, from the `elapsed_s` metadata of its latest materialisation."""
+    out: dict[str, float] = {}
+    for name in STAGE_ASSETS:
+        res = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[shard]), limit=1
+        )
+        for rec in res.records:
+            mat = rec.asset_materialization
+            if mat is not None and "elapsed_s" in mat.metadata:
+                out[name] = float(mat.metadata["elapsed_s"].value)
+    return out
+
+
+def _read_optional(corpus: CorpusResource, stage: str, shard: str) -> pl.DataFrame | None:
+    uri = corpus.stage_uri(stage, shard)
+    return storage.read_parquet(uri) if storage.exists(uri) else None
+
+
+@dg.asset(
+    partitions_def=SHARDS,
+    deps=[raw_inventory, dedup_clusters, curated_images, image_embeddings, image_classifications],
+    group_name="reports",
+    kinds={"python", "html", "polars"},
+    owners=OWNERS,
+    retry_policy=RETRY,
+    description=(
+        "What was kept, dropped and why for one shard: a self-contained HTML report (thumbnails, duplicate "
+        "strips, rejects per reason, classes, embedding map, time per stage) and summary.json."
+    ),
+)
+def shard_report(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
+    from curation.report import build_shard_report, markdown_preview, preview_thumbs
+
+    t0 = time.monotonic()
+    shard = context.partition_key
+    read = lambda stage: storage.read_parquet(corpus.stage_uri(stage, shard))  # noqa: E731
+    curated = read("curated_images")
+    out_dir = corpus.stage_dir("reports", "shards", shard)
+    summary = build_shard_report(
+        shard, read("raw_inventory"), read("dedup_clusters"), curated,
+        _read_optional(corpus, "image_embeddings", shard), _read_optional(corpus, "image_classifications", shard),
+        out_dir, timings=stage_timings(context.instance, shard),
+    )
+    preview = markdown_preview(summary, preview_thumbs(curated))
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
+            "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
+            "preview": dg.MetadataValue.md(preview),
+            "kept": int(summary["counts"].get("kept") or 0),
+            "listed": int(summary["counts"].get("listed") or 0),
+            "elapsed_s": round(time.monotonic() - t0, 3),
+        }
+    )
+
+
+def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame | None:
+    uris = [corpus.stage_uri(stage, s) for s in shards]
+    uris = [u for u in uris if storage.exists(u)]
+    if not uris:
+        return None
+    if storage.is_s3(corpus.output_root):
+        return pl.concat([storage.read_parquet(u) for u in uris], how="vertical_relaxed").lazy()
+    return pl.scan_parquet(uris)
+
+
+@dg.asset(
+    deps=[shard_report],
+    group_name="reports",
+    kinds={"duckdb", "html", "polars"},
+    owners=OWNERS,
+    description=(
+        "Every shard rolled up: per-shard stage counts from one duckdb query over the stage outputs, and the "
+        "corpus HTML report + summary.json (same sections as the shard reports, aggregated)."
+    ),
+)
+def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
+    import duckdb
+
+    from curation.report import build_corpus_report, corpus_counts, markdown_preview
+
+    shards = [k for k in corpus.registry().keys() if storage.exists(corpus.stage_uri("curated_images", k))]
+    if not shards:
+        raise dg.Failure("no shard has been curated yet: materialise curate_shard for at least one shard first")
+    shard_counts = None
+    if not storage.is_s3(corpus.output_root):
+        with duckdb.connect() as con:
+            shard_counts = corpus_counts(con, corpus.output_root)
+    timings: dict[str, float] = {}
+    for s in shards:
+        for k, v in stage_timings(context.instance, s).items():
+            timings[k] = timings.get(k, 0.0) + v
+    out_dir = corpus.stage_dir("reports", "corpus")
+    summary = build_corpus_report(
+        _scan(corpus, "raw_inventory", shards), _scan(corpus, "dedup_clusters", shards),
+        _scan(corpus, "curated_images", shards), _scan(corpus, "image_embeddings", shards),
+        _scan(corpus, "image_classifications", shards), out_dir, timings=timings, shard_counts=shard_counts,
+    )
+    md_counts = markdown_preview(summary, [])
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
+            "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
+            "shards": len(shards),
+            "preview": dg.MetadataValue.md(md_counts),
+            "per_shard": frame_md(shard_counts) if shard_counts is not None else "n/a (s3 root)",
+        }
+    )

@@ -1,0 +1,119 @@
+"""Dagster's own time per shard: the same CPU stages run as plain functions and through Dagster.
+
+For one shard of N real images (default 10,000, the default shard size) this measures, in one run:
+  plain        raw_inventory -> dedup_clusters -> curated_images as plain function calls with the
+               same Parquet writes (the work itself);
+  in_process   the same three assets materialised through Dagster with the in-process executor in
+               a SQLite instance (run launch, event log, metadata, resources);
+  multiprocess the same through the multiprocess executor (a process per step, as runs launched by
+               the daemon or a backfill execute by default).
+overhead fraction = (dagster - plain) / dagster. Writes bench/results/orchestration.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import REPO, linked_corpus, machine, today
+
+STAGES = ["raw_inventory", "dedup_clusters", "curated_images"]
+
+
+def _plain(manifest, shard, root, out_root) -> float:
+    from assets.inventory import build_inventory
+    from curation import storage
+    from curation.dedup import DedupConfig, dedup_shard
+    from curation.inventory import InventoryConfig
+    from curation.quality import QualityConfig, evaluate
+
+    t0 = time.perf_counter()
+    inv = build_inventory(manifest, shard, root, InventoryConfig(), workers=os.cpu_count() or 1)
+    storage.write_parquet(inv, f"{out_root}/raw_inventory/{shard}.parquet")
+    clusters, index = dedup_shard(inv, None, DedupConfig())
+    storage.write_parquet(clusters, f"{out_root}/dedup_clusters/{shard}.parquet")
+    storage.write_parquet(index, f"{out_root}/dedup_index/{shard}.parquet")
+    cur = evaluate(inv, clusters, QualityConfig())
+    storage.write_parquet(cur, f"{out_root}/curated_images/{shard}.parquet")
+    return time.perf_counter() - t0
+
+
+def bench_job():
+    """The three CPU stages as a job (module-level so the multiprocess executor can reconstruct it)."""
+    from orchestration.definitions import defs
+
+    import dagster as dg
+
+    from partitions.shards import SHARDS
+
+    job = dg.define_asset_job("bench_cpu_stages", selection=dg.AssetSelection.assets(*STAGES), partitions_def=SHARDS)
+    return dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=[job]).resolve_job_def("bench_cpu_stages")
+
+
+def run(n: int, workdir: Path) -> dict:
+    import dagster as dg
+
+    os.environ["CURATION_SOURCES"] = f"bench={workdir / 'src'}"
+    src = linked_corpus(workdir / "src", n)
+    for p in src.rglob("*.*"):  # warm the page cache so no mode pays for cold reads
+        p.read_bytes()
+    results: dict[str, float] = {}
+    for mode in ("plain", "in_process", "multiprocess", "plain_again"):
+        out_root = workdir / f"out_{mode}"
+        home = workdir / f"home_{mode}"
+        for d in (out_root, home):
+            shutil.rmtree(d, ignore_errors=True)
+        home.mkdir(parents=True)
+        shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+        os.environ["CURATION_OUTPUT_ROOT"] = str(out_root)
+        os.environ["DAGSTER_HOME"] = str(home)
+        from partitions.discovery import discover_all
+        from partitions.shards import ShardRegistry
+
+        reg = ShardRegistry(str(out_root))
+        [shard] = discover_all(reg, "bench", str(workdir / "src"), shard_size=n)
+        if mode.startswith("plain"):
+            results[mode] = _plain(reg.manifest(shard.key), shard.key, str(workdir / "src"), str(out_root))
+            continue
+        with dg.DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions("shards", [shard.key])
+            t0 = time.perf_counter()
+            if mode == "in_process":
+                res = bench_job().execute_in_process(instance=instance, partition_key=shard.key)
+                ok = res.success
+            else:
+                with dg.execute_job(dg.reconstructable(bench_job), instance=instance,
+                                    tags={"dagster/partition": shard.key}) as res:
+                    ok = res.success
+            results[mode] = time.perf_counter() - t0
+            assert ok, f"{mode} run failed"
+    results["plain"] = min(results.pop("plain"), results.pop("plain_again"))
+    return {
+        "shard_images": n,
+        "plain_seconds": round(results["plain"], 2),
+        "in_process_seconds": round(results["in_process"], 2),
+        "multiprocess_seconds": round(results["multiprocess"], 2),
+        "overhead_fraction_in_process": round((results["in_process"] - results["plain"]) / results["in_process"], 4),
+        "overhead_fraction_multiprocess": round((results["multiprocess"] - results["plain"]) / results["multiprocess"], 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "orchestration.json"))
+    args = ap.parse_args()
+    workdir = Path(tempfile.gettempdir()) / "curation_bench_orchestration"
+    out = {"date": today(), "machine": machine(), "stages": STAGES, **run(args.images, workdir)}
+    out["dagster_overhead_fraction"] = out["overhead_fraction_multiprocess"]
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

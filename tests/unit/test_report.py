@@ -1,0 +1,561 @@
+"""Tests of curation.report on a small real corpus.
+
+The corpus is ~45 real files: scikit-image's bundled photos, arcade's CC0 sprites and UI images
+(when arcade is installed), real transformations of some of them (downscale, crop, re-encode, exact
+copy, darken, blur, a strip, a tiny copy) and four broken files, one with a hostile HTML file name.
+The stage frames are computed here from the pixels (PIL, numpy, imagehash), independently of the
+pipeline's inventory and dedup code (the quality decision is curation.quality.evaluate), so the
+report's numbers can be checked against counts made from the frames in plain Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image, ImageFilter
+
+from curation import errors, report
+from curation.quality import REASONS, QualityConfig, evaluate
+from curation.schema import CURATED_SCHEMA, DEDUP_SCHEMA, INVENTORY_SCHEMA, conform
+
+imagehash = pytest.importorskip("imagehash")
+skdata = pytest.importorskip("skimage.data")
+try:  # arcade's CC0 sprites (the demo extra) add RGBA images; the tests still run without them
+    import arcade
+except ImportError:  # pragma: no cover - depends on the environment
+    arcade = None
+
+SHARD = "test-000001"
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "coins", "moon", "page", "text", "horse", "clock",
+          "immunohistochemistry", "hubble_deep_field")
+EVIL_NAME = 'broken/<b onmouseover="x">&evil<i>.png'  # an HTML error page saved with a hostile name
+NEAR_HAMMING = 10
+DATA_URI = re.compile(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)")
+
+
+# ------------------------------------------------------------------------------ corpus + frames
+
+
+def _arcade_pngs() -> list[Path]:
+    if arcade is None:
+        return []
+    base = Path(arcade.__file__).parent / "resources" / "assets"
+    return sorted(p for p in base.rglob("*.png") if p.is_file())
+
+
+def _build_corpus(root: Path) -> dict[str, str]:
+    """Write the files; return rel_path -> group ('photo', 'sprite', 'ui', 'broken')."""
+    groups: dict[str, str] = {}
+
+    def save(img: Image.Image, rel: str, group: str, **kw) -> None:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fmt = "JPEG" if rel.endswith(".jpg") else "PNG"
+        if fmt == "JPEG" and img.mode not in ("RGB", "L"):
+            img = img.convert("RGB")
+        img.save(path, fmt, **kw)
+        groups[rel] = group
+
+    photos: dict[str, Image.Image] = {}
+    for name in PHOTOS:
+        arr = getattr(skdata, name)()
+        if arr.dtype != np.uint8:
+            arr = arr.astype(np.float64)
+            arr = (255 * (arr - arr.min()) / max(1e-9, float(arr.max() - arr.min()))).astype(np.uint8)
+        img = Image.fromarray(arr)
+        photos[name] = img
+        save(img, f"photos/{name}.jpg" if img.mode == "RGB" else f"photos/{name}.png", "photo", quality=90)
+
+    pngs = _arcade_pngs()
+    sprites = [p for p in pngs if "/images/" in p.as_posix()][::40][:12]
+    ui = [p for p in pngs if "/images/" not in p.as_posix()][::25][:8]
+    for p, group in [(p, "sprite") for p in sprites] + [(p, "ui") for p in ui]:
+        rel = f"{'sprites' if group == 'sprite' else 'ui'}/{p.parent.name}_{p.name}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, root / rel)
+        groups[rel] = group
+
+    astro = photos["astronaut"]
+    w, h = astro.size
+    save(astro.resize((w // 2, h // 2), Image.Resampling.LANCZOS), "transformed/astronaut_half.png", "photo")
+    save(astro.crop((10, 10, w - 10, h - 10)), "transformed/astronaut_crop.jpg", "photo", quality=85)
+    save(astro, "transformed/astronaut_q60.jpg", "photo", quality=60)
+    shutil.copyfile(root / "photos/coffee.jpg", root / "transformed/coffee_copy.jpg")
+    groups["transformed/coffee_copy.jpg"] = "photo"
+    save(photos["chelsea"], "transformed/chelsea_q50.jpg", "photo", quality=50)
+    dark = Image.fromarray((np.asarray(photos["camera"], dtype=np.float32) * 0.03).astype(np.uint8))
+    save(dark, "transformed/camera_dark.png", "photo")
+    save(photos["horse"].filter(ImageFilter.GaussianBlur(12)), "transformed/horse_blur.png", "photo")
+    save(photos["coins"].crop((0, 0, photos["coins"].width, 40)), "transformed/coins_strip.png", "photo")
+    save(photos["clock"].resize((24, 20), Image.Resampling.LANCZOS), "transformed/clock_tiny.png", "photo")
+
+    broken = root / "broken"
+    broken.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    astro.save(buf, "JPEG", quality=90)
+    (broken / "truncated.jpg").write_bytes(buf.getvalue()[: buf.tell() // 3])
+    (broken / "empty.png").write_bytes(b"")
+    (broken / "not_an_image.jpg").write_bytes(b"this is a text file, not a JPEG\n")
+    (root / EVIL_NAME).write_bytes(b"<html><body><h1>404 Not Found</h1></body></html>\n")
+    groups[EVIL_NAME] = "broken"
+    for name in ("truncated.jpg", "empty.png", "not_an_image.jpg"):
+        groups[f"broken/{name}"] = "broken"
+    return groups
+
+
+def _hash64(h) -> int:
+    return int(str(h), 16)
+
+
+def _inventory_row(root: Path, rel: str, shard: str) -> dict:
+    uri = str(root / rel)
+    data = (root / rel).read_bytes()
+    row: dict = {"image_id": hashlib.sha1(uri.encode()).hexdigest()[:16], "uri": uri, "rel_path": rel,
+                 "shard": shard, "bytes": len(data), "mtime": os.path.getmtime(uri),
+                 "sha256": hashlib.sha256(data).hexdigest()}
+    if not data:
+        return {**row, "error_code": errors.EMPTY_FILE, "error_message": "zero bytes"}
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format
+        img.load()
+    except Image.DecompressionBombError as exc:
+        return {**row, "error_code": errors.DECOMPRESSION_BOMB, "error_message": str(exc)}
+    except OSError as exc:
+        code = errors.TRUNCATED if "truncated" in str(exc) else errors.NOT_AN_IMAGE
+        if "cannot identify" not in str(exc) and code != errors.TRUNCATED:
+            code = errors.CORRUPT
+        return {**row, "error_code": code, "error_message": str(exc)}
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    rgb = Image.alpha_composite(white, rgba).convert("RGB")
+    analysis = rgb.copy()
+    analysis.thumbnail((256, 256))
+    grey = np.asarray(analysis.convert("L"), dtype=np.float64)
+    hist = np.bincount(grey.astype(np.uint8).ravel(), minlength=256) / grey.size
+    nz = hist[hist > 0]
+    lap = (grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4 * grey[1:-1, 1:-1])
+    means = np.asarray(analysis, dtype=np.float64).reshape(-1, 3).mean(axis=0)
+    return {**row, "format": fmt, "width": img.width, "height": img.height, "mode": img.mode, "orientation": 1,
+            "n_frames": getattr(img, "n_frames", 1), "has_alpha": has_alpha,
+            "ahash": _hash64(imagehash.average_hash(rgb)), "dhash": _hash64(imagehash.dhash(rgb)),
+            "phash": _hash64(imagehash.phash(rgb)), "whash": _hash64(imagehash.whash(rgb)),
+            "color_mean_r": means[0], "color_mean_g": means[1], "color_mean_b": means[2],
+            "brightness": float(grey.mean()), "contrast": float(grey.std()),
+            "entropy": float(-(nz * np.log2(nz)).sum()), "sharpness": float(lap.var() if lap.size else 0.0),
+            "decode_ms": 1.0, "error_code": None, "error_message": None}
+
+
+def _dedup(inv: pl.DataFrame) -> pl.DataFrame:
+    """Exact (sha256) then near (pHash Hamming <= NEAR_HAMMING) clusters; the first file in
+    (shard, rel_path) order represents its cluster."""
+    rows = inv.sort(["shard", "rel_path"]).iter_rows(named=True)
+    reps: list[dict] = []
+    out = []
+    for r in rows:
+        if r["error_code"] is not None:
+            out.append({"image_id": r["image_id"], "shard": r["shard"], "cluster_id": r["image_id"],
+                        "is_representative": True, "dup_kind": "not_hashed", "rep_shard": r["shard"], "distance": None})
+            continue
+        match, kind, dist = None, None, None
+        for rep in reps:
+            if rep["sha256"] == r["sha256"]:
+                match, kind, dist = rep, "exact", 0
+                break
+        if match is None:
+            best = min(reps, key=lambda rep: bin(rep["phash"] ^ r["phash"]).count("1"), default=None)
+            if best is not None and bin(best["phash"] ^ r["phash"]).count("1") <= NEAR_HAMMING:
+                match, kind, dist = best, "near", bin(best["phash"] ^ r["phash"]).count("1")
+        if match is None:
+            reps.append(r)
+            out.append({"image_id": r["image_id"], "shard": r["shard"], "cluster_id": r["image_id"],
+                        "is_representative": True, "dup_kind": "unique", "rep_shard": r["shard"], "distance": None})
+        else:
+            out.append({"image_id": r["image_id"], "shard": r["shard"], "cluster_id": match["image_id"],
+                        "is_representative": False, "dup_kind": kind, "rep_shard": match["shard"], "distance": dist})
+    df = pl.DataFrame(out, schema=DEDUP_SCHEMA)
+    multi = df.group_by("cluster_id").len().filter(pl.col("len") > 1)["cluster_id"]
+    df = df.with_columns(
+        pl.when(pl.col("is_representative") & pl.col("cluster_id").is_in(multi.implode()))
+        .then(pl.lit("representative")).otherwise(pl.col("dup_kind")).alias("dup_kind"))
+    return conform(df, DEDUP_SCHEMA)
+
+
+def _features(uri: str) -> np.ndarray:
+    with Image.open(uri) as im:
+        rgba = im.convert("RGBA")
+    rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    small = np.asarray(rgb.resize((8, 8), Image.Resampling.BILINEAR), dtype=np.float32).ravel() / 255.0
+    return small - small.mean()
+
+
+def _embed_and_classify(curated: pl.DataFrame, groups: dict[str, str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Real pixel features for kept images (8x8 RGB) and a nearest-centroid probe over the source
+    groups (softmax of negative distances); zero-shot columns null as with the offline model."""
+    kept = curated.filter(pl.col("keep"))
+    feats = np.stack([_features(u) for u in kept["uri"]])
+    labels = [groups[r] for r in kept["rel_path"]]
+    names = sorted(set(labels))
+    centroids = np.stack([feats[[lab == n for lab in labels]].mean(axis=0) for n in names])
+    dist = np.linalg.norm(feats[:, None, :] - centroids[None], axis=2)
+    logits = -dist * 4.0
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    best = prob.argmax(axis=1)
+    emb = pl.DataFrame({"image_id": kept["image_id"], "shard": kept["shard"], "model": "pixels-8x8",
+                        "embedding": [list(map(float, f)) for f in feats]})
+    cls = pl.DataFrame({
+        "image_id": kept["image_id"], "shard": kept["shard"],
+        "zs_label": pl.Series([None] * kept.height, dtype=pl.String),
+        "zs_prob": pl.Series([None] * kept.height, dtype=pl.Float32),
+        "zs_topk_labels": pl.Series([None] * kept.height, dtype=pl.List(pl.String)),
+        "zs_topk_probs": pl.Series([None] * kept.height, dtype=pl.List(pl.Float32)),
+        "fs_label": [names[i] for i in best], "fs_prob": [float(prob[j, i]) for j, i in enumerate(best)],
+    })
+    return emb, cls
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("corpus")
+    groups = _build_corpus(root)
+    rels = sorted(groups)
+    # two shards, so the corpus report and cross-shard duplicates have something to show
+    shard_of = {rel: ("test-000002" if rel.startswith("transformed/") else SHARD) for rel in rels}
+    inv = conform(pl.DataFrame([_inventory_row(root, rel, shard_of[rel]) for rel in rels],
+                               schema_overrides={"ahash": pl.UInt64, "dhash": pl.UInt64, "phash": pl.UInt64,
+                                                 "whash": pl.UInt64}, infer_schema_length=None), INVENTORY_SCHEMA)
+    clusters = _dedup(inv)
+    curated = evaluate(inv, clusters, QualityConfig())
+    assert curated.schema == pl.Schema(CURATED_SCHEMA)
+    emb, cls = _embed_and_classify(curated, groups)
+    return {"root": root, "groups": groups, "inventory": inv, "clusters": clusters, "curated": curated,
+            "embeddings": emb, "classifications": cls}
+
+
+def _shard_frames(c: dict, shard: str) -> dict[str, pl.DataFrame]:
+    return {k: c[k].filter(pl.col("shard") == shard) for k in ("inventory", "clusters", "curated", "embeddings",
+                                                              "classifications")}
+
+
+@pytest.fixture(scope="module")
+def shard_report(corpus, tmp_path_factory) -> dict:
+    """The shard report of the whole test corpus as ONE shard (every section populated), with the
+    astronaut original deleted after inventory (its thumbnail must become a placeholder)."""
+    out = tmp_path_factory.mktemp("report")
+    frames = {k: corpus[k].with_columns(pl.lit(SHARD).alias("shard")) for k in
+              ("inventory", "curated", "embeddings", "classifications")}
+    frames["clusters"] = corpus["clusters"].with_columns(pl.lit(SHARD).alias("shard"), pl.lit(SHARD).alias("rep_shard"))
+    gone = corpus["inventory"].filter(pl.col("rel_path") == "photos/astronaut.jpg").row(0, named=True)
+    calls: list[str] = []
+
+    def load(uri: str) -> Image.Image:
+        calls.append(uri)
+        if uri == gone["uri"]:
+            raise FileNotFoundError(uri)
+        return report.open_image(uri)
+
+    timings = {"raw_inventory": 2.5, "dedup_clusters": 0.4, "curated_images": 0.1, "image_embeddings": 3.0,
+               "image_classifications": 0.2}
+    summary = report.build_shard_report(SHARD, frames["inventory"], frames["clusters"], frames["curated"],
+                                        frames["embeddings"], frames["classifications"], str(out), load_image=load,
+                                        timings=timings)
+    return {"out": out, "summary": summary, "frames": frames, "calls": calls, "gone": gone, "timings": timings,
+            "html": (out / "report.html").read_text(encoding="utf-8")}
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_every_section_is_present_and_populated(shard_report):
+    page = shard_report["html"]
+    for sid, title in report.SECTIONS.items():
+        assert f'<section id="{sid}"><h2>{title}</h2>' in page, sid
+        assert f'href="#{sid}"' in page
+    # populated, not the empty-state notes
+    assert "No image was rejected" not in page
+    assert "No duplicate clusters" not in page
+    assert "No class labels" not in page
+    assert "No stage timings" not in page
+    assert 'alt="embedding map"' in page and 'alt="rejects by reason"' in page and 'alt="class distribution"' in page
+    assert "<figure class=\"t rep" in page  # representative marked in a cluster strip
+    for code in ("empty_file", "truncated", "not_an_image"):
+        assert code in page
+    assert "broken/truncated.jpg" in page  # decode errors list file names
+
+
+def test_summary_numbers_match_frames(shard_report):
+    f, s = shard_report["frames"], shard_report["summary"]
+    inv = f["inventory"].to_dicts()
+    rep = {r["image_id"]: r["is_representative"] for r in f["clusters"].to_dicts()}
+    cur = f["curated"].to_dicts()
+    expected_counts = {
+        "listed": len(inv),
+        "decoded": sum(r["error_code"] is None for r in inv),
+        "unique": sum(r["error_code"] is None and rep[r["image_id"]] is not False for r in inv),
+        "kept": sum(r["keep"] for r in cur),
+        "embedded": len(set(f["embeddings"]["image_id"])),
+        "classified": sum(r["fs_label"] is not None for r in f["classifications"].to_dicts()),
+    }
+    assert s["counts"] == expected_counts
+    assert s["rejected"] == sum(not r["keep"] for r in cur)
+    reasons = Counter(x for r in cur if not r["keep"] for x in r["reasons"])
+    assert s["rejects_by_reason"] == {r: reasons.get(r, 0) for r in REASONS}
+    assert s["decode_errors"] == dict(Counter(r["error_code"] for r in inv if r["error_code"]))
+    sizes = Counter(r["cluster_id"] for r in f["clusters"].to_dicts())
+    assert s["duplicates"]["clusters_with_duplicates"] == sum(1 for n in sizes.values() if n > 1)
+    assert s["duplicates"]["largest_cluster"] == max(sizes.values())
+    assert s["duplicates"]["duplicate_images"] == sum(v is False for v in rep.values())
+    assert s["classes"]["source"] == "fs"
+    assert s["classes"]["counts"] == dict(Counter(f["classifications"]["fs_label"].to_list()))
+    assert s["embedding"]["mapped_points"] == expected_counts["embedded"]
+    t = s["timings"]["image_embeddings"]
+    assert t["items"] == expected_counts["kept"]
+    rate = expected_counts["kept"] / shard_report["timings"]["image_embeddings"]
+    assert t["per_second"] == pytest.approx(rate, rel=1e-3)
+    # the corpus exercises the interesting cases, so the checks above are not vacuous
+    assert expected_counts["decoded"] < expected_counts["listed"]
+    assert expected_counts["unique"] < expected_counts["decoded"]
+    assert s["duplicates"]["largest_cluster"] >= 3
+    assert sum(1 for v in s["rejects_by_reason"].values() if v) >= 4
+    on_disk = json.loads((shard_report["out"] / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(s))
+
+
+def test_embedded_thumbnails_decode_and_html_is_self_contained(shard_report):
+    page = shard_report["html"]
+    uris = DATA_URI.findall(page)
+    assert len(uris) >= 20
+    for fmt, payload in uris:
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as im:
+            im.load()
+            assert im.format == ("PNG" if fmt == "png" else "JPEG")
+            assert im.width >= 1 and im.height >= 1
+    stripped = DATA_URI.sub("", page)
+    assert not re.search(r"(?i)\b(src|href)\s*=\s*[\"']?\s*(https?:)?//", stripped)
+    assert not re.search(r"(?i)https?://", stripped)
+    assert "<script" not in page.lower()
+    assert "@import" not in page and "url(" not in stripped
+    # a hostile file name is escaped, never markup
+    assert '<b onmouseover="x">' not in page
+    assert "&lt;b onmouseover=&quot;x&quot;&gt;&amp;evil&lt;i&gt;.png" in page
+
+
+def test_broken_thumbnails_become_placeholders(shard_report):
+    page, gone, calls = shard_report["html"], shard_report["gone"], shard_report["calls"]
+    assert gone["uri"] in calls  # the report tried the deleted file...
+    assert f'data-thumb="placeholder" data-image-id="{gone["image_id"]}"' in page  # ...and showed a placeholder
+    broken = shard_report["frames"]["inventory"].filter(pl.col("error_code").is_not_null())
+    assert broken.height == 4
+    for uri in broken["uri"]:
+        assert uri not in calls  # files that never decoded are not opened again
+    for image_id in broken["image_id"]:
+        assert f'data-thumb="placeholder" data-image-id="{image_id}"' in page
+    assert shard_report["summary"]["thumbnails"]["placeholders"] >= 4
+
+
+def test_thumbnails_are_bounded(corpus, tmp_path):
+    f = _shard_frames(corpus, SHARD)
+    calls: list[str] = []
+
+    def load(uri: str) -> Image.Image:
+        calls.append(uri)
+        return report.open_image(uri)
+
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], None, None, str(tmp_path),
+                                  load_image=load, max_thumbs=5)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<figure") <= 5
+    assert len(set(calls)) <= 5
+    assert s["thumbnails"]["rendered"] + s["thumbnails"]["placeholders"] <= 5
+    assert s["counts"]["embedded"] is None and s["counts"]["classified"] is None
+    assert "No embeddings were given" in page and "No class labels" in page
+
+
+def test_loader_that_always_fails_still_gives_a_report(corpus, tmp_path):
+    f = _shard_frames(corpus, SHARD)
+
+    def load(uri: str) -> Image.Image:
+        raise RuntimeError("storage is down")
+
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], f["embeddings"],
+                                  f["classifications"], str(tmp_path), load_image=load)
+    assert s["thumbnails"]["rendered"] == 0 and s["thumbnails"]["placeholders"] > 0
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_zero_shot_labels_used_when_no_probe(corpus, tmp_path):
+    f = _shard_frames(corpus, SHARD)
+    cls = f["classifications"].with_columns(
+        pl.col("fs_label").alias("zs_label"), pl.col("fs_prob").cast(pl.Float32).alias("zs_prob"),
+        pl.lit(None, pl.String).alias("fs_label"), pl.lit(None, pl.Float64).alias("fs_prob"))
+    # an 'unknown' zero-shot label does not count as classified
+    first = cls["image_id"][0]
+    cls = cls.with_columns(pl.when(pl.col("image_id") == first).then(pl.lit("unknown"))
+                           .otherwise(pl.col("zs_label")).alias("zs_label"))
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], f["embeddings"], cls,
+                                  str(tmp_path), max_thumbs=20)
+    assert s["classes"]["source"] == "zs"
+    assert s["counts"]["classified"] == cls.height - 1
+    assert "unknown" not in s["classes"]["counts"]
+
+
+def test_corpus_report_and_duckdb_counts_agree(corpus, tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    from curation import storage
+
+    root = tmp_path / "outputs"
+    shards = sorted(corpus["inventory"]["shard"].unique())
+    assert len(shards) == 2
+    for shard in shards:
+        f = _shard_frames(corpus, shard)
+        for key, stage in report.STAGE_DIRS.items():
+            storage.write_parquet(f[key], str(root / stage / f"{shard}.parquet"))
+    counts = report.corpus_counts(duckdb.connect(), str(root))
+    lazy = {k: pl.scan_parquet(str(root / v / "*.parquet")) for k, v in report.STAGE_DIRS.items()}
+    out = tmp_path / "corpus_report"
+    s = report.build_corpus_report(lazy["inventory"], lazy["clusters"], lazy["curated"], lazy["embeddings"],
+                                   lazy["classifications"], str(out), max_thumbs=30)
+    assert s["scope"] == "corpus" and s["n_shards"] == 2
+    assert counts.to_dicts() == s["per_shard"]
+    for stage in report.STAGES:
+        assert s["counts"][stage] == sum(r[stage] for r in s["per_shard"])
+    assert s["counts"]["listed"] == corpus["inventory"].height
+    assert s["counts"]["kept"] == int(corpus["curated"]["keep"].sum())
+    # cross-shard duplicates: transformed copies in shard 2 represented by originals in shard 1
+    assert s["duplicates"]["cross_shard"] > 0
+    page = (out / "report.html").read_text()
+    assert "Per shard (2)" in page
+    for sid in report.SECTIONS:
+        assert f'<section id="{sid}">' in page
+    # precomputed counts replace the frame counts
+    s2 = report.build_corpus_report(lazy["inventory"], lazy["clusters"], lazy["curated"], None, None,
+                                    str(tmp_path / "r2"), shard_counts=counts, max_thumbs=0)
+    assert s2["counts"] == s["counts"]
+
+
+def test_corpus_counts_without_later_stages(corpus, tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    from curation import storage
+
+    root = tmp_path / "outputs"
+    f = _shard_frames(corpus, SHARD)
+    for key in ("inventory", "clusters", "curated"):
+        storage.write_parquet(f[key], str(root / report.STAGE_DIRS[key] / f"{SHARD}.parquet"))
+    counts = report.corpus_counts(duckdb.connect(), str(root))
+    row = counts.row(0, named=True)
+    assert row["embedded"] is None and row["classified"] is None
+    assert row["listed"] == f["inventory"].height
+    assert report.corpus_counts(duckdb.connect(), str(tmp_path / "nothing")).height == 0
+
+
+def test_markdown_preview_is_small(shard_report, corpus):
+    thumbs = report.preview_thumbs(corpus["curated"], n=8)
+    assert 1 <= len(thumbs) <= 8 and all(t.ok for t in thumbs)
+    md = report.markdown_preview(shard_report["summary"], thumbs)
+    assert len(md) <= 16_000
+    images = DATA_URI.findall(md)
+    assert 1 <= len(images) <= 8
+    for _, payload in images:
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as im:
+            assert max(im.size) <= report.PREVIEW_PX
+    assert "| listed |" in md and "| kept |" in md
+    for reason, n in shard_report["summary"]["rejects_by_reason"].items():
+        assert (f"| {reason} | {n:,} |" in md) == (n > 0)
+    # a tight budget drops images, never the tables
+    tight = report.markdown_preview(shard_report["summary"], thumbs, max_chars=len(md) - 10)
+    assert len(DATA_URI.findall(tight)) < len(images) and "| kept |" in tight
+    assert len(DATA_URI.findall(report.markdown_preview(shard_report["summary"], thumbs * 3))) <= 8
+
+
+def test_tiles_handle_every_mode():
+    for mode in ("RGB", "RGBA", "LA", "L", "P", "I;16", "I", "F", "CMYK", "1"):
+        img = Image.new(mode, (300, 120))
+        tile = report.render_tile(img)
+        assert tile.mode == "RGB" and max(tile.size) == report.THUMB_PX
+    tiny = report.render_tile(Image.new("RGBA", (10, 10), (255, 0, 0, 128)))
+    assert tiny.size == (40, 40)  # upscaled at most 4x
+    ph = report.placeholder_tile("decompression_bomb")
+    assert ph.size == (report.THUMB_PX, report.THUMB_PX)
+
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                 if p and os.path.exists(p)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_renders_in_headless_chromium(shard_report, tmp_path):
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1400,3000",
+                    f"file://{shard_report['out'] / 'report.html'}"],
+                   check=True, capture_output=True, timeout=60)
+    with Image.open(shot) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32)
+    assert arr.shape[:2] == (3000, 1400)
+    assert arr.std() > 20  # not a blank page
+    if os.environ.get("REPORT_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["REPORT_SCREENSHOT"])
+
+
+def test_empty_shard_gives_a_report(tmp_path):
+    from curation.schema import CLASSIFICATION_COLUMNS, EMBEDDING_COLUMNS
+
+    inv, clu, cur = (pl.DataFrame(schema=s) for s in (INVENTORY_SCHEMA, DEDUP_SCHEMA, CURATED_SCHEMA))
+    s = report.build_shard_report(SHARD, inv, clu, cur, None, None, str(tmp_path))
+    assert s["counts"] == {"listed": 0, "decoded": 0, "unique": 0, "kept": 0, "embedded": None, "classified": None}
+    assert s["rejected"] == 0 and s["keep_rate"] is None and s["decode_errors"] == {}
+    emb = pl.DataFrame(schema={"image_id": pl.String, "shard": pl.String, "model": pl.String,
+                               "embedding": pl.List(pl.Float32)})
+    cls = pl.DataFrame(schema={c: (pl.List(pl.String) if c == "zs_topk_labels" else pl.List(pl.Float32)
+                                   if c == "zs_topk_probs" else pl.Float32 if c.endswith("prob") else pl.String)
+                               for c in CLASSIFICATION_COLUMNS})
+    assert tuple(emb.columns) == EMBEDDING_COLUMNS
+    s = report.build_shard_report(SHARD, inv, clu, cur, emb, cls, str(tmp_path))
+    assert s["counts"]["embedded"] == 0 and s["counts"]["classified"] == 0
+    page = (tmp_path / "report.html").read_text()
+    for sid in report.SECTIONS:
+        assert f'<section id="{sid}">' in page
+    assert "Every listed file decoded" in page and "No image was rejected" in page
+
+
+def test_s3_out_dir_is_written_through_storage(corpus, monkeypatch):
+    from curation import storage
+
+    written: dict[str, bytes] = {}
+    monkeypatch.setattr(storage, "write_bytes_atomic", lambda uri, data: written.__setitem__(uri, data))
+    f = _shard_frames(corpus, SHARD)
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], f["embeddings"],
+                                  f["classifications"], "s3://bucket/reports/test-000001/", max_thumbs=10)
+    assert set(written) == {"s3://bucket/reports/test-000001/report.html", "s3://bucket/reports/test-000001/summary.json"}
+    assert s["report"] == "s3://bucket/reports/test-000001/report.html"
+    assert json.loads(written["s3://bucket/reports/test-000001/summary.json"])["counts"] == s["counts"]
+    assert written["s3://bucket/reports/test-000001/report.html"].startswith(b"<!DOCTYPE html>")
+
+
+def test_embedding_map_handles_array_dtype_and_several_models(corpus, tmp_path):
+    f = _shard_frames(corpus, SHARD)
+    emb = f["embeddings"]
+    dim = len(emb["embedding"][0])
+    arr = emb.with_columns(pl.col("embedding").cast(pl.Array(pl.Float32, dim)))
+    other = arr.head(2).with_columns(pl.lit("other-model").alias("model"))  # a minority model is ignored
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], pl.concat([arr, other]),
+                                  f["classifications"], str(tmp_path), max_thumbs=0, max_map_points=5)
+    e = s["embedding"]
+    assert e["model"] == "pixels-8x8" and e["dim"] == dim
+    assert e["mapped_points"] == 5  # bounded by max_map_points
+    assert 1.0 >= e["explained_variance"][0] >= e["explained_variance"][1] >= 0.0
+    assert 'alt="embedding map"' in (tmp_path / "report.html").read_text()
