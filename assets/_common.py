@@ -18,8 +18,10 @@ class Progress:
         self.start = self.last = time.monotonic()
         self.done = 0
 
-    def __call__(self, done: int) -> None:
+    def __call__(self, done: int, total: int | None = None) -> None:
         self.done = done
+        if total is not None:
+            self.total = total
         now = time.monotonic()
         if now - self.last >= self.every_s or done >= self.total:
             self.last = now
@@ -62,7 +64,7 @@ def make_config(cls, overrides: dict | None):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise dg.Failure(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
+        raise dg.Failure(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}", allow_retries=False)
     return dataclasses.replace(cls(), **overrides)
 
 

@@ -1,7 +1,7 @@
 """Data-quality gates on every stage. Blocking checks stop downstream stages of the same run when a
 bad output would poison them; their results appear on each asset's Checks tab in the UI."""
 
-from __future__ import annotations
+import warnings
 
 import dagster as dg
 import numpy as np
@@ -10,6 +10,10 @@ import polars as pl
 from curation import storage
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
+
+# Partitioned asset checks (one result per shard) are a preview feature of dagster 1.13; the
+# behaviour used here (check runs with its asset's partition) is covered by our tests.
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
 
 def _read(corpus: CorpusResource, stage: str, shard: str, columns: list[str] | None = None) -> pl.DataFrame:
@@ -71,10 +75,10 @@ def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: C
 
 
 @dg.asset_check(asset="image_embeddings", blocking=True, partitions_def=SHARDS,
-                description="One finite, unit-norm vector of the model's dimension per kept image.")
+                description="Finite, unit-norm vectors of one dimension, at most one per kept image (kept images that failed to decode here carry an error instead).")
 def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     shard = context.partition_key
-    emb = _read(corpus, "image_embeddings", shard)
+    emb = _read(corpus, "image_embeddings", shard).filter(pl.col("embedding").is_not_null())
     kept = _read(corpus, "curated_images", shard, ["image_id", "keep"]).filter(pl.col("keep"))
     if len(emb) == 0:
         return dg.AssetCheckResult(passed=len(kept) == 0, metadata={"rows": 0, "kept": len(kept)})
@@ -84,7 +88,7 @@ def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResou
     finite = bool(np.isfinite(mat).all())
     unit = bool(np.all(np.abs(norms - 1.0) < 1e-2))
     return dg.AssetCheckResult(
-        passed=finite and unit and len(dims) == 1 and len(emb) == len(kept) and _dupes(emb) == 0,
+        passed=finite and unit and len(dims) == 1 and len(emb) <= len(kept) and _dupes(emb) == 0,
         metadata={"rows": len(emb), "kept": len(kept), "dims": str(sorted(dims)), "finite": finite,
                   "max_norm_error": float(np.max(np.abs(norms - 1.0)))},
     )

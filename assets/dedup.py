@@ -1,6 +1,5 @@
 """Stage 2, `dedup_clusters`: exact and near duplicates within the shard and against every earlier shard."""
 
-from __future__ import annotations
 
 import time
 import dagster as dg
@@ -9,6 +8,7 @@ import polars as pl
 from assets._common import OWNERS, counts_md, make_config
 from assets.inventory import raw_inventory
 from curation import storage
+from orchestration.k8s import cpu_step_tags
 from partitions.shards import SHARDS, ShardRegistry
 from resources.corpus import CorpusResource, StageSettings
 
@@ -42,6 +42,7 @@ def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: s
     group_name="dedup",
     kinds={"python", "polars", "parquet"},
     owners=OWNERS,
+    op_tags=cpu_step_tags(cpu="2", memory="8Gi"),
     retry_policy=WAIT_FOR_EARLIER,
     description=(
         "Exact (sha256) and near (perceptual-hash) duplicate clusters, within the shard and against every "

@@ -1,6 +1,5 @@
 """Stage 4, `image_embeddings`: image embeddings of the curated set (GPU when present, CPU otherwise)."""
 
-from __future__ import annotations
 
 import time
 import dagster as dg
@@ -15,14 +14,25 @@ from resources.corpus import CorpusResource
 from resources.models import EmbedderResource
 
 
-def image_opener(root: str, max_bytes: int = 512 * 1024 * 1024):
-    """A function uri -> RGB PIL image (EXIF-oriented, transparency composited like stage 1)."""
-    from curation.imaging import load_rgb
+def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixels: int = 150_000_000):
+    """A function uri -> RGB PIL image, prepared like stage 1: first frame, EXIF orientation
+    applied, transparency composited on the documented background. With `root`, reads go through
+    the same path checks as stage 1 (no symlink escapes, no '..')."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    from curation.imaging import flatten
     from curation.reader import read_source
 
-    def open_rgb(uri: str):
-        data, _ = read_source(uri, root, max_bytes=max_bytes)
-        return load_rgb(data)
+    def open_rgb(uri: str) -> Image.Image:
+        data = read_source(uri, root, max_bytes=max_bytes)[0] if root else storage.read_bytes(uri)
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise ValueError(f"{uri}: {img.width}x{img.height} exceeds {max_pixels} pixels")
+            img = ImageOps.exif_transpose(img)
+            flat, _ = flatten(img)
+            return flat.convert("RGB")
 
     return open_rgb
 
@@ -43,6 +53,7 @@ def image_opener(root: str, max_bytes: int = 512 * 1024 * 1024):
 )
 def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     from curation.embedding import embed_shard
+    from curation.reader import read_source
 
     t0 = time.monotonic()
     shard = context.partition_key
@@ -50,22 +61,27 @@ def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, 
     items = curated.filter(pl.col("keep")).select("image_id", "uri")
     model = embedder.get_embedder()
     progress = Progress(context, "embeddings", len(items))
+    root = corpus.source_root(shard_source(shard))
     result = embed_shard(
         items,
-        image_opener(corpus.source_root(shard_source(shard))),
+        image_opener(root),
         model,
+        read_bytes=lambda uri: read_source(uri, root, max_bytes=512 * 1024 * 1024)[0],  # nvJPEG path on GPU
         chunk_dir=corpus.stage_dir("image_embeddings_chunks", shard),
         shard=shard,
         progress=progress,
     )
     uri = corpus.stage_uri("image_embeddings", shard)
     storage.write_parquet(result, uri)
+    failed = result.filter(pl.col("embedding").is_null())
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(result),
             "path": dg.MetadataValue.path(uri),
             "model": model.name,
             "dim": model.dim,
+            "embedded": len(result) - len(failed),
+            "failed": len(failed),
             "device": str(model.device),
             "elapsed_s": round(time.monotonic() - t0, 3),
             "images_per_second": round(len(items) / max(progress.elapsed, 1e-9), 1),

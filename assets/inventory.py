@@ -1,6 +1,5 @@
 """Stage 1, `raw_inventory`: every file of a shard accounted for, in one decode per image."""
 
-from __future__ import annotations
 
 import time
 import os
@@ -10,6 +9,7 @@ import polars as pl
 
 from assets._common import OWNERS, RETRY, Progress, counts_md, make_config, shard_source
 from curation import storage
+from orchestration.k8s import cpu_step_tags
 from curation.schema import INVENTORY_SCHEMA
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource, StageSettings
@@ -29,6 +29,7 @@ def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers:
     group_name="ingest",
     kinds={"python", "polars", "parquet"},
     owners=OWNERS,
+    op_tags=cpu_step_tags(cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi"),
     retry_policy=RETRY,
     description=(
         "One row per file in the shard's manifest, never fewer: URI, bytes, mtime, sha256, format, "
@@ -37,13 +38,13 @@ def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers:
     ),
 )
 def raw_inventory(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
-    from curation.inventory import InventoryConfig
+    from curation.inventory import InventoryConfig, default_workers
 
     t0 = time.monotonic()
     shard = context.partition_key
     manifest = corpus.registry().manifest(shard)
     cfg = make_config(InventoryConfig, settings.inventory)
-    workers = settings.inventory_workers or (os.cpu_count() or 1)
+    workers = settings.inventory_workers or default_workers()
     progress = Progress(context, "inventory", len(manifest))
     df = build_inventory(manifest, shard, corpus.source_root(shard_source(shard)), cfg, workers, progress)
     if len(df) != len(manifest):

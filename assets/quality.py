@@ -1,6 +1,5 @@
 """Stage 3, `curated_images`: the quality-filtered set, with every reject's reasons."""
 
-from __future__ import annotations
 
 import time
 import dagster as dg
@@ -9,6 +8,7 @@ from assets._common import OWNERS, RETRY, counts_md
 from assets.dedup import dedup_clusters
 from assets.inventory import raw_inventory
 from curation import storage
+from orchestration.k8s import cpu_step_tags
 from curation.quality import QualityConfig, evaluate, reject_counts
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource, StageSettings
@@ -20,6 +20,7 @@ from resources.corpus import CorpusResource, StageSettings
     group_name="curation",
     kinds={"python", "polars", "parquet"},
     owners=OWNERS,
+    op_tags=cpu_step_tags(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi"),
     retry_policy=RETRY,
     description=(
         "Cluster representatives that pass the configurable checks (size, aspect ratio, brightness, "
@@ -32,7 +33,7 @@ def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, se
     try:
         cfg = QualityConfig.from_overrides(settings.quality)
     except ValueError as exc:
-        raise dg.Failure(str(exc)) from exc
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     inventory = storage.read_parquet(corpus.stage_uri("raw_inventory", shard))
     clusters = storage.read_parquet(corpus.stage_uri("dedup_clusters", shard))
     curated = evaluate(inventory, clusters, cfg)

@@ -1,6 +1,5 @@
 """Stage 6, `shard_report`, and the corpus roll-up `curation_summary` (duckdb over every shard)."""
 
-from __future__ import annotations
 
 import time
 
@@ -14,6 +13,7 @@ from assets.embeddings import image_embeddings
 from assets.inventory import raw_inventory
 from assets.quality import curated_images
 from curation import storage
+from orchestration.k8s import cpu_step_tags
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
 
@@ -45,6 +45,7 @@ def _read_optional(corpus: CorpusResource, stage: str, shard: str) -> pl.DataFra
     group_name="reports",
     kinds={"python", "html", "polars"},
     owners=OWNERS,
+    op_tags=cpu_step_tags(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi"),
     retry_policy=RETRY,
     description=(
         "What was kept, dropped and why for one shard: a self-contained HTML report (thumbnails, duplicate "
@@ -92,6 +93,7 @@ def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame
     group_name="reports",
     kinds={"duckdb", "html", "polars"},
     owners=OWNERS,
+    op_tags=cpu_step_tags(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi"),
     description=(
         "Every shard rolled up: per-shard stage counts from one duckdb query over the stage outputs, and the "
         "corpus HTML report + summary.json (same sections as the shard reports, aggregated)."

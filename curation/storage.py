@@ -9,6 +9,7 @@ partition is then recomputed) instead of being read silently. No pickle anywhere
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -102,13 +103,34 @@ def _strip(uri: str) -> str:
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 
+_RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                    "InternalError", "ServiceUnavailable", "RequestTimeout"}
+_RETRYABLE_ERRNOS = {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.ETIMEDOUT, errno.ECONNRESET}
+_RETRYABLE_MARKERS = ("SlowDown", "Throttl", "InternalError", "internal error", "ServiceUnavailable", "RequestTimeout",
+                      "503", "500", "502", "504", "429", "Connection reset", "EndpointConnectionError")
+
+
 def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__} {exc}"
-    markers = ("SlowDown", "Throttl", "InternalError", "ServiceUnavailable", "RequestTimeout",
-               "503", "500", "502", "504", "429", "Connection reset", "EndpointConnectionError")
-    return any(m in text for m in markers)
+    """Throttling, 5xx and connection errors, looked for along the exception chain (s3fs wraps
+    botocore's ClientError in an OSError whose text no longer carries the error code)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+        resp = getattr(e, "response", None)
+        if isinstance(resp, dict) and (
+            (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode") in RETRYABLE_STATUS
+            or (resp.get("Error") or {}).get("Code") in _RETRYABLE_CODES
+        ):
+            return True
+        if isinstance(e, OSError) and e.errno in _RETRYABLE_ERRNOS:
+            return True
+        if any(m in f"{type(e).__name__} {e}" for m in _RETRYABLE_MARKERS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.2,

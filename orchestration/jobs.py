@@ -19,11 +19,13 @@ curate_shard_job = dg.define_asset_job(
     name="curate_shard",
     selection=dg.AssetSelection.assets(*PARTITIONED_STAGES),
     partitions_def=SHARDS,
+    tags={"curation/stage": "curate"},
     description="All six stages for one shard: inventory, dedup, quality filter, embeddings, labels, report.",
 )
 
 summary_job = dg.define_asset_job(
     name="curation_summary_job",
     selection=dg.AssetSelection.assets("few_shot_probe", "curation_summary"),
+    tags={"curation/stage": "summary"},
     description="Trains the few-shot probe and rolls every shard up into the corpus report (duckdb).",
 )

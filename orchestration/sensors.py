@@ -1,6 +1,5 @@
 """The sensor that turns new files in the configured sources into shards and runs."""
 
-from __future__ import annotations
 
 import json
 import time
@@ -57,7 +56,7 @@ def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResour
     )
 
 
-def build_new_files_sensor(job: dg.UnresolvedAssetJobDefinition, interval_s: int = 60) -> dg.SensorDefinition:
+def build_new_files_sensor(job, interval_s: int = 60) -> dg.SensorDefinition:
     @dg.sensor(
         name="new_files_sensor",
         job=job,
