@@ -61,6 +61,41 @@ def register_all(instance, corpus) -> list[str]:
     return keys
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_cli_runs(instance) -> list[str]:
+    """Run monitoring for the daemon-less path: a CLI run whose process died (killed, OOM) is left
+    STARTED in the instance and keeps its `gpu` pool slot, which would block every later run. Mark
+    such runs failed and free their slots, as the daemon's run monitoring does for launched runs."""
+    import socket
+
+    import dagster as dg
+
+    reaped = []
+    records = instance.get_runs(
+        filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+                              tags={"curation/launched_by": "cli"})
+    )
+    for run in records:
+        host, pid = run.tags.get("curation/cli_host"), run.tags.get("curation/cli_pid")
+        if host != socket.gethostname() or not pid or _pid_alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"the CLI process {pid} that ran this run is gone (killed?)")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    if reaped:
+        print(f"marked {len(reaped)} run(s) of dead CLI processes failed and freed their pool slots", flush=True)
+    return reaped
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     _apply_env(args)
@@ -72,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestration.definitions import defs
 
+    import socket
+
     instance = dg.DagsterInstance.get()
+    reap_dead_cli_runs(instance)
     from resources.corpus import CorpusResource
 
     corpus = CorpusResource()  # the same settings the Definitions resolve (env-driven)
@@ -88,12 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     for key in tqdm(todo, desc="shards", unit="shard", file=sys.stdout, disable=None):
         result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                        tags={"curation/shard": key, "curation/launched_by": "cli"})
+                                        tags={"curation/shard": key, "curation/launched_by": "cli",
+                                              "curation/cli_pid": str(os.getpid()),
+                                              "curation/cli_host": socket.gethostname()})
         if not result.success:
             failed.append(key)
             print(f"shard {key}: run {result.run_id} FAILED (see the run in the UI)", flush=True)
     if not args.no_summary and not failed:
-        result = defs.resolve_job_def("curation_summary_job").execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def("curation_summary_job").execute_in_process(
+            instance=instance, raise_on_error=False,
+            tags={"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
+                  "curation/cli_host": socket.gethostname()})
         if not result.success:
             failed.append("curation_summary")
     print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")

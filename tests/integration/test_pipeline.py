@@ -1,0 +1,132 @@
+"""The whole graph, in process, over two shards of real images with a cross-shard duplicate."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from partitions.discovery import discover_all
+from partitions.shards import SHARDS, image_id
+from resources.classifier import ClassifierSettings
+from resources.corpus import CorpusResource, StageSettings
+from resources.models import EmbedderResource
+from tests.conftest import arcade_sprites, mnist_digits
+from tests.photo_corpus import photo
+
+pytestmark = pytest.mark.slow
+
+
+def build_corpus(root: Path) -> dict[str, str]:
+    """Shard 1 (folder a/): photos and sprites. Shard 2 (folder b/): a downscaled re-encode and a
+    byte copy of shard-1 images, new sprites, and a truncated file."""
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir(parents=True)
+    originals = {}
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        p = root / "a" / f"{name}.jpg"
+        photo(name).convert("RGB").save(p, quality=92)
+        originals[name] = p
+    for i, s in enumerate(arcade_sprites()[::40][:8]):
+        shutil.copyfile(s, root / "a" / f"sprite_{i}{s.suffix}")
+    small = photo("astronaut").convert("RGB")
+    small = small.resize((small.width // 2, small.height // 2), Image.Resampling.LANCZOS)
+    small.save(root / "b" / "astronaut_small.jpg", quality=75)
+    shutil.copyfile(originals["coffee"], root / "b" / "coffee_copy.jpg")
+    for i, s in enumerate(arcade_sprites()[5::40][:4]):
+        shutil.copyfile(s, root / "b" / f"sprite_new_{i}{s.suffix}")
+    data = originals["chelsea"].read_bytes()
+    (root / "b" / "truncated.jpg").write_bytes(data[: len(data) // 4])
+    return {"astronaut": str(originals["astronaut"]), "coffee": str(originals["coffee"])}
+
+
+def build_fewshot(root: Path) -> None:
+    X, y = mnist_digits(5000)
+    for label in (0, 1, 7):
+        idx = np.flatnonzero(y == label)[:8]
+        for i in idx:
+            (root / str(label)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(X[i]).resize((112, 112)).save(root / str(label) / f"{i}.png")
+
+
+def test_two_shards_end_to_end(tmp_path):
+    from orchestration.definitions import defs
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    originals = build_corpus(src)
+    build_fewshot(tmp_path / "fewshot")
+    corpus = CorpusResource(output_root=str(out), sources={"t": str(src)}, shard_size=12)
+    resources = {
+        "corpus": corpus,
+        "settings": StageSettings(inventory_workers=2),
+        "embedder": EmbedderResource(device="cpu"),
+        "classifier": ClassifierSettings(fewshot_uri=str(tmp_path / "fewshot")),
+    }
+    shards = discover_all(corpus.registry(), "t", str(src), shard_size=12)
+    keys = [s.key for s in shards]
+    assert keys == ["t-000001", "t-000002"] and [s.n_files for s in shards] == [12, 7]
+
+    graph = defs.resolve_asset_graph()
+    partitioned = [defs.resolve_assets_def(k) for k in
+                   ("raw_inventory", "dedup_clusters", "curated_images", "image_embeddings",
+                    "image_classifications", "shard_report")]
+    from assets.checks import ALL_CHECKS
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS.name, keys)
+        probe = dg.materialize([defs.resolve_assets_def("few_shot_probe")], instance=instance, resources=resources)
+        assert probe.success
+        for key in keys:
+            res = dg.materialize([*partitioned, *ALL_CHECKS], partition_key=key, instance=instance, resources=resources)
+            assert res.success, key
+            evals = res.get_asset_check_evaluations()
+            assert len(evals) == len(ALL_CHECKS) and all(e.passed for e in evals), [(e.check_name, e.passed) for e in evals]
+        summary = dg.materialize([defs.resolve_assets_def("curation_summary")], instance=instance, resources=resources)
+        assert summary.success
+        assert graph is not None
+
+        read = lambda stage, key: pl.read_parquet(out / stage / f"{key}.parquet")  # noqa: E731
+        inv = pl.concat([read("raw_inventory", k) for k in keys])
+        # every file accounted for, the broken one with a reason
+        assert inv.height == 19 and inv["image_id"].n_unique() == 19
+        bad = inv.filter(pl.col("error_code").is_not_null())
+        assert bad["rel_path"].to_list() == ["b/truncated.jpg"]
+        # cross-shard duplicates join the earlier shard's cluster
+        cl2 = read("dedup_clusters", "t-000002")
+        by_path = dict(zip(read("raw_inventory", "t-000002")["image_id"], read("raw_inventory", "t-000002")["rel_path"]))
+        cl2 = cl2.with_columns(pl.col("image_id").replace_strict(by_path).alias("rel_path"))
+        small = cl2.filter(pl.col("rel_path") == "b/astronaut_small.jpg").row(0, named=True)
+        copy = cl2.filter(pl.col("rel_path") == "b/coffee_copy.jpg").row(0, named=True)
+        assert small["rep_shard"] == "t-000001" and small["cluster_id"] == image_id(originals["astronaut"])
+        assert small["dup_kind"] == "near" and not small["is_representative"]
+        assert copy["dup_kind"] == "exact" and copy["cluster_id"] == image_id(originals["coffee"])
+        # curated: the duplicates and the broken file are rejected with their reasons
+        cur2 = read("curated_images", "t-000002").with_columns(pl.col("image_id").replace_strict(by_path).alias("p"))
+        reasons = dict(zip(cur2["p"], cur2["reasons"].to_list()))
+        assert "duplicate" in reasons["b/astronaut_small.jpg"] and "duplicate" in reasons["b/coffee_copy.jpg"]
+        assert reasons["b/truncated.jpg"] == ["corrupt"]
+        # embeddings for exactly the kept images; few-shot labels for each
+        for key in keys:
+            kept = read("curated_images", key).filter(pl.col("keep"))
+            emb = read("image_embeddings", key)
+            assert sorted(emb["image_id"]) == sorted(kept["image_id"])
+            mat = np.asarray(emb["embedding"].to_list())
+            assert np.allclose(np.linalg.norm(mat, axis=1), 1.0, atol=1e-2)
+            cls = read("image_classifications", key)
+            assert cls.height == emb.height and cls["fs_label"].is_in(["0", "1", "7"]).all()
+            assert (out / "reports" / "shards" / key / "report.html").exists()
+        corpus_summary = json.loads((out / "reports" / "corpus" / "summary.json").read_text())
+        assert corpus_summary["counts"]["listed"] == 19
+        assert corpus_summary["counts"]["kept"] == int(pl.concat([read("curated_images", k) for k in keys])["keep"].sum())
+
+        # re-running shard 2 gives identical clusters
+        before = read("dedup_clusters", "t-000002")
+        again = dg.materialize([partitioned[0], partitioned[1]], partition_key="t-000002", instance=instance, resources=resources)
+        assert again.success and read("dedup_clusters", "t-000002").equals(before)
