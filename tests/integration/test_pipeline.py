@@ -57,7 +57,12 @@ def build_fewshot(root: Path) -> None:
 
 
 def test_two_shards_end_to_end(tmp_path):
-    from orchestration.definitions import defs
+    from assets.classifications import few_shot_probe, image_classifications
+    from assets.dedup import dedup_clusters
+    from assets.embeddings import image_embeddings
+    from assets.inventory import raw_inventory
+    from assets.quality import curated_images
+    from assets.reports import curation_summary, shard_report
 
     src, out = tmp_path / "src", tmp_path / "out"
     originals = build_corpus(src)
@@ -73,24 +78,20 @@ def test_two_shards_end_to_end(tmp_path):
     keys = [s.key for s in shards]
     assert keys == ["t-000001", "t-000002"] and [s.n_files for s in shards] == [12, 7]
 
-    graph = defs.resolve_asset_graph()
-    partitioned = [defs.resolve_assets_def(k) for k in
-                   ("raw_inventory", "dedup_clusters", "curated_images", "image_embeddings",
-                    "image_classifications", "shard_report")]
+    partitioned = [raw_inventory, dedup_clusters, curated_images, image_embeddings, image_classifications, shard_report]
     from assets.checks import ALL_CHECKS
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(SHARDS.name, keys)
-        probe = dg.materialize([defs.resolve_assets_def("few_shot_probe")], instance=instance, resources=resources)
+        probe = dg.materialize([few_shot_probe], instance=instance, resources=resources)
         assert probe.success
         for key in keys:
             res = dg.materialize([*partitioned, *ALL_CHECKS], partition_key=key, instance=instance, resources=resources)
             assert res.success, key
             evals = res.get_asset_check_evaluations()
             assert len(evals) == len(ALL_CHECKS) and all(e.passed for e in evals), [(e.check_name, e.passed) for e in evals]
-        summary = dg.materialize([defs.resolve_assets_def("curation_summary")], instance=instance, resources=resources)
+        summary = dg.materialize([curation_summary], instance=instance, resources=resources)
         assert summary.success
-        assert graph is not None
 
         read = lambda stage, key: pl.read_parquet(out / stage / f"{key}.parquet")  # noqa: E731
         inv = pl.concat([read("raw_inventory", k) for k in keys])
