@@ -7,7 +7,7 @@ For one shard of N real images (default 10,000, the default shard size) this mea
                a SQLite instance (run launch, event log, metadata, resources);
   multiprocess the same through the multiprocess executor (a process per step, as runs launched by
                the daemon or a backfill execute by default).
-overhead fraction = (dagster - plain) / dagster. Writes bench/results/orchestration.json.
+overhead fraction = (dagster - plain) / dagster. Writes bench/results/overhead.json.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def run(n: int, workdir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=10_000)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "orchestration.json"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "overhead.json"))
     args = ap.parse_args()
     workdir = Path(tempfile.gettempdir()) / "curation_bench_orchestration"
     out = {"date": today(), "machine": machine(), "stages": STAGES, **run(args.images, workdir)}

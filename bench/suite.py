@@ -1,0 +1,158 @@
+"""The benchmark suite: one command, real images, every figure as a ratio to its ceiling measured in
+the same run, and the projection to 5 million images.
+
+    make bench            # = .venv/bin/python -m bench.suite
+
+Runs, in order (each writes its own JSON under bench/results/):
+  bench/inventory.py     stage 1 vs bare decode of the same files, 1 and 2 workers, worker peak RSS
+                         as the shard grows from 1,000 to 50,000 images;
+  bench/dedup.py         5M / 1M synthetic hashes clustered, search recall vs brute force on real
+                         hashes, bytes per image, cross-shard query cost, precision/recall on real
+                         labelled duplicate groups at two corpus sizes;
+  bench/embeddings.py    the embedding stage vs the bare model and a naive end-to-end loop (CPU here;
+                         the GPU figures come from bench/results/embeddings-nvidia-h100.json, run on the
+                         lent H100 through the same script);
+  bench/overhead.py Dagster's own time per shard at the default shard size (10,000 images);
+then merges them into bench/results/scale.json and prints a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import REPO, machine, today
+
+RESULTS = REPO / "bench" / "results"
+GPU_RESULT = RESULTS / "embeddings-nvidia-h100.json"
+
+
+def _run(module: str, *args: str) -> float:
+    t0 = time.monotonic()
+    print(f"\n=== {module} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True)
+    return time.monotonic() - t0
+
+
+def _load(name: str) -> dict:
+    p = RESULTS / name
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def projection(inv: dict, dedup: dict, gpu: dict, orch: dict, node_cores: int = 16) -> dict:
+    """Minutes for 5M images on one GPU node, from measured per-core and per-GPU rates."""
+    n = 5_000_000
+    per_core = inv["cpu_stage_img_per_s_per_core"]
+    scaling = inv.get("scaling_2_workers", 2.0) / 2.0  # parallel efficiency measured at 2 workers
+    cpu_rate = per_core * node_cores * scaling
+    gpu_rate = gpu.get("stage_img_per_s")
+    inventory_min = n / cpu_rate / 60
+    dedup_min = dedup["dedup_5m_seconds"] / 60
+    embed_min = n / gpu_rate / 60 if gpu_rate else None
+    overhead = orch.get("dagster_overhead_fraction", 0.0)
+    # Shards flow through the stages as a pipeline: while the GPU embeds shard k, the CPU stages run
+    # on shard k+1, so the wall time is set by the slower of the two, plus dedup (serial over shards)
+    # and Dagster's overhead.
+    pipelined = max(inventory_min, embed_min or 0) + dedup_min
+    total = pipelined / (1 - overhead)
+    return {
+        "projection_5m_minutes": round(total, 1),
+        "projection_5m_parts_minutes": {
+            "inventory_hashes_quality": round(inventory_min, 1),
+            "dedup": round(dedup_min, 2),
+            "embeddings_gpu": round(embed_min, 1) if embed_min else None,
+        },
+        "projection_assumptions": [
+            f"one node with {node_cores} CPU cores and one H100, like the lent GPU machine",
+            f"stage 1 at {per_core:.0f} img/s per core (measured here on 500x375..1024x768 JPEGs) with the "
+            f"parallel efficiency measured at 2 workers ({scaling:.2f}) applied to all {node_cores} cores",
+            f"embeddings at {gpu_rate:.0f} img/s (bench/results/embeddings-nvidia-h100.json, ViT-B-32 fp16, "
+            "500x375 JPEGs, nvJPEG)" if gpu_rate else "no GPU figure available",
+            f"dedup of 5M hashes in {dedup['dedup_5m_seconds']:.0f} s on 2 cores (bench/results/dedup.json)",
+            "CPU stages of shard k+1 overlap the GPU stage of shard k (the gpu pool holds 1 slot, CPU steps run "
+            "beside it), so wall time = max(CPU stages, GPU stage) + dedup",
+            f"Dagster overhead fraction {overhead:.3f} of each shard's work (bench/results/overhead.json)",
+            "images read from local disk or a nearby object store at the stage's rate; classification and "
+            "reports are small next to these (a matrix product per shard, a few hundred thumbnails)",
+        ],
+    }
+
+
+def merge() -> dict:
+    inv, dedup, orch = _load("inventory.json"), _load("dedup.json"), _load("overhead.json")
+    cpu_emb, gpu = _load("embeddings-cpu.json"), _load(GPU_RESULT.name)
+    out = {
+        "date": today(),
+        "machine": machine(),
+        "cpu_stage_img_per_s_per_core": inv.get("cpu_stage_img_per_s_per_core"),
+        "decode_ceiling_img_per_s_per_core": inv.get("decode_ceiling_img_per_s_per_core"),
+        "cpu_stage_vs_decode_ratio": inv.get("stage_vs_decode_ratio"),
+        "cpu_stage_vs_draft_decode_ratio": inv.get("stage_vs_draft_decode_ratio"),
+        "cpu_stage_scaling_2_workers": inv.get("scaling_2_workers"),
+        "peak_rss_mb": inv.get("peak_rss_mb_by_shard_size"),
+        "dedup_5m_seconds": dedup.get("dedup_5m_seconds"),
+        "dedup_1m_seconds": dedup.get("dedup_1m_seconds"),
+        "dedup_recall": dedup.get("dedup_recall"),
+        "dedup_bytes_per_image": dedup.get("dedup_bytes_per_image"),
+        "dedup_labelled": {k: dedup.get(k) for k in ("precision_small", "recall_small", "largest_cluster_small",
+                                                     "images_small", "precision_large", "recall_large",
+                                                     "largest_cluster_large", "images_large")},
+        "dedup_cross_shard": dedup.get("cross_shard"),
+        "dagster_overhead_fraction": orch.get("dagster_overhead_fraction"),
+        "dagster_overhead": {k: orch.get(k) for k in ("shard_images", "plain_seconds", "in_process_seconds",
+                                                      "multiprocess_seconds", "overhead_fraction_in_process",
+                                                      "overhead_fraction_multiprocess")},
+        "embeddings_cpu": {k: cpu_emb.get(k) for k in ("model", "model_only_img_per_s", "ceiling_img_per_s",
+                                                       "stage_img_per_s", "stage_over_ceiling")},
+        "embeddings_gpu": {k: gpu.get(k) for k in ("device_name", "date", "model", "model_only_img_per_s",
+                                                   "ceiling_img_per_s", "stage_img_per_s", "stage_over_ceiling",
+                                                   "peak_rss_mb", "peak_gpu_mem_mb")},
+    }
+    if inv and dedup:
+        out.update(projection(inv, dedup, gpu, orch))
+    return out
+
+
+def table(s: dict) -> str:
+    rows = [
+        ("stage 1, img/s per core", s["cpu_stage_img_per_s_per_core"], "bare decode", s["decode_ceiling_img_per_s_per_core"],
+         s["cpu_stage_vs_decode_ratio"]),
+        ("dedup 5M hashes, s", s["dedup_5m_seconds"], "target", 120, round(120 / s["dedup_5m_seconds"], 2) if s["dedup_5m_seconds"] else None),
+        ("dedup search recall", s["dedup_recall"], "brute force", 1.0, s["dedup_recall"]),
+        ("embeddings GPU, img/s", s["embeddings_gpu"].get("stage_img_per_s"), "end-to-end ceiling",
+         s["embeddings_gpu"].get("ceiling_img_per_s"), s["embeddings_gpu"].get("stage_over_ceiling")),
+        ("Dagster overhead per shard", s["dagster_overhead_fraction"], "target", 0.05, None),
+    ]
+    lines = [f"{'figure':32s} {'value':>10s}  {'against':20s} {'ceiling':>10s} {'ratio':>6s}"]
+    for name, v, what, c, r in rows:
+        lines.append(f"{name:32s} {v!s:>10s}  {what:20s} {c!s:>10s} {r!s:>6s}")
+    lines.append(f"peak RSS of an inventory worker by shard size (MB): {s['peak_rss_mb']}")
+    if "projection_5m_minutes" in s:
+        lines.append(f"projection for 5M images on one GPU node: {s['projection_5m_minutes']} min "
+                     f"{s['projection_5m_parts_minutes']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--merge-only", action="store_true", help="only merge the existing results into scale.json")
+    args = ap.parse_args()
+    timings = {}
+    if not args.merge_only:
+        timings["inventory"] = _run("bench.inventory", "--shard-sizes", "1000,5000,20000,50000")
+        timings["dedup"] = _run("bench.dedup")
+        timings["embeddings_cpu"] = _run("bench.embeddings", "--device", "cpu")
+        timings["overhead"] = _run("bench.overhead")
+    scale = merge()
+    if timings:
+        scale["suite_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    (RESULTS / "scale.json").write_text(json.dumps(scale, indent=2))
+    print("\n" + table(scale))
+
+
+if __name__ == "__main__":
+    main()
