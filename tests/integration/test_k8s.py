@@ -219,6 +219,6 @@ def test_k8s_deployment_puts_the_k8s_executor_on_the_definitions():
     assert proc.stdout.strip().splitlines()[-1] == "k8s"
     from orchestration.definitions import executor_for
 
-    assert executor_for("local").name == "multiprocess"
+    assert executor_for("local").name == "in_process"
     with pytest.raises(ValueError):
         executor_for("kubernetes")
