@@ -165,8 +165,14 @@ def _raise_timeout(signum: int, frame: Any) -> None:
 # ------------------------------------------------------------------------------ process pool
 
 
-def _worker_main(conn: mpc.Connection, root: str, cfg: InventoryConfig, task: Task) -> None:
+def _worker_main(conn: mpc.Connection, root: str, cfg: InventoryConfig, task: Task,
+                 env: dict[str, str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
+    if env is not None:
+        # A forkserver keeps the environment it started with; take the parent's current one, so
+        # storage settings (AWS_ENDPOINT_URL, credentials) always match the step's.
+        os.environ.clear()
+        os.environ.update(env)
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -265,7 +271,7 @@ class _Pool:
 
     def _spawn(self) -> _Worker:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.root, self.cfg, self.task),
+        proc = self.ctx.Process(target=_worker_main, args=(child, self.root, self.cfg, self.task, dict(os.environ)),
                                 name="inventory-worker", daemon=True)
         proc.start()
         child.close()

@@ -52,6 +52,14 @@ def test_production_instance_config_loads_on_postgres(prod_home):
 def _recon_job():
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
+    # The code location reads its settings (CURATION_OUTPUT_ROOT, ...) when it loads, as a code server
+    # does at start-up; this test changed them, so load it afresh (the in-process executor runs the
+    # job in this process, where an earlier test may have imported it with other settings).
+    import importlib
+
+    import orchestration.definitions
+
+    importlib.reload(orchestration.definitions)
     repo = ReconstructableRepository.for_module("orchestration.definitions", "defs", working_directory=str(ROOT))
     return repo.get_reconstructable_job("curate_shard")
 
@@ -73,8 +81,7 @@ def test_one_shard_fails_on_a_bad_setting_then_reexecutes_from_failure(prod_home
     assert shard.n_files == len(written)
 
     selection = [dg.AssetKey(s) for s in STAGES]
-    # spawn (the default): each step process starts from this process's current environment
-    execution = {"execution": {"config": {"max_concurrent": 2}}}
+    execution: dict = {}
     bad = {**execution, "resources": {"settings": {"config": {"quality": {"no_such_setting": 1}}}}}
 
     with dg.DagsterInstance.get() as instance:

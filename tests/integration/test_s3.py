@@ -242,6 +242,14 @@ def test_a_shard_runs_end_to_end_with_sources_and_outputs_on_s3(s3, monkeypatch,
     s3.proxy.inject("GetObject", "slowdown", times=1, key_contains=f"raw/demo/{first_photo}")
     s3.proxy.inject("PutObject", "internal", times=1, key_contains="curated/raw_inventory/")
 
+    # The code location reads its settings (CURATION_OUTPUT_ROOT, ...) when it loads, as a code server
+    # does at start-up; this test changed them, so load it afresh (the in-process executor runs the
+    # job in this process, where an earlier test may have imported it with other settings).
+    import importlib
+
+    import orchestration.definitions
+
+    importlib.reload(orchestration.definitions)
     repo = ReconstructableRepository.for_module("orchestration.definitions", "defs", working_directory=str(ROOT))
     stages = ["raw_inventory", "dedup_clusters", "curated_images"]
     with dg.instance_for_test() as instance:
@@ -260,7 +268,7 @@ def test_a_shard_runs_end_to_end_with_sources_and_outputs_on_s3(s3, monkeypatch,
     assert set(inventory["uri"]) == {f"{src}/{rel}" for rel in corpus}
     assert inventory.filter(pl.col("error_code").is_not_null()).height >= 1  # the truncated JPEG
     curated = storage.read_parquet(f"{out}/curated_images/{shard.key}.parquet")
-    assert 0 < int(curated["keep"].sum()) < len(corpus)
+    assert 0 < int(curated["keep"].sum()) < len(corpus), curated.select("uri", "reasons").to_dicts()
     # every source photo was read from S3 and the injected faults were met and survived
     reads = [r for r in s3.proxy.ops("GetObject") if "/raw/demo/" in r.path and r.status in (200, 206)]
     assert {r.path.split("/raw/demo/", 1)[1] for r in reads} == set(corpus), sorted({(r.operation, r.status) for r in s3.proxy.ops()})
