@@ -7,19 +7,11 @@ import json
 import dagster as dg
 import pytest
 
-from orchestration.sensors import evaluate_new_files
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
 from tests.conftest import arcade_sprites
+from tests.integration.test_sensor import tick as _tick
 from tests.s3server import s3, s3_server  # noqa: F401  (fixtures)
-
-
-def _tick(instance, corpus, cursor=None):
-    ctx = dg.build_sensor_context(instance=instance, cursor=cursor)
-    res = evaluate_new_files(ctx, corpus)
-    for req in res.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-    return res
 
 
 def test_s3_source_pages_registers_and_finds_new_objects(tmp_path, s3):
