@@ -824,7 +824,7 @@ def embed_shard(
     resized there, on a side CUDA stream so that decoding batch k+1 overlaps the model on batch k;
     other formats, EXIF-rotated or truncated JPEGs and anything nvJPEG rejects go through
     `read_image` on the CPU. ``gpu_decode="off"`` forces CPU decoding. `progress(done_rows,
-    total_rows)` is called after every chunk is written. When `stats` is given it receives seconds
+    total_rows)` is called after every batch and every written chunk. When `stats` is given it receives seconds
     spent per phase: consumer waiting for batches (wait_s) and in the model (model_s), producer in
     nvJPEG decode + GPU resize (gpu_decode_s), assembling batches (assemble_s), waiting for reads
     (load_wait_s), and building chunk frames (frame_s).
@@ -1012,6 +1012,7 @@ def embed_shard(
 
     thread.start()
     try:
+        seen_rows = done_rows  # rows embedded so far, counting chunks reused from an earlier run
         rows_of: dict[int, np.ndarray] = {}
         ok_of: dict[int, np.ndarray] = {}
         err_of: dict[int, dict[int, str]] = {}
@@ -1043,6 +1044,9 @@ def embed_shard(
                 rows[b.dev_positions] = embedder.embed_pixels(b.dev)
                 ok[b.dev_positions] = True
             st["model_s"] += time.perf_counter() - t_model
+            seen_rows += len(b.host_positions or ()) + len(b.dev_positions or ()) + len(b.errors)
+            if progress is not None:  # after every batch, so long chunks still report steadily
+                progress(min(seen_rows, total), total)
             del b
             if item.last_in_chunk:
                 t_frame = time.perf_counter()

@@ -96,6 +96,23 @@ def reap_dead_cli_runs(instance) -> list[str]:
     return reaped
 
 
+def shards_done(instance, keys: list[str], stages=None) -> set[str]:
+    """Shards whose every partitioned stage is materialised. A stage partition recorded as failed
+    after its materialisation (e.g. its file was found corrupt and deleted, see
+    assets._common.read_stage) or never materialised makes the shard to-do again."""
+    import dagster as dg
+    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
+
+    from orchestration.jobs import PARTITIONED_STAGES
+    from partitions.shards import SHARDS
+
+    done = set(keys)
+    for stage in stages or PARTITIONED_STAGES:
+        status = instance.get_status_by_partition(dg.AssetKey(stage), list(keys), SHARDS) or {}
+        done &= {k for k, st in status.items() if st == AssetPartitionStatus.MATERIALIZED}
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     _apply_env(args)
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "register":
         print(f"{len(keys)} shard(s) registered")
         return 0
-    done = instance.get_materialized_partitions(dg.AssetKey("shard_report"))
+    done = shards_done(instance, keys)
     todo = [k for k in keys if args.force or k not in done]
     print(f"{len(keys)} shard(s); {len(todo)} to materialise", flush=True)
     job = defs.resolve_job_def("curate_shard")
@@ -132,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         if not result.success:
             failed.append(key)
             print(f"shard {key}: run {result.run_id} FAILED (see the run in the UI)", flush=True)
+        elif not sys.stdout.isatty():  # the bar is hidden when output is piped: one line per shard
+            print(f"shard {key} done ({todo.index(key) + 1}/{len(todo)}, {time.monotonic() - t0:.0f} s so far)",
+                  flush=True)
     if not args.no_summary and not failed:
         result = defs.resolve_job_def("curation_summary_job").execute_in_process(
             instance=instance, raise_on_error=False,
