@@ -7,6 +7,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from curation import storage
 from partitions.shards import parse_shard_key
 
 
@@ -17,6 +18,7 @@ class Progress:
         self.context, self.what, self.total, self.every_s = context, what, total, every_s
         self.start = self.last = time.monotonic()
         self.done = 0
+        context.log.info(f"{what}: starting, {total} images")
 
     def __call__(self, done: int, total: int | None = None) -> None:
         self.done = done
@@ -50,10 +52,83 @@ def frame_md(df: pl.DataFrame, n: int = 50) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def counts_md(counts: dict[str, int], header: tuple[str, str] = ("reason", "images")) -> dg.MetadataValue:
-    lines = [f"| {header[0]} | {header[1]} |", "|---|---:|"]
-    lines += [f"| {k} | {v} |" for k, v in counts.items()]
+def counts_md(counts: dict[str, int], header: tuple[str, str] = ("reason", "images"),
+              bar_width: int = 24) -> dg.MetadataValue:
+    """Counts as a Markdown table with a text bar per row (a bar chart that Dagster's Markdown always
+    renders). Keep it short: the UI shows Markdown inline only below 1,000 characters."""
+    if not counts:
+        return dg.MetadataValue.md(f"_no {header[1]}_")
+    top = max(max(counts.values()), 1)
+    bar = lambda v: "█" * max(1, round(bar_width * v / top)) if v else ""  # noqa: E731
+    lines = [f"| {header[0]} | {header[1]} | |", "|---|---:|---|"]
+    lines += [f"| {k} | {v} | {bar(v)} |" for k, v in counts.items()]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def _mark_partition_failed(context, asset_key: dg.AssetKey, partition: str, description: str) -> None:
+    """Record in the instance that `asset_key[partition]` must be recomputed, on storages that cannot
+    wipe a single partition (Dagster OSS's SQLite and Postgres event logs raise NotImplementedError).
+
+    The event log gets, in this run, a planned materialisation of that partition (and a failed
+    materialisation event, which storages that keep them store; OSS ones drop it). This run then fails
+    (the caller raises), and Dagster's partition status derives "failed" from exactly that: the latest
+    planned materialisation of the partition has no materialisation after it and its run failed. The
+    partition shows as Failed in the UI and is selected by "backfill failed and missing partitions".
+    (Uses dagster._core event constructors: there is no public API for this in dagster 1.13.)"""
+    from dagster._core.definitions.events import (
+        AssetMaterializationFailure,
+        AssetMaterializationFailureReason,
+        AssetMaterializationFailureType,
+    )
+    from dagster._core.events import AssetMaterializationPlannedData, DagsterEvent
+
+    job_name = context.run.job_name
+    step_key = context.op_execution_context.get_step_execution_context().step.key
+    planned = DagsterEvent.build_asset_materialization_planned_event(
+        job_name, step_key, AssetMaterializationPlannedData(asset_key, partition=partition))
+    failed = DagsterEvent.build_asset_failed_to_materialize_event(
+        job_name, step_key,
+        AssetMaterializationFailure(asset_key=asset_key, partition=partition, description=description,
+                                    failure_type=AssetMaterializationFailureType.FAILED,
+                                    reason=AssetMaterializationFailureReason.FAILED_TO_MATERIALIZE))
+    for event in (planned, failed):
+        context.instance.report_dagster_event(event, run_id=context.run_id)
+
+
+def read_stage(context, corpus, stage: str, shard: str, columns: list[str] | None = None,
+               asset: str | None = None) -> pl.DataFrame:
+    """Read `<output_root>/<stage>/<shard>.parquet`, written by asset `asset` (default: `stage`).
+
+    A file that exists but cannot be read back (truncated, bad footer: `CorruptOutputError`) is never
+    used: it is deleted, the asset's materialisation of that partition is wiped from the instance
+    (`wipe_asset_partitions`; where the event log storage cannot wipe one partition, as in Dagster OSS,
+    the partition is recorded as failed instead, see `_mark_partition_failed`), so the partition shows
+    as missing / failed and the next run of the shard or backfill of failed and missing partitions
+    recomputes it. The step then fails with a `dg.Failure` naming the file. Retrying this step cannot
+    help (its input is gone until the upstream partition is recomputed), so the failure does not retry."""
+    uri = corpus.stage_uri(stage, shard)
+    try:
+        return storage.read_parquet(uri, columns=columns)
+    except storage.CorruptOutputError as exc:
+        asset_key = dg.AssetKey(asset or stage)
+        name = f"{asset_key.to_user_string()}[{shard}]"
+        storage.delete(uri)
+        description = (f"corrupt intermediate file {uri} of {name} could not be read back and was deleted; "
+                       f"partition {shard} of {asset_key.to_user_string()} will be recomputed by the next run "
+                       "of this shard (`curate run`, or a backfill of failed and missing partitions)")
+        try:
+            context.instance.wipe_asset_partitions(asset_key, [shard])
+            how = "wiped"
+        except NotImplementedError:
+            _mark_partition_failed(context, asset_key, shard, description)
+            how = "marked failed"
+        context.log.error(f"{description} ({name} {how} in the instance). Cause: {exc}")
+        raise dg.Failure(
+            description=f"{description} ({name} {how} in the instance)",
+            metadata={"corrupt_file": dg.MetadataValue.path(uri), "asset": asset_key.to_user_string(),
+                      "partition": shard, "instance": how},
+            allow_retries=False,
+        ) from exc
 
 
 def make_config(cls, overrides: dict | None):

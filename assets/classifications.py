@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, counts_md
+from assets._common import OWNERS, RETRY, counts_md, read_stage
 from assets.embeddings import image_embeddings, image_opener
 from curation import storage
 from orchestration.k8s import cpu_step_tags
@@ -93,7 +93,7 @@ def image_classifications(context: dg.AssetExecutionContext, corpus: CorpusResou
 
     t0 = time.monotonic()
     shard = context.partition_key
-    emb = storage.read_parquet(corpus.stage_uri("image_embeddings", shard))
+    emb = read_stage(context, corpus, "image_embeddings", shard)
     model = embedder.get_embedder()
     zs_cfg, zs_note = None, "on"
     try:

@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, counts_md, make_config
+from assets._common import OWNERS, counts_md, make_config, read_stage
 from assets.inventory import raw_inventory
 from curation import storage
 from orchestration.k8s import cpu_step_tags
@@ -18,7 +18,7 @@ from resources.corpus import CorpusResource, StageSettings
 WAIT_FOR_EARLIER = dg.RetryPolicy(max_retries=8, delay=15, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
-def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: str) -> pl.DataFrame | None:
+def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: str, context=None) -> pl.DataFrame | None:
     earlier = registry.earlier_keys(shard)
     frames, missing = [], []
     for key in earlier:
@@ -26,7 +26,8 @@ def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: s
         if not storage.exists(uri):
             missing.append(key)
             continue
-        frames.append(storage.read_parquet(uri))
+        frames.append(read_stage(context, corpus, "dedup_index", key, asset="dedup_clusters") if context is not None
+                      else storage.read_parquet(uri))
     if missing:
         raise dg.Failure(
             f"dedup of {shard} compares against every earlier shard, but {len(missing)} earlier shard(s) "
@@ -55,8 +56,8 @@ def dedup_clusters(context: dg.AssetExecutionContext, corpus: CorpusResource, se
     t0 = time.monotonic()
     shard = context.partition_key
     registry = corpus.registry()
-    inventory = storage.read_parquet(corpus.stage_uri("raw_inventory", shard))
-    earlier = load_earlier_index(corpus, registry, shard)
+    inventory = read_stage(context, corpus, "raw_inventory", shard)
+    earlier = load_earlier_index(corpus, registry, shard, context)
     cfg = make_config(DedupConfig, settings.dedup)
     clusters, index = dedup_shard(inventory, earlier, cfg)
     if len(clusters) != len(inventory):

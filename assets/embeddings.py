@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, Progress, shard_source
+from assets._common import OWNERS, RETRY, Progress, read_stage, shard_source
 from assets.quality import curated_images
 from curation import storage
 from orchestration.k8s import gpu_step_tags
@@ -57,7 +57,7 @@ def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, 
 
     t0 = time.monotonic()
     shard = context.partition_key
-    curated = storage.read_parquet(corpus.stage_uri("curated_images", shard), columns=["image_id", "uri", "keep"])
+    curated = read_stage(context, corpus, "curated_images", shard, columns=["image_id", "uri", "keep"])
     items = curated.filter(pl.col("keep")).select("image_id", "uri")
     model = embedder.get_embedder()
     progress = Progress(context, "embeddings", len(items))
@@ -69,6 +69,7 @@ def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, 
         read_bytes=lambda uri: read_source(uri, root, max_bytes=512 * 1024 * 1024)[0],  # nvJPEG path on GPU
         chunk_dir=corpus.stage_dir("image_embeddings_chunks", shard),
         shard=shard,
+        chunk_size=embedder.chunk_size,
         progress=progress,
     )
     uri = corpus.stage_uri("image_embeddings", shard)

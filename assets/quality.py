@@ -4,7 +4,7 @@
 import time
 import dagster as dg
 
-from assets._common import OWNERS, RETRY, counts_md
+from assets._common import OWNERS, RETRY, counts_md, read_stage
 from assets.dedup import dedup_clusters
 from assets.inventory import raw_inventory
 from curation import storage
@@ -34,8 +34,8 @@ def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, se
         cfg = QualityConfig.from_overrides(settings.quality)
     except ValueError as exc:
         raise dg.Failure(str(exc), allow_retries=False) from exc
-    inventory = storage.read_parquet(corpus.stage_uri("raw_inventory", shard))
-    clusters = storage.read_parquet(corpus.stage_uri("dedup_clusters", shard))
+    inventory = read_stage(context, corpus, "raw_inventory", shard)
+    clusters = read_stage(context, corpus, "dedup_clusters", shard)
     curated = evaluate(inventory, clusters, cfg)
     uri = corpus.stage_uri("curated_images", shard)
     storage.write_parquet(curated, uri)

@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, frame_md
+from assets._common import OWNERS, RETRY, frame_md, read_stage
 from assets.classifications import image_classifications
 from assets.dedup import dedup_clusters
 from assets.embeddings import image_embeddings
@@ -34,9 +34,9 @@ def stage_timings(instance: dg.DagsterInstance, shard: str) -> dict[str, float]:
     return out
 
 
-def _read_optional(corpus: CorpusResource, stage: str, shard: str) -> pl.DataFrame | None:
+def _read_optional(context, corpus: CorpusResource, stage: str, shard: str) -> pl.DataFrame | None:
     uri = corpus.stage_uri(stage, shard)
-    return storage.read_parquet(uri) if storage.exists(uri) else None
+    return read_stage(context, corpus, stage, shard) if storage.exists(uri) else None
 
 
 @dg.asset(
@@ -57,20 +57,26 @@ def shard_report(context: dg.AssetExecutionContext, corpus: CorpusResource) -> d
 
     t0 = time.monotonic()
     shard = context.partition_key
-    read = lambda stage: storage.read_parquet(corpus.stage_uri(stage, shard))  # noqa: E731
+    read = lambda stage: read_stage(context, corpus, stage, shard)  # noqa: E731
     curated = read("curated_images")
     out_dir = corpus.stage_dir("reports", "shards", shard)
     summary = build_shard_report(
         shard, read("raw_inventory"), read("dedup_clusters"), curated,
-        _read_optional(corpus, "image_embeddings", shard), _read_optional(corpus, "image_classifications", shard),
+        _read_optional(context, corpus, "image_embeddings", shard),
+        _read_optional(context, corpus, "image_classifications", shard),
         out_dir, timings=stage_timings(context.instance, shard),
     )
-    preview = markdown_preview(summary, preview_thumbs(curated))
+    # Dagster renders Markdown metadata inline only below 1,000 characters, else behind a
+    # "[Show Markdown]" button: keep the count tables (short) apart from the thumbnail strip (data URIs).
+    tables = markdown_preview(summary, [])
+    with_thumbs = markdown_preview(summary, preview_thumbs(curated))
+    strip = with_thumbs[len(tables):].strip() if with_thumbs.startswith(tables) else with_thumbs
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
             "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
-            "preview": dg.MetadataValue.md(preview),
+            "preview": dg.MetadataValue.md(tables),
+            "thumbnails": dg.MetadataValue.md(strip or "_no kept images_"),
             "kept": int(summary["counts"].get("kept") or 0),
             "listed": int(summary["counts"].get("listed") or 0),
             "elapsed_s": round(time.monotonic() - t0, 3),

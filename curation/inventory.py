@@ -282,7 +282,7 @@ class _Pool:
 
     def _unregister(self, w: _Worker) -> None:
         for obj in (w.conn, w.proc.sentinel):
-            with contextlib.suppress(KeyError, ValueError):
+            with contextlib.suppress(KeyError, ValueError, OSError):  # OSError: handle already closed
                 self.selector.unregister(obj)
 
     def _replace(self, w: _Worker) -> None:

@@ -12,6 +12,7 @@ Torch and the model libraries are imported only when `get_embedder` is first cal
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Optional
 
@@ -53,6 +54,10 @@ class EmbedderResource(dg.ConfigurableResource):
     device: str = Field(default="auto", description="'auto' | 'cpu' | 'cuda' | 'cuda:N'")
     precision: str = Field(default="auto", description="'auto' (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
     batch_size: Optional[int] = Field(default=None, description="images per forward pass; empty = from device")
+    chunk_size: int = Field(
+        default_factory=lambda: int(os.environ.get("EMBEDDER_CHUNK_SIZE") or 2048), gt=0,
+        description="rows per resumable embedding chunk (default 2048 or $EMBEDDER_CHUNK_SIZE): a killed "
+                    "step redoes at most one chunk")
 
     def spec(self) -> EmbedderSpec:
         return EmbedderSpec(kind=self.kind, model_name=self.model_name, pretrained=self.pretrained,
