@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
+from assets._common import check_per_shard
 from curation import storage
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
@@ -27,7 +28,10 @@ def _dupes(df: pl.DataFrame) -> int:
 @dg.asset_check(asset="raw_inventory", blocking=True, partitions_def=SHARDS,
                 description="One inventory row per manifest entry (never fewer), and no duplicate ids.")
 def inventory_matches_manifest(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
+    return check_per_shard(context, lambda shard: _inventory_matches_manifest_one(corpus, shard))
+
+
+def _inventory_matches_manifest_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
     manifest = corpus.registry().manifest(shard)
     inv = _read(corpus, "raw_inventory", shard, ["image_id", "error_code"])
     missing = set(manifest["image_id"]) - set(inv["image_id"])
@@ -41,7 +45,10 @@ def inventory_matches_manifest(context: dg.AssetCheckExecutionContext, corpus: C
 @dg.asset_check(asset="dedup_clusters", blocking=True, partitions_def=SHARDS,
                 description="Every cluster's representative exists (in this shard or an earlier one) and ids are unique.")
 def dedup_representatives_exist(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
+    return check_per_shard(context, lambda shard: _dedup_representatives_exist_one(corpus, shard))
+
+
+def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
     df = _read(corpus, "dedup_clusters", shard)
     local = df.filter(pl.col("rep_shard") == shard)
     reps_here = set(df.filter(pl.col("is_representative"))["image_id"])
@@ -64,7 +71,10 @@ def dedup_representatives_exist(context: dg.AssetCheckExecutionContext, corpus: 
 @dg.asset_check(asset="curated_images", blocking=True, partitions_def=SHARDS,
                 description="Every inventory row has a decision; every reject has at least one reason; kept images are representatives.")
 def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
+    return check_per_shard(context, lambda shard: _curated_decisions_complete_one(corpus, shard))
+
+
+def _curated_decisions_complete_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
     cur = _read(corpus, "curated_images", shard)
     inv = _read(corpus, "raw_inventory", shard, ["image_id"])
     no_reason = int(cur.filter(~pl.col("keep") & (pl.col("reasons").list.len() == 0)).height)
@@ -77,7 +87,10 @@ def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: C
 @dg.asset_check(asset="image_embeddings", blocking=True, partitions_def=SHARDS,
                 description="Finite, unit-norm vectors of one dimension, at most one per kept image (kept images that failed to decode here carry an error instead).")
 def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
+    return check_per_shard(context, lambda shard: _embeddings_valid_one(corpus, shard))
+
+
+def _embeddings_valid_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
     emb = _read(corpus, "image_embeddings", shard).filter(pl.col("embedding").is_not_null())
     kept = _read(corpus, "curated_images", shard, ["image_id", "keep"]).filter(pl.col("keep"))
     if len(emb) == 0:
@@ -97,7 +110,10 @@ def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResou
 @dg.asset_check(asset="image_classifications", blocking=False, partitions_def=SHARDS,
                 description="Probabilities lie in [0, 1]; top-k probabilities sum to at most 1 (to 1 over all labels).")
 def classification_probabilities(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
-    shard = context.partition_key
+    return check_per_shard(context, lambda shard: _classification_probabilities_one(corpus, shard))
+
+
+def _classification_probabilities_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
     df = _read(corpus, "image_classifications", shard)
     bad = 0
     if len(df) and df["zs_topk_probs"].null_count() < len(df):

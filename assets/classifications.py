@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, counts_md, read_stage
+from assets._common import BACKFILL_POLICY, OWNERS, RETRY, counts_md, per_shard, read_stage
 from assets.embeddings import image_embeddings, image_opener
 from curation import storage
 from orchestration.k8s import cpu_step_tags
@@ -75,6 +75,7 @@ def few_shot_probe(context: dg.AssetExecutionContext, corpus: CorpusResource, cl
 
 @dg.asset(
     partitions_def=SHARDS,
+    backfill_policy=BACKFILL_POLICY,
     deps=[image_embeddings],
     group_name="ml",
     kinds={"pytorch", "polars", "parquet"},
@@ -88,11 +89,15 @@ def few_shot_probe(context: dg.AssetExecutionContext, corpus: CorpusResource, cl
 )
 def image_classifications(context: dg.AssetExecutionContext, corpus: CorpusResource, classifier: ClassifierSettings,
                           embedder: EmbedderResource) -> dg.MaterializeResult:
+    return per_shard(context, lambda shard: _image_classifications_one(context, corpus, classifier, embedder, shard))
+
+
+def _image_classifications_one(context: dg.AssetExecutionContext, corpus: CorpusResource, classifier: ClassifierSettings,
+                          embedder: EmbedderResource, shard: str) -> dict:
     from curation.classify import ZeroShotConfig, classify_shard, text_classifier
     from curation.embedding import ZeroShotUnavailableError
 
     t0 = time.monotonic()
-    shard = context.partition_key
     emb = read_stage(context, corpus, "image_embeddings", shard)
     model = embedder.get_embedder()
     zs_cfg, zs_note = None, "on"
@@ -114,14 +119,12 @@ def image_classifications(context: dg.AssetExecutionContext, corpus: CorpusResou
     storage.write_parquet(out, uri)
     fs_counts = dict(out.group_by("fs_label").len().sort("len", descending=True).iter_rows()) if probe else {}
     zs_counts = dict(out.group_by("zs_label").len().sort("len", descending=True).iter_rows()) if zs_cfg else {}
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(out),
-            "path": dg.MetadataValue.path(uri),
-            "zero_shot": zs_note,
-            "few_shot": f"probe val accuracy {probe.val_accuracy:.3f}" if probe and probe.val_accuracy is not None else ("on" if probe else "off"),
-            "few_shot_labels": counts_md({str(k): int(v) for k, v in fs_counts.items()}, ("label", "images")),
-            "zero_shot_labels": counts_md({str(k): int(v) for k, v in zs_counts.items()}, ("label", "images")),
-            "elapsed_s": round(time.monotonic() - t0, 3),
-        }
-    )
+    return {
+        "dagster/row_count": len(out),
+        "path": dg.MetadataValue.path(uri),
+        "zero_shot": zs_note,
+        "few_shot": f"probe val accuracy {probe.val_accuracy:.3f}" if probe and probe.val_accuracy is not None else ("on" if probe else "off"),
+        "few_shot_labels": counts_md({str(k): int(v) for k, v in fs_counts.items()}, ("label", "images")),
+        "zero_shot_labels": counts_md({str(k): int(v) for k, v in zs_counts.items()}, ("label", "images")),
+        "elapsed_s": round(time.monotonic() - t0, 3),
+    }

@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, counts_md, make_config, read_stage
+from assets._common import BACKFILL_POLICY, OWNERS, counts_md, make_config, per_shard, read_stage
 from assets.inventory import raw_inventory
 from curation import storage
 from orchestration.k8s import cpu_step_tags
@@ -39,6 +39,7 @@ def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: s
 
 @dg.asset(
     partitions_def=SHARDS,
+    backfill_policy=BACKFILL_POLICY,
     deps=[raw_inventory],
     group_name="dedup",
     kinds={"python", "polars", "parquet"},
@@ -51,10 +52,13 @@ def load_earlier_index(corpus: CorpusResource, registry: ShardRegistry, shard: s
     ),
 )
 def dedup_clusters(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
+    return per_shard(context, lambda shard: _dedup_clusters_one(context, corpus, settings, shard))
+
+
+def _dedup_clusters_one(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings, shard: str) -> dict:
     from curation.dedup import DedupConfig, dedup_shard
 
     t0 = time.monotonic()
-    shard = context.partition_key
     registry = corpus.registry()
     inventory = read_stage(context, corpus, "raw_inventory", shard)
     earlier = load_earlier_index(corpus, registry, shard, context)
@@ -68,16 +72,14 @@ def dedup_clusters(context: dg.AssetExecutionContext, corpus: CorpusResource, se
     kinds = dict(clusters.group_by("dup_kind").len().iter_rows())
     sizes = clusters.group_by("cluster_id").len()
     cross = int((clusters["rep_shard"] != clusters["shard"]).fill_null(False).sum())
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(clusters),
-            "path": dg.MetadataValue.path(uri),
-            "clusters": int(sizes.height),
-            "largest_cluster": int(sizes["len"].max() or 0),
-            "duplicates": int((~clusters["is_representative"]).sum()),
-            "cross_shard_duplicates": cross,
-            "earlier_shards_compared": len(registry.earlier_keys(shard)),
-            "elapsed_s": round(time.monotonic() - t0, 3),
-            "by_kind": counts_md({str(k): int(v) for k, v in kinds.items()}, ("kind", "images")),
-        }
-    )
+    return {
+        "dagster/row_count": len(clusters),
+        "path": dg.MetadataValue.path(uri),
+        "clusters": int(sizes.height),
+        "largest_cluster": int(sizes["len"].max() or 0),
+        "duplicates": int((~clusters["is_representative"]).sum()),
+        "cross_shard_duplicates": cross,
+        "earlier_shards_compared": len(registry.earlier_keys(shard)),
+        "elapsed_s": round(time.monotonic() - t0, 3),
+        "by_kind": counts_md({str(k): int(v) for k, v in kinds.items()}, ("kind", "images")),
+    }

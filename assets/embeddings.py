@@ -5,7 +5,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, Progress, read_stage, shard_source
+from assets._common import BACKFILL_POLICY, OWNERS, Progress, RETRY, per_shard, read_stage, shard_source
 from assets.quality import curated_images
 from curation import storage
 from orchestration.k8s import gpu_step_tags
@@ -39,6 +39,7 @@ def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixel
 
 @dg.asset(
     partitions_def=SHARDS,
+    backfill_policy=BACKFILL_POLICY,
     deps=[curated_images],
     group_name="ml",
     kinds={"pytorch", "polars", "parquet"},
@@ -52,11 +53,14 @@ def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixel
     ),
 )
 def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource) -> dg.MaterializeResult:
+    return per_shard(context, lambda shard: _image_embeddings_one(context, corpus, embedder, shard))
+
+
+def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource, shard: str) -> dict:
     from curation.embedding import embed_shard
     from curation.reader import read_source
 
     t0 = time.monotonic()
-    shard = context.partition_key
     curated = read_stage(context, corpus, "curated_images", shard, columns=["image_id", "uri", "keep"])
     items = curated.filter(pl.col("keep")).select("image_id", "uri")
     model = embedder.get_embedder()
@@ -75,16 +79,14 @@ def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, 
     uri = corpus.stage_uri("image_embeddings", shard)
     storage.write_parquet(result, uri)
     failed = result.filter(pl.col("embedding").is_null())
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(result),
-            "path": dg.MetadataValue.path(uri),
-            "model": model.name,
-            "dim": model.dim,
-            "embedded": len(result) - len(failed),
-            "failed": len(failed),
-            "device": str(model.device),
-            "elapsed_s": round(time.monotonic() - t0, 3),
-            "images_per_second": round(len(items) / max(progress.elapsed, 1e-9), 1),
-        }
-    )
+    return {
+        "dagster/row_count": len(result),
+        "path": dg.MetadataValue.path(uri),
+        "model": model.name,
+        "dim": model.dim,
+        "embedded": len(result) - len(failed),
+        "failed": len(failed),
+        "device": str(model.device),
+        "elapsed_s": round(time.monotonic() - t0, 3),
+        "images_per_second": round(len(items) / max(progress.elapsed, 1e-9), 1),
+    }

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, Progress, counts_md, make_config, shard_source
+from assets._common import BACKFILL_POLICY, OWNERS, Progress, RETRY, counts_md, make_config, per_shard, shard_source
 from curation import storage
 from orchestration.k8s import cpu_step_tags
 from curation.schema import INVENTORY_SCHEMA
@@ -26,6 +26,7 @@ def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers:
 
 @dg.asset(
     partitions_def=SHARDS,
+    backfill_policy=BACKFILL_POLICY,
     group_name="ingest",
     kinds={"python", "polars", "parquet"},
     owners=OWNERS,
@@ -38,10 +39,13 @@ def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers:
     ),
 )
 def raw_inventory(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
+    return per_shard(context, lambda shard: _raw_inventory_one(context, corpus, settings, shard))
+
+
+def _raw_inventory_one(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings, shard: str) -> dict:
     from curation.inventory import InventoryConfig, default_workers
 
     t0 = time.monotonic()
-    shard = context.partition_key
     manifest = corpus.registry().manifest(shard)
     cfg = make_config(InventoryConfig, settings.inventory)
     workers = settings.inventory_workers or default_workers()
@@ -53,17 +57,15 @@ def raw_inventory(context: dg.AssetExecutionContext, corpus: CorpusResource, set
     storage.write_parquet(df, uri)
     errors = df.filter(pl.col("error_code").is_not_null()).group_by("error_code").len().sort("error_code")
     formats = df.group_by("format").len().sort("len", descending=True)
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(df),
-            "path": dg.MetadataValue.path(uri),
-            "decoded": int(df["error_code"].is_null().sum()),
-            "errors": int(df["error_code"].is_not_null().sum()),
-            "errors_by_code": counts_md(dict(errors.iter_rows()), ("error_code", "files")),
-            "formats": counts_md({str(k): v for k, v in formats.iter_rows()}, ("format", "files")),
-            "bytes_total": int(df["bytes"].fill_null(0).sum()),
-            "images_per_second": round(len(df) / max(progress.elapsed, 1e-9), 1),
-            "workers": workers,
-            "elapsed_s": round(time.monotonic() - t0, 3),
-        }
-    )
+    return {
+        "dagster/row_count": len(df),
+        "path": dg.MetadataValue.path(uri),
+        "decoded": int(df["error_code"].is_null().sum()),
+        "errors": int(df["error_code"].is_not_null().sum()),
+        "errors_by_code": counts_md(dict(errors.iter_rows()), ("error_code", "files")),
+        "formats": counts_md({str(k): v for k, v in formats.iter_rows()}, ("format", "files")),
+        "bytes_total": int(df["bytes"].fill_null(0).sum()),
+        "images_per_second": round(len(df) / max(progress.elapsed, 1e-9), 1),
+        "workers": workers,
+        "elapsed_s": round(time.monotonic() - t0, 3),
+    }

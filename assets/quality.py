@@ -4,7 +4,7 @@
 import time
 import dagster as dg
 
-from assets._common import OWNERS, RETRY, counts_md, read_stage
+from assets._common import BACKFILL_POLICY, OWNERS, RETRY, counts_md, per_shard, read_stage
 from assets.dedup import dedup_clusters
 from assets.inventory import raw_inventory
 from curation import storage
@@ -16,6 +16,7 @@ from resources.corpus import CorpusResource, StageSettings
 
 @dg.asset(
     partitions_def=SHARDS,
+    backfill_policy=BACKFILL_POLICY,
     deps=[raw_inventory, dedup_clusters],
     group_name="curation",
     kinds={"python", "polars", "parquet"},
@@ -28,8 +29,11 @@ from resources.corpus import CorpusResource, StageSettings
     ),
 )
 def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
+    return per_shard(context, lambda shard: _curated_images_one(context, corpus, settings, shard))
+
+
+def _curated_images_one(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings, shard: str) -> dict:
     t0 = time.monotonic()
-    shard = context.partition_key
     try:
         cfg = QualityConfig.from_overrides(settings.quality)
     except ValueError as exc:
@@ -40,14 +44,12 @@ def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, se
     uri = corpus.stage_uri("curated_images", shard)
     storage.write_parquet(curated, uri)
     kept = int(curated["keep"].sum())
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(curated),
-            "path": dg.MetadataValue.path(uri),
-            "kept": kept,
-            "rejected": len(curated) - kept,
-            "keep_rate": round(kept / max(1, len(curated)), 4),
-            "elapsed_s": round(time.monotonic() - t0, 3),
-            "rejects_by_reason": counts_md(reject_counts(curated)),
-        }
-    )
+    return {
+        "dagster/row_count": len(curated),
+        "path": dg.MetadataValue.path(uri),
+        "kept": kept,
+        "rejected": len(curated) - kept,
+        "keep_rate": round(kept / max(1, len(curated)), 4),
+        "elapsed_s": round(time.monotonic() - t0, 3),
+        "rejects_by_reason": counts_md(reject_counts(curated)),
+    }

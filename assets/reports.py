@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import OWNERS, RETRY, frame_md, read_stage
+from assets._common import BACKFILL_POLICY, OWNERS, RETRY, frame_md, per_shard, read_stage
 from assets.classifications import image_classifications
 from assets.dedup import dedup_clusters
 from assets.embeddings import image_embeddings
@@ -41,6 +41,7 @@ def _read_optional(context, corpus: CorpusResource, stage: str, shard: str) -> p
 
 @dg.asset(
     partitions_def=SHARDS,
+    backfill_policy=BACKFILL_POLICY,
     deps=[raw_inventory, dedup_clusters, curated_images, image_embeddings, image_classifications],
     group_name="reports",
     kinds={"python", "html", "polars"},
@@ -53,10 +54,13 @@ def _read_optional(context, corpus: CorpusResource, stage: str, shard: str) -> p
     ),
 )
 def shard_report(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
+    return per_shard(context, lambda shard: _shard_report_one(context, corpus, shard))
+
+
+def _shard_report_one(context: dg.AssetExecutionContext, corpus: CorpusResource, shard: str) -> dict:
     from curation.report import build_shard_report, markdown_preview, preview_thumbs
 
     t0 = time.monotonic()
-    shard = context.partition_key
     read = lambda stage: read_stage(context, corpus, stage, shard)  # noqa: E731
     curated = read("curated_images")
     out_dir = corpus.stage_dir("reports", "shards", shard)
@@ -71,17 +75,16 @@ def shard_report(context: dg.AssetExecutionContext, corpus: CorpusResource) -> d
     tables = markdown_preview(summary, [])
     with_thumbs = markdown_preview(summary, preview_thumbs(curated))
     strip = with_thumbs[len(tables):].strip() if with_thumbs.startswith(tables) else with_thumbs
-    return dg.MaterializeResult(
-        metadata={
-            "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
-            "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
-            "preview": dg.MetadataValue.md(tables),
-            "thumbnails": dg.MetadataValue.md(strip or "_no kept images_"),
-            "kept": int(summary["counts"].get("kept") or 0),
-            "listed": int(summary["counts"].get("listed") or 0),
-            "elapsed_s": round(time.monotonic() - t0, 3),
-        }
-    )
+    return {
+        "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
+        "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
+        "preview": dg.MetadataValue.md(tables),
+        "thumbnails": dg.MetadataValue.md(strip or "_no kept images_"),
+        "kept": int(summary["counts"].get("kept") or 0),
+        "listed": int(summary["counts"].get("listed") or 0),
+        "elapsed_s": round(time.monotonic() - t0, 3),
+    }
+
 
 
 def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame | None:

@@ -878,6 +878,8 @@ def embed_shard(
     if progress is not None and frames:
         progress(done_rows, total)
     if not pending:
+        if not frames:  # nothing to embed (e.g. no image of the shard passed the quality filter)
+            return pl.DataFrame(schema=EMBED_OUTPUT_SCHEMA)
         return pl.concat([frames[c] for c in range(n_chunks)], how="vertical")
 
     def load_one(uri: str) -> tuple[str, Any]:
