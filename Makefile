@@ -27,7 +27,8 @@ data/demo_corpus/.demo_version: curation/demo_corpus.py | $(VENV)/.installed
 
 demo: setup data/demo_corpus/.demo_version
 	$(VENV)/bin/dagster instance concurrency set gpu $$($(PY) -c "import torch; print(max(1, torch.cuda.device_count()))") >/dev/null
-	$(PY) -m orchestration.cli run --source demo=data/demo_corpus --shard-size $(DEMO_SHARD_SIZE)
+	$(PY) -m orchestration.cli run --source demo=data/demo_corpus --shard-size $(DEMO_SHARD_SIZE) --semantic
+	$(PY) -m curation.demo_eval --outputs data/outputs
 
 test: setup
 	bash scripts/ensure_chromium.sh

@@ -52,6 +52,25 @@ def evaluate_demo(outputs: Path, expected_path: Path, corpus_root: Path) -> dict
         "dedup_precision_lower_bound": round(correct / max(1, len(pairs)), 4),
         "largest_cluster": int(sizes.max() or 0),
     }
+    sem_files = list((outputs / "semantic_duplicates").glob("*.parquet"))
+    if sem_files:
+        sem = pl.read_parquet([str(p) for p in sem_files])
+        sid = {id_to_rel[a]: c for a, c in zip(sem["image_id"], sem["cluster_id"])}
+        sem_links = sem.filter(~pl.col("is_representative"))
+        sem_pairs = [(id_to_rel[a], id_to_rel.get(b)) for a, b in zip(sem_links["image_id"], sem_links["cluster_id"])]
+        sem_ok = sum(1 for a, b in sem_pairs if b is not None and a in group_of and group_of.get(a) == group_of.get(b))
+        both = sum(1 for orig, p in copies
+                   if (orig in cid and cid.get(orig) == cid.get(p)) or (orig in sid and sid.get(orig) == sid.get(p)))
+        crops = [(g[0], p) for g in exp["duplicate_groups"] for p in g[1:] if "/crop/" in p]
+        crop_hash = sum(1 for o, p in crops if o in cid and cid.get(o) == cid.get(p))
+        crop_both = sum(1 for o, p in crops if (o in cid and cid.get(o) == cid.get(p)) or (o in sid and sid.get(o) == sid.get(p)))
+        out.update({
+            "semantic_links": len(sem_pairs),
+            "semantic_precision_lower_bound": round(sem_ok / max(1, len(sem_pairs)), 4),
+            "recall_known_copies_hash_or_semantic": round(both / max(1, len(copies)), 4),
+            "crop_recall_hash": round(crop_hash / max(1, len(crops)), 4),
+            "crop_recall_hash_or_semantic": round(crop_both / max(1, len(crops)), 4),
+        })
     if cls_files:
         cls = pl.read_parquet([str(p) for p in cls_files]).join(rel, on="image_id")
         labels = exp["digit_labels"]

@@ -27,6 +27,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--output-root", default=None, help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT or ./data/outputs)")
     run.add_argument("--force", action="store_true", help="re-materialise shards that are already done")
     run.add_argument("--no-summary", action="store_true", help="skip the few-shot probe and corpus summary")
+    run.add_argument("--semantic", action="store_true",
+                     help="also run the optional semantic (embedding) dedup pass on every shard")
     reg = sub.add_parser("register", help="only register new files as shards (no runs)")
     for p in (reg,):
         p.add_argument("--source", action="append", default=[])
@@ -152,11 +154,19 @@ def main(argv: list[str] | None = None) -> int:
         elif not sys.stdout.isatty():  # the bar is hidden when output is piped: one line per shard
             print(f"shard {key} done ({todo.index(key) + 1}/{len(todo)}, {time.monotonic() - t0:.0f} s so far)",
                   flush=True)
+    cli_tags = {"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
+                "curation/cli_host": socket.gethostname()}
+    if args.semantic and not failed:
+        sem_done = shards_done(instance, keys, stages=["semantic_duplicates"])
+        sem_job = defs.resolve_job_def("semantic_dedup")
+        for key in [k for k in keys if args.force or k not in sem_done]:  # in order: each needs the earlier ones
+            if not sem_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                              tags={**cli_tags, "curation/shard": key}).success:
+                failed.append(f"semantic_duplicates[{key}]")
+                break
     if not args.no_summary and not failed:
         result = defs.resolve_job_def("curation_summary_job").execute_in_process(
-            instance=instance, raise_on_error=False,
-            tags={"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
-                  "curation/cli_host": socket.gethostname()})
+            instance=instance, raise_on_error=False, tags=cli_tags)
         if not result.success:
             failed.append("curation_summary")
     print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")

@@ -18,8 +18,8 @@ import os
 import dagster as dg
 
 from assets import checks as asset_checks
-from assets import classifications, dedup, embeddings, inventory, quality, reports
-from orchestration.jobs import curate_shard_job, summary_job
+from assets import classifications, dedup, embeddings, inventory, quality, reports, semantic
+from orchestration.jobs import curate_shard_job, semantic_dedup_job, summary_job
 from orchestration.sensors import build_new_files_sensor
 from resources.classifier import ClassifierSettings
 from resources.corpus import CorpusResource, StageSettings
@@ -38,12 +38,12 @@ def executor_for(deployment: str) -> dg.ExecutorDefinition:
     raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local' or 'k8s'")
 
 
-all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, reports])
+all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, reports, semantic])
 
 defs = dg.Definitions(
     assets=all_assets,
-    asset_checks=asset_checks.ALL_CHECKS,
-    jobs=[curate_shard_job, summary_job],
+    asset_checks=[*asset_checks.ALL_CHECKS, semantic.semantic_representatives_exist],
+    jobs=[curate_shard_job, summary_job, semantic_dedup_job],
     sensors=[build_new_files_sensor(curate_shard_job)],
     resources={
         "corpus": CorpusResource(),

@@ -29,3 +29,11 @@ summary_job = dg.define_asset_job(
     tags={"curation/stage": "summary"},
     description="Trains the few-shot probe and rolls every shard up into the corpus report (duckdb).",
 )
+
+semantic_dedup_job = dg.define_asset_job(
+    name="semantic_dedup",
+    selection=dg.AssetSelection.assets("semantic_duplicates"),
+    partitions_def=SHARDS,
+    tags={"curation/stage": "semantic"},
+    description="Optional second dedup pass for one shard: embedding (semantic) near duplicates, e.g. crops.",
+)
