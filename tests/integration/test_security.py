@@ -217,7 +217,8 @@ def _real_run(s3_server, tmp_path: Path, monkeypatch):  # noqa: F811
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("shards", [shard.key])
     run_ids = []
-    for job, tags in (("curate_shard", {"dagster/partition": shard.key}), ("curation_summary_job", {})):
+    for job, tags in (("curate_shard", {"dagster/partition": shard.key}), ("semantic_dedup", {"dagster/partition": shard.key}),
+                      ("curation_summary_job", {})):
         with dg.execute_job(repo.get_reconstructable_job(job), instance, tags=tags) as result:
             assert result.success, job
             run_ids.append(result.run_id)
