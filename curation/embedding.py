@@ -689,6 +689,9 @@ def read_image_uri(uri: str) -> "Image.Image":
 def _error_code(exc: BaseException) -> str:
     from PIL import UnidentifiedImageError
 
+    code = getattr(exc, "code", None)  # curation.reader.InputError carries its own code
+    if isinstance(code, str) and code in error_codes.ALL_CODES:
+        return code
     if isinstance(exc, FileNotFoundError):
         return error_codes.NOT_FOUND
     if isinstance(exc, PermissionError):

@@ -434,3 +434,13 @@ def test_nvjpeg_path_matches_cpu_path(tiny_config, tmp_path):
     b = embed_shard(items, read_image_uri, e, str(tmp_path / "b"), "s", chunk_size=5, gpu_decode="off")
     cos = (embeddings_to_numpy(a) * embeddings_to_numpy(b)).sum(1)
     assert cos.min() > 0.99
+
+
+def test_reader_errors_keep_their_code_at_the_embedding_stage():
+    from curation import errors
+    from curation.embedding import _fmt_error
+    from curation.reader import InputError
+
+    assert _fmt_error(InputError(errors.SYMLINK_OUTSIDE_ROOT, "link escapes")).startswith("symlink_outside_root: ")
+    assert _fmt_error(FileNotFoundError("gone")).startswith("not_found: ")
+    assert _fmt_error(ValueError("bug")).startswith("internal_error: ")
