@@ -131,3 +131,30 @@ def test_two_shards_end_to_end(tmp_path):
         before = read("dedup_clusters", "t-000002")
         again = dg.materialize([partitioned[0], partitioned[1]], partition_key="t-000002", instance=instance, resources=resources)
         assert again.success and read("dedup_clusters", "t-000002").equals(before)
+
+
+def test_assets_called_directly_with_build_asset_context(tmp_path):
+    """Thin assets, called like functions (the project_atproto_dashboard pattern): each reads the
+    previous stage's Parquet and writes its own for the given partition."""
+    from assets.dedup import dedup_clusters
+    from assets.inventory import raw_inventory
+    from assets.quality import curated_images
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    build_corpus(src)
+    corpus = CorpusResource(output_root=str(out), sources={"t": str(src)}, shard_size=12)
+    settings = StageSettings(inventory_workers=1)
+    (first, _) = discover_all(corpus.registry(), "t", str(src), shard_size=12)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS.name, [first.key])
+        ctx = dg.build_asset_context(partition_key=first.key, instance=instance)
+        inv = raw_inventory(ctx, corpus=corpus, settings=settings)
+        assert inv.metadata["dagster/row_count"] == 12 and inv.metadata["errors"] == 0
+        cl = dedup_clusters(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)
+        assert cl.metadata["dagster/row_count"] == 12 and cl.metadata["earlier_shards_compared"] == 0
+        cur = curated_images(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)
+        assert cur.metadata["kept"] + cur.metadata["rejected"] == 12
+        # a bad setting fails clearly, naming the unknown key, and is not retried
+        with pytest.raises(dg.Failure, match="no_such_threshold"):
+            curated_images(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus,
+                           settings=StageSettings(quality={"no_such_threshold": 1}))
