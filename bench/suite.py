@@ -98,6 +98,7 @@ def merge() -> dict:
         "cpu_stage_vs_draft_decode_ratio": inv.get("stage_vs_draft_decode_ratio"),
         "cpu_stage_scaling_2_workers": inv.get("scaling_2_workers"),
         "peak_rss_mb": inv.get("peak_rss_mb_by_shard_size"),
+        "scaling_curve_by_shard_size": inv.get("memory_by_shard_size"),
         "dedup_5m_seconds": dedup.get("dedup_5m_seconds"),
         "dedup_1m_seconds": dedup.get("dedup_1m_seconds"),
         "dedup_5m_skewed_seconds": dedup.get("dedup_5m_skewed_seconds"),
