@@ -10,10 +10,11 @@ DEMO_SHARD_SIZE ?= 2000
 
 .PHONY: setup demo test dev bench bench-gpu clean-outputs lock
 
-$(VENV)/.installed: pyproject.toml
+# deploy/constraints.txt pins every package to the set the tests ran with (the Docker images use it too)
+$(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[demo,test]'
+	$(PY) -m pip install -q --constraint deploy/constraints.txt -e '.[demo,test]'
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
