@@ -2,7 +2,6 @@
 
 
 import time
-import os
 
 import dagster as dg
 import polars as pl

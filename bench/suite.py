@@ -23,7 +23,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.common import REPO, machine, today
 

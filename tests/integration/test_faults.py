@@ -19,7 +19,6 @@ against a real Dagster instance (a DAGSTER_HOME in tmp_path holding the repo's d
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
