@@ -72,3 +72,39 @@ def test_one_run_over_a_range_of_shards(tmp_path):
         row = cl3.filter(pl.col("image_id") == copy_id).row(0, named=True)
         orig_id = inv1.filter(pl.col("rel_path") == f"a00{sprites[0].suffix}")["image_id"][0]
         assert row["rep_shard"] == "r-000001" and row["cluster_id"] == orig_id and row["dup_kind"] == "exact"
+
+
+def test_dedup_reads_earlier_indexes_as_blocks_and_results_do_not_depend_on_them(tmp_path):
+    """Shard N reads shards 1..N-1 as O(log N) block files; deleting or staling blocks changes nothing."""
+    from assets.dedup import dedup_clusters
+    from assets.inventory import raw_inventory
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    sprites = arcade_sprites()[::30][:9]
+    for i, p in enumerate(sprites):
+        shutil.copyfile(p, src / f"a{i:02d}{p.suffix}")
+    shutil.copyfile(sprites[1], src / "z_copy.png")  # 10 files, shards of 2: the copy is in shard 5
+    corpus = CorpusResource(output_root=str(out), sources={"b": str(src)}, shard_size=2)
+    keys = [s.key for s in discover_all(corpus.registry(), "b", str(src), shard_size=2)]
+    assert len(keys) == 5
+    resources = {"corpus": corpus, "settings": StageSettings(inventory_workers=1)}
+    blocks = out / "dedup_index_blocks"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS.name, keys)
+        for k in keys:
+            assert dg.materialize([raw_inventory, dedup_clusters], partition_key=k, instance=instance,
+                                  resources=resources).success
+        names = sorted(p.name for p in blocks.iterdir())
+        assert names == [f"{keys[0]}__{keys[1]}.parquet", f"{keys[0]}__{keys[3]}.parquet", f"{keys[2]}__{keys[3]}.parquet"]
+        before = pl.read_parquet(out / "dedup_clusters" / f"{keys[4]}.parquet")
+        copy = before.filter(pl.col("dup_kind") == "exact")
+        assert copy.height == 1 and copy["rep_shard"][0] == keys[0]  # found through the [1, 4] block
+        # without any block file the same rows are read (and the blocks are rebuilt)
+        shutil.rmtree(blocks)
+        assert dg.materialize([dedup_clusters], partition_key=keys[4], instance=instance, resources=resources).success
+        assert pl.read_parquet(out / "dedup_clusters" / f"{keys[4]}.parquet").equals(before)
+        assert (blocks / f"{keys[0]}__{keys[3]}.parquet").exists()
+        # re-materialising shard 2 drops the blocks that contain it, and closes its own again
+        assert dg.materialize([dedup_clusters], partition_key=keys[1], instance=instance, resources=resources).success
+        assert sorted(p.name for p in blocks.iterdir()) == [f"{keys[0]}__{keys[1]}.parquet", f"{keys[2]}__{keys[3]}.parquet"]
