@@ -69,6 +69,7 @@ def _shard_report_one(context: dg.AssetExecutionContext, corpus: CorpusResource,
         _read_optional(context, corpus, "image_embeddings", shard),
         _read_optional(context, corpus, "image_classifications", shard),
         out_dir, timings=stage_timings(context.instance, shard),
+        semantic=_read_optional(context, corpus, "semantic_duplicates", shard),
     )
     # Dagster renders Markdown metadata inline only below 1,000 characters, else behind a
     # "[Show Markdown]" button: keep the count tables (short) apart from the thumbnail strip (data URIs).
@@ -129,6 +130,7 @@ def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) 
         _scan(corpus, "raw_inventory", shards), _scan(corpus, "dedup_clusters", shards),
         _scan(corpus, "curated_images", shards), _scan(corpus, "image_embeddings", shards),
         _scan(corpus, "image_classifications", shards), out_dir, timings=timings, shard_counts=shard_counts,
+        semantic=_scan(corpus, "semantic_duplicates", shards),
     )
     md_counts = markdown_preview(summary, [])
     return dg.MaterializeResult(

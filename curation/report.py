@@ -19,6 +19,11 @@ Sections (both reports, in this order; the HTML ids are in `SECTIONS`):
                   placeholder tile naming their error code instead of being opened again).
 ``duplicates``    duplicate-cluster statistics and the largest clusters as thumbnail strips, the
                   representative first and marked.
+``semantic-duplicates``  the optional embedding pass (`semantic_duplicates` asset): images compared,
+                  clusters with more than one member, images linked to a representative, cross-shard
+                  links, the lowest similarity of a link, and the largest clusters as thumbnail strips
+                  (representative first and marked, each member captioned with its cosine similarity);
+                  a note when the pass was not run (`semantic=None`).
 ``classes``       class distribution (bar chart + table) and, per class, the top-scoring and the
                   lowest-confidence examples. Labels come from the few-shot probe (`fs_*`) when any
                   image has one, else from zero-shot (`zs_*`, "unknown" ignored).
@@ -30,8 +35,8 @@ Sections (both reports, in this order; the HTML ids are in `SECTIONS`):
 
 Thumbnail loading never fails the report: any exception from `load_image` (missing file, decode
 error, bomb guard) gives a placeholder tile, and the number of tiles is bounded by `max_thumbs`
-(30% for rejected samples, 30% for duplicate strips, the rest for class examples; a tile shown in
-two sections is loaded once). Files that never decoded are not opened again: their tile is a
+(30% for rejected samples, 30% for duplicate strips, the rest for class examples; with a semantic
+frame 25%, 25% and 20% for the semantic strips; a tile shown in two sections is loaded once). Files that never decoded are not opened again: their tile is a
 placeholder naming the error code. `markdown_preview` makes a small Markdown block (counts,
 rejects, <= 8 tiny thumbnails) for Dagster metadata.
 
@@ -90,6 +95,7 @@ SECTIONS: dict[str, str] = {
     "rejects": "Rejects by reason",
     "reject-samples": "Rejected samples",
     "duplicates": "Duplicate clusters",
+    "semantic-duplicates": "Semantic duplicates",
     "classes": "Classes",
     "embedding-map": "Embedding map",
     "timings": "Time per stage",
@@ -448,6 +454,7 @@ class _Data:
     map_points: pl.DataFrame | None = None  # x, y, colour label
     map_colour_by: str = ""
     map_note: str = ""
+    sem: pl.DataFrame | None = None  # semantic_duplicates rows (None: the optional pass was not run)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -476,6 +483,41 @@ def _dup_stats(clu: pl.DataFrame, inv_ids: pl.Series) -> tuple[dict[str, Any], p
     return stats, multi
 
 
+SEMANTIC_COLUMNS = ("image_id", "shard", "cluster_id", "is_representative", "rep_shard", "similarity")
+
+
+def _semantic_stats(sem: pl.DataFrame | None) -> tuple[dict[str, Any], pl.DataFrame | None]:
+    """Summary numbers of the semantic pass and its clusters with more than one member (display
+    size counts the representative even when it lives in a shard outside the frame), largest first."""
+    keys = ("images_compared", "representatives", "clusters_with_duplicates", "linked_images", "cross_shard",
+            "largest_cluster", "min_similarity")
+    if sem is None:
+        return {"available": False, **dict.fromkeys(keys)}, None
+    sem = sem.unique("image_id", keep="first")
+    linked = sem.filter(~pl.col("is_representative").fill_null(False))
+    grouped = sem.filter(pl.col("cluster_id").is_not_null()).group_by("cluster_id").agg(
+        pl.len().alias("rows"),
+        (pl.col("is_representative").fill_null(False) & (pl.col("image_id") == pl.col("cluster_id")))
+        .any().alias("rep_here"),
+        pl.col("rep_shard").drop_nulls().first().alias("rep_shard"),
+        pl.col("similarity").filter(~pl.col("is_representative").fill_null(False)).min().alias("min_sim"),
+    ).with_columns((pl.col("rows") + (~pl.col("rep_here")).cast(pl.Int64)).alias("size"))
+    multi = grouped.filter(pl.col("size") > 1).sort(["size", "min_sim", "cluster_id"],
+                                                    descending=[True, False, False], nulls_last=True)
+    min_sim = linked["similarity"].min()
+    stats = {
+        "available": True,
+        "images_compared": int(sem.height),
+        "representatives": int(sem["is_representative"].fill_null(False).sum()),
+        "clusters_with_duplicates": int(multi.height),
+        "linked_images": int(linked.height),
+        "cross_shard": int((linked["rep_shard"] != linked["shard"]).fill_null(False).sum()),
+        "largest_cluster": int(multi["size"].max() or 0) if multi.height else 0,
+        "min_similarity": None if min_sim is None else round(float(min_sim), 4),
+    }
+    return stats, multi
+
+
 def _timing_rows(timings: Mapping[str, float] | None, counts: Mapping[str, int | None]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for stage, seconds in (timings or {}).items():
@@ -490,13 +532,14 @@ def _timing_rows(timings: Mapping[str, float] | None, counts: Mapping[str, int |
 
 def _analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame, curated: Frame,
              embeddings: Frame | None, classifications: Frame | None, timings: Mapping[str, float] | None,
-             shard_counts: pl.DataFrame | None, max_map_points: int) -> _Data:
+             shard_counts: pl.DataFrame | None, max_map_points: int, semantic: Frame | None = None) -> _Data:
     inv = _collect(inventory, ["image_id", "uri", "rel_path", "shard", "error_code", "error_message",
                                "width", "height", "format"])
     clu = _collect(clusters, ["image_id", "shard", "cluster_id", "is_representative", "dup_kind", "rep_shard",
                               "distance"])
     cur = _collect(curated, ["image_id", "uri", "rel_path", "shard", "keep", "reasons", "cluster_id"])
     cls = _collect(classifications, ["image_id", "shard", "zs_label", "zs_prob", "fs_label", "fs_prob"])
+    sem = _collect(semantic, SEMANTIC_COLUMNS)
     assert inv is not None and clu is not None and cur is not None
 
     per_shard = stage_counts_by_shard(inv, clu, cur, embeddings, cls)
@@ -517,6 +560,7 @@ def _analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame
         ["len", "error_code"], descending=[True, False])
     decode_errors = {str(k): int(v) for k, v in errs.iter_rows()}
     dup, multi = _dup_stats(clu, inv["image_id"])
+    sem_stats, sem_multi = _semantic_stats(sem)
 
     label_source = _label_source(cls)
     class_counts: dict[str, int] = {}
@@ -527,8 +571,9 @@ def _analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame
             class_counts[str(k)] = int(v)
 
     data = _Data(scope=scope, title="", summary={}, per_shard=per_shard, inv=inv, clu=clu, cur=cur, cls=cls,
-                 label_source=label_source)
+                 label_source=label_source, sem=sem)
     data.extras["multi_clusters"] = multi
+    data.extras["semantic_clusters"] = sem_multi
     emb_info = _embedding_map(data, embeddings, max_map_points)
 
     listed = counts["listed"] or 0
@@ -543,6 +588,7 @@ def _analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame
         "rejects_by_reason": rejects,
         "decode_errors": decode_errors,
         "duplicates": dup,
+        "semantic": sem_stats,
         "classes": {"source": label_source, "counts": class_counts},
         "embedding": emb_info,
         "timings": _timing_rows(timings, counts),
@@ -933,6 +979,87 @@ def _section_duplicates(d: _Data, th: Thumbnailer, budget: int, max_clusters: in
     return "".join(out)
 
 
+def _section_semantic(d: _Data, th: Thumbnailer, budget: int, max_clusters: int = 8, max_members: int = 10) -> str:
+    sem = d.summary["semantic"]
+    if not sem["available"] or d.sem is None:
+        return ('<p class="note">The optional semantic (embedding) duplicate pass was not run for this report, so '
+                "crops and re-framings that perceptual hashes miss are not shown. Run it with "
+                "<code>python -m orchestration.cli run --semantic</code> or the <code>semantic_dedup</code> job "
+                "(asset <code>semantic_duplicates</code>), then re-materialise the report.</p>")
+    min_sim = "—" if sem["min_similarity"] is None else f'{sem["min_similarity"]:.3f}'
+    stats = _table(
+        ["", "images"],
+        [("images compared (kept, embedded)", _fmt(sem["images_compared"])),
+         ("clusters with more than one member", _fmt(sem["clusters_with_duplicates"])),
+         ("images linked to a representative", _fmt(sem["linked_images"])),
+         ("links to a representative in another shard", _fmt(sem["cross_shard"])),
+         ("largest cluster", _fmt(sem["largest_cluster"])),
+         ("lowest cosine similarity of a link", min_sim)],
+        [False, True],
+    )
+    multi: pl.DataFrame | None = d.extras.get("semantic_clusters")
+    note = ('<p class="note">Near duplicates by cosine similarity of the image embeddings (crops, re-framings, '
+            "edits that move the perceptual hash); the pass only records clusters, it does not change the curated "
+            "set. The similarity threshold is the pass's run config; every link is at least the lowest similarity "
+            "above.</p>")
+    if multi is None or multi.height == 0:
+        return note + stats + '<p class="note">No semantic near-duplicate clusters.</p>'
+    assert d.sem is not None
+    inv = d.inv.select("image_id", "uri", "rel_path", "error_code")
+    members = d.sem.unique("image_id", keep="first").join(inv, on="image_id", how="left")
+    shown = min(max_clusters, multi.height)
+    out = [note, stats,
+           f'<p class="note">The {shown} largest clusters. The representative comes first, outlined in green; each '
+           "other image shows its cosine similarity to it (<b>cos</b>).</p>"]
+    used = 0
+    for c in multi.head(max_clusters).iter_rows(named=True):
+        if used >= budget:
+            break
+        cid = c["cluster_id"]
+        rows = members.filter(pl.col("cluster_id") == cid)
+        rep_rows = rows.filter(pl.col("is_representative").fill_null(False) & (pl.col("image_id") == cid))
+        others = rows.filter(pl.col("image_id") != cid).sort(
+            [pl.col("similarity").fill_null(0.0), pl.col("image_id")], descending=[True, False])
+        tiles = []
+        rep_shard = c["rep_shard"] or "another shard"
+        if rep_rows.height:
+            r = rep_rows.row(0, named=True)
+        else:  # the representative lives in an earlier shard: this frame has no row for it
+            found = d.inv.filter(pl.col("image_id") == cid)
+            r = found.row(0, named=True) if found.height else None
+        sub = f"in {rep_shard}" if (d.scope == "corpus" or rep_rows.height == 0) else "representative"
+        if r is not None and r.get("uri") is not None:
+            t = th.tile(cid, r["uri"], caption=_basename(r["rel_path"]) or cid,
+                        title=f'{r["rel_path"]} (representative, {rep_shard})', error_code=r.get("error_code"))
+        else:
+            t = th.tile(cid, None, caption=f"in {rep_shard}", title=f"representative {cid} in {rep_shard}",
+                        missing_note=f"in {rep_shard}")
+        if t is not None:
+            tiles.append(_figure(t, rep=True, badge="REP", sub=sub))
+            used += 1
+        for r in others.head(max(0, max_members - len(tiles))).iter_rows(named=True):
+            if used >= budget:
+                break
+            cos = "—" if r["similarity"] is None else f'{r["similarity"]:.3f}'
+            where = f', {r["shard"]}' if r["shard"] != c["rep_shard"] else ""
+            t = th.tile(r["image_id"], r["uri"], caption=_basename(r["rel_path"]) or r["image_id"],
+                        title=f'{r["rel_path"] or r["image_id"]}: cos {cos} to the representative{where}',
+                        error_code=r["error_code"])
+            if t is None:
+                break
+            used += 1
+            tiles.append(_figure(t, sub=f"cos {cos}" + (f" · {r['shard']}" if where else "")))
+        hidden = c["size"] - len(tiles)
+        tail = f" · +{hidden} not shown" if hidden > 0 else ""
+        cross = f" · representative in {c['rep_shard']}" if (c["rep_shard"] and rows.filter(
+            pl.col("shard") != c["rep_shard"]).height) else ""
+        out.append(f'<div class="cluster"><div class="meta">cluster <code>{_e(cid)}</code> · {c["size"]} images'
+                   f'{_e(cross)}{_e(tail)}</div><div class="strip">{"".join(tiles)}</div></div>')
+    if multi.height > shown:
+        out.append(f'<p class="note">+{_fmt(multi.height - shown)} smaller clusters not shown.</p>')
+    return "".join(out)
+
+
 def _section_classes(d: _Data, th: Thumbnailer, budget: int, per_side: int = 4) -> str:
     classes = d.summary["classes"]["counts"]
     if d.label_source is None or not classes or d.cls is None:
@@ -1063,13 +1190,16 @@ def _kpis(d: _Data) -> str:
 
 
 def _render_html(d: _Data, th: Thumbnailer) -> str:
-    dup_budget = int(th.max_thumbs * 0.3)
-    rej_budget = int(th.max_thumbs * 0.3)
+    with_sem = d.sem is not None
+    dup_budget = int(th.max_thumbs * (0.25 if with_sem else 0.3))
+    rej_budget = int(th.max_thumbs * (0.25 if with_sem else 0.3))
+    sem_budget = int(th.max_thumbs * 0.2) if with_sem else 0
     sections = {
         "counts": _section_counts(d),
         "rejects": _section_rejects(d),
         "reject-samples": _section_reject_samples(d, th, rej_budget),
         "duplicates": _section_duplicates(d, th, dup_budget),
+        "semantic-duplicates": _section_semantic(d, th, sem_budget),
         "classes": _section_classes(d, th, max(0, th.remaining)),
         "embedding-map": _section_map(d),
         "timings": _section_timings(d),
@@ -1119,6 +1249,7 @@ def build_shard_report(
     timings: dict[str, float] | None = None,
     max_thumbs: int = DEFAULT_MAX_THUMBS,
     max_map_points: int = DEFAULT_MAX_MAP_POINTS,
+    semantic: Frame | None = None,
 ) -> dict[str, Any]:
     """Write `<out_dir>/report.html` and `<out_dir>/summary.json` for one shard; return the summary.
 
@@ -1127,11 +1258,12 @@ def build_shard_report(
     stages have not run (their counts are then null). `load_image(uri)` opens a source image for a
     thumbnail (default `open_image`); it may raise, which gives a placeholder tile. `timings` maps a
     stage name to seconds (see `STAGE_ITEMS` for which count its throughput is computed from).
-    `out_dir` is a local folder or an `s3://` prefix.
+    `out_dir` is a local folder or an `s3://` prefix. `semantic` is the shard's `semantic_duplicates`
+    output (`SEMANTIC_COLUMNS`), or None when that optional pass has not run (the section says so).
     """
     data = _analyse(scope="shard", shard=shard, inventory=inventory, clusters=clusters, curated=curated,
                     embeddings=embeddings, classifications=classifications, timings=timings,
-                    shard_counts=None, max_map_points=max_map_points)
+                    shard_counts=None, max_map_points=max_map_points, semantic=semantic)
     return _write(data, out_dir, Thumbnailer(load_image, max_thumbs))
 
 
@@ -1148,6 +1280,7 @@ def build_corpus_report(
     shard_counts: pl.DataFrame | None = None,
     max_thumbs: int = DEFAULT_MAX_THUMBS,
     max_map_points: int = DEFAULT_MAX_MAP_POINTS,
+    semantic: Frame | None = None,
 ) -> dict[str, Any]:
     """The whole-corpus report (the `curation_summary` asset): the same sections as the shard
     report over every shard, plus a per-shard counts table; writes `<out_dir>/report.html` and
@@ -1157,11 +1290,12 @@ def build_corpus_report(
     frames: only the columns a section needs are collected, and the embedding map collects at most
     `max_map_points` embeddings). `shard_counts` (e.g. from `corpus_counts`) replaces the
     per-shard stage counts computed from the frames. `timings` maps a stage name to its total
-    seconds across shards.
+    seconds across shards. `semantic` holds every shard's `semantic_duplicates` rows (or None when
+    that optional pass has not run).
     """
     data = _analyse(scope="corpus", shard=None, inventory=inventory, clusters=clusters, curated=curated,
                     embeddings=embeddings, classifications=classifications, timings=timings,
-                    shard_counts=shard_counts, max_map_points=max_map_points)
+                    shard_counts=shard_counts, max_map_points=max_map_points, semantic=semantic)
     return _write(data, out_dir, Thumbnailer(load_image, max_thumbs))
 
 
@@ -1219,6 +1353,7 @@ __all__ = [
     "DEFAULT_MAX_MAP_POINTS",
     "DEFAULT_MAX_THUMBS",
     "SECTIONS",
+    "SEMANTIC_COLUMNS",
     "STAGES",
     "STAGE_DEFINITIONS",
     "STAGE_DIRS",

@@ -165,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                 failed.append(f"semantic_duplicates[{key}]")
                 break
     if not args.no_summary and not failed:
+        from resources.classifier import ClassifierSettings
+
+        # without few-shot examples (CURATION_FEWSHOT_URI='') there is no probe to train
+        selection = None if ClassifierSettings().fewshot_uri else [dg.AssetKey("curation_summary")]
         result = defs.resolve_job_def("curation_summary_job").execute_in_process(
-            instance=instance, raise_on_error=False, tags=cli_tags)
+            instance=instance, raise_on_error=False, tags=cli_tags, asset_selection=selection)
         if not result.success:
             failed.append("curation_summary")
     print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")
