@@ -501,6 +501,7 @@ def _semantic_stats(sem: pl.DataFrame | None) -> tuple[dict[str, Any], pl.DataFr
         .any().alias("rep_here"),
         pl.col("rep_shard").drop_nulls().first().alias("rep_shard"),
         pl.col("similarity").filter(~pl.col("is_representative").fill_null(False)).min().alias("min_sim"),
+        (pl.col("shard") != pl.col("rep_shard")).fill_null(False).any().alias("cross"),
     ).with_columns((pl.col("rows") + (~pl.col("rep_here")).cast(pl.Int64)).alias("size"))
     multi = grouped.filter(pl.col("size") > 1).sort(["size", "min_sim", "cluster_id"],
                                                     descending=[True, False, False], nulls_last=True)
@@ -979,7 +980,8 @@ def _section_duplicates(d: _Data, th: Thumbnailer, budget: int, max_clusters: in
     return "".join(out)
 
 
-def _section_semantic(d: _Data, th: Thumbnailer, budget: int, max_clusters: int = 8, max_members: int = 10) -> str:
+def _section_semantic(d: _Data, th: Thumbnailer, budget: int, max_clusters: int = 8, max_members: int = 10,
+                      max_cross: int = 4) -> str:
     sem = d.summary["semantic"]
     if not sem["available"] or d.sem is None:
         return ('<p class="note">The optional semantic (embedding) duplicate pass was not run for this report, so '
@@ -1007,14 +1009,21 @@ def _section_semantic(d: _Data, th: Thumbnailer, budget: int, max_clusters: int 
     assert d.sem is not None
     inv = d.inv.select("image_id", "uri", "rel_path", "error_code")
     members = d.sem.unique("image_id", keep="first").join(inv, on="image_id", how="left")
-    shown = min(max_clusters, multi.height)
+    largest = multi.head(max_clusters)
+    cross = multi.filter(pl.col("cross") & ~pl.col("cluster_id").is_in(largest["cluster_id"].implode())).head(
+        max_cross)
+    shown = largest.height + cross.height
+    extra = (f", then {cross.height} cluster(s) linking images to a representative in another shard"
+             if cross.height else "")
     out = [note, stats,
-           f'<p class="note">The {shown} largest clusters. The representative comes first, outlined in green; each '
-           "other image shows its cosine similarity to it (<b>cos</b>).</p>"]
+           f'<p class="note">The {largest.height} largest clusters{_e(extra)}. The representative comes first, '
+           "outlined in green; each other image shows its cosine similarity to it (<b>cos</b>).</p>"]
     used = 0
-    for c in multi.head(max_clusters).iter_rows(named=True):
+    for i, c in enumerate(pl.concat([largest, cross]).iter_rows(named=True)):
         if used >= budget:
             break
+        if i == largest.height:
+            out.append("<h3>Links across shards</h3>")
         cid = c["cluster_id"]
         rows = members.filter(pl.col("cluster_id") == cid)
         rep_rows = rows.filter(pl.col("is_representative").fill_null(False) & (pl.col("image_id") == cid))
@@ -1027,13 +1036,14 @@ def _section_semantic(d: _Data, th: Thumbnailer, budget: int, max_clusters: int 
         else:  # the representative lives in an earlier shard: this frame has no row for it
             found = d.inv.filter(pl.col("image_id") == cid)
             r = found.row(0, named=True) if found.height else None
-        sub = f"in {rep_shard}" if (d.scope == "corpus" or rep_rows.height == 0) else "representative"
+        sub = f"in {rep_shard}" if d.scope == "corpus" else "representative"
         if r is not None and r.get("uri") is not None:
             t = th.tile(cid, r["uri"], caption=_basename(r["rel_path"]) or cid,
                         title=f'{r["rel_path"]} (representative, {rep_shard})', error_code=r.get("error_code"))
         else:
             t = th.tile(cid, None, caption=f"in {rep_shard}", title=f"representative {cid} in {rep_shard}",
                         missing_note=f"in {rep_shard}")
+            sub = "not in this report"
         if t is not None:
             tiles.append(_figure(t, rep=True, badge="REP", sub=sub))
             used += 1
@@ -1048,13 +1058,12 @@ def _section_semantic(d: _Data, th: Thumbnailer, budget: int, max_clusters: int 
             if t is None:
                 break
             used += 1
-            tiles.append(_figure(t, sub=f"cos {cos}" + (f" · {r['shard']}" if where else "")))
+            tiles.append(_figure(t, sub=f"cos {cos}"))
         hidden = c["size"] - len(tiles)
         tail = f" · +{hidden} not shown" if hidden > 0 else ""
-        cross = f" · representative in {c['rep_shard']}" if (c["rep_shard"] and rows.filter(
-            pl.col("shard") != c["rep_shard"]).height) else ""
+        where = f" · representative in {c['rep_shard']}" if c["cross"] and c["rep_shard"] else ""
         out.append(f'<div class="cluster"><div class="meta">cluster <code>{_e(cid)}</code> · {c["size"]} images'
-                   f'{_e(cross)}{_e(tail)}</div><div class="strip">{"".join(tiles)}</div></div>')
+                   f'{_e(where)}{_e(tail)}</div><div class="strip">{"".join(tiles)}</div></div>')
     if multi.height > shown:
         out.append(f'<p class="note">+{_fmt(multi.height - shown)} smaller clusters not shown.</p>')
     return "".join(out)

@@ -559,3 +559,162 @@ def test_embedding_map_handles_array_dtype_and_several_models(corpus, tmp_path):
     assert e["mapped_points"] == 5  # bounded by max_map_points
     assert 1.0 >= e["explained_variance"][0] >= e["explained_variance"][1] >= 0.0
     assert 'alt="embedding map"' in (tmp_path / "report.html").read_text()
+
+
+# ------------------------------------------------------------------------------ semantic duplicates
+
+SEM_SECTION = re.compile(r'<section id="semantic-duplicates">(.*?)</section>', re.S)
+SEM_CLUSTER = re.compile(r'<div class="cluster"><div class="meta">cluster <code>([0-9a-f]+)</code>(.*?)</div>'
+                         r'<div class="strip">(.*?)</div></div>', re.S)
+FIGURE = re.compile(r'<figure class="([^"]*)" data-thumb="(\w+)" data-image-id="([^"]*)".*?</figure>', re.S)
+EXTERNAL_REP = "0123456789abcdef"
+SEM_THRESHOLD = 0.9  # a representative in a shard outside the report's frames
+
+
+def _semantic_frame(inv: pl.DataFrame, threshold: float = SEM_THRESHOLD) -> pl.DataFrame:
+    """Leader clustering of the decoded images in (shard, rel_path) order by the cosine of their
+    8x8 pixel features: an image joins the most similar earlier representative (any earlier shard
+    too) at or above `threshold`, else represents itself."""
+    rows = inv.filter(pl.col("error_code").is_null()).sort(["shard", "rel_path"])
+    x = np.stack([_features(u).astype(np.float64) for u in rows["uri"]])
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # a flat image: all zeros
+    reps: list[int] = []
+    out = []
+    for i, r in enumerate(rows.iter_rows(named=True)):
+        best = max(reps, key=lambda k: float(x[i] @ x[k]), default=None)
+        if best is not None and float(x[i] @ x[best]) >= threshold:
+            out.append({"image_id": r["image_id"], "shard": r["shard"], "cluster_id": rows["image_id"][best],
+                        "is_representative": False, "rep_shard": rows["shard"][best],
+                        "similarity": float(x[i] @ x[best])})
+        else:
+            reps.append(i)
+            out.append({"image_id": r["image_id"], "shard": r["shard"], "cluster_id": r["image_id"],
+                        "is_representative": True, "rep_shard": r["shard"], "similarity": 1.0})
+    return pl.DataFrame(out, schema={"image_id": pl.String, "shard": pl.String, "cluster_id": pl.String,
+                                     "is_representative": pl.Boolean, "rep_shard": pl.String,
+                                     "similarity": pl.Float32})
+
+
+def _expected_semantic(sem: pl.DataFrame) -> dict:
+    """The summary numbers counted in plain Python from the rows."""
+    rows = sem.to_dicts()
+    ids = {r["image_id"] for r in rows}
+    linked = [r for r in rows if not r["is_representative"]]
+    members = Counter(r["cluster_id"] for r in linked)
+    sizes = {cid: n + 1 for cid, n in members.items()}  # + the representative, wherever it lives
+    assert all(cid in ids or any(r["cluster_id"] == cid and r["rep_shard"] != r["shard"] for r in linked)
+               for cid in sizes)
+    return {"available": True, "images_compared": len(rows),
+            "representatives": sum(bool(r["is_representative"]) for r in rows),
+            "clusters_with_duplicates": len(sizes), "linked_images": len(linked),
+            "cross_shard": sum(r["rep_shard"] != r["shard"] for r in linked),
+            "largest_cluster": max(sizes.values(), default=0),
+            "min_similarity": round(min(float(np.float32(r["similarity"])) for r in linked), 4)}
+
+
+def _check_strips(section: str, sem: pl.DataFrame) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """Every strip: representative first (marked), then members by descending similarity, each
+    captioned with its cosine to the representative as in the frame."""
+    by_id = {r["image_id"]: r for r in sem.to_dicts()}
+    strips = SEM_CLUSTER.findall(section)
+    assert strips
+    out = []
+    for cid, _meta, strip in strips:
+        figs = FIGURE.findall(strip)
+        assert figs[0][2] == cid and "rep" in figs[0][0].split()
+        assert ">REP</span>" in strip.split("</figure>")[0]
+        sims = []
+        for (cls, _kind, image_id), body in zip(figs[1:], strip.split("</figure>")[1:], strict=False):
+            assert "rep" not in cls.split()
+            r = by_id[image_id]
+            assert r["cluster_id"] == cid and not r["is_representative"]
+            assert f'<figcaption class="s">cos {r["similarity"]:.3f}</figcaption>' in body
+            sims.append(r["similarity"])
+        assert sims and sims == sorted(sims, reverse=True)
+        out.append((cid, figs))
+    return out
+
+
+def test_semantic_section_shows_clusters_and_matching_numbers(corpus, tmp_path):
+    frames = {k: corpus[k].with_columns(pl.lit(SHARD).alias("shard")) for k in
+              ("inventory", "curated", "embeddings", "classifications")}
+    clusters = corpus["clusters"].with_columns(pl.lit(SHARD).alias("shard"), pl.lit(SHARD).alias("rep_shard"))
+    sem = _semantic_frame(frames["inventory"])
+    # one image linked to a representative in an earlier shard (not in this report's inventory)
+    single = sem.group_by("cluster_id").len().filter(pl.col("len") == 1)["cluster_id"].sort()[0]
+    sem = sem.with_columns(
+        pl.when(pl.col("image_id") == single).then(pl.lit(EXTERNAL_REP)).otherwise("cluster_id").alias("cluster_id"),
+        (pl.col("is_representative") & (pl.col("image_id") != single)).alias("is_representative"),
+        pl.when(pl.col("image_id") == single).then(pl.lit("test-000000")).otherwise("rep_shard").alias("rep_shard"),
+        pl.when(pl.col("image_id") == single).then(pl.lit(0.975, pl.Float32)).otherwise("similarity")
+        .alias("similarity"))
+    expected = _expected_semantic(sem)
+    assert expected["largest_cluster"] >= 3 and expected["cross_shard"] == 1  # not vacuous
+
+    s = report.build_shard_report(SHARD, frames["inventory"], clusters, frames["curated"], frames["embeddings"],
+                                  frames["classifications"], str(tmp_path), semantic=sem.lazy())
+    assert s["semantic"] == expected
+    assert json.loads((tmp_path / "summary.json").read_text())["semantic"] == expected
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<a href="#semantic-duplicates">Semantic duplicates</a>' in page
+    section = SEM_SECTION.search(page).group(1)
+    assert "was not run" not in section
+    strips = _check_strips(section, sem)
+    sizes = Counter(sem.filter(~pl.col("is_representative"))["cluster_id"].to_list())
+    largest = max(sizes.values()) + 1
+    first_cid, first_figs = strips[0]
+    assert sizes[first_cid] + 1 == largest and len(first_figs) == largest  # largest cluster first, complete
+    external = [figs for cid, figs in strips if cid == EXTERNAL_REP]
+    assert external and external[0][0][1] == "placeholder"  # its representative: a placeholder tile
+    assert "representative in test-000000" in section
+    assert section.count("<figure") <= int(report.DEFAULT_MAX_THUMBS * 0.2)
+    # still one self-contained file
+    stripped = DATA_URI.sub("", page)
+    assert not re.search(r"(?i)https?://|\b(src|href)\s*=\s*[\"']?\s*//", stripped)
+    assert "<script" not in page.lower() and "url(" not in stripped and "@import" not in page
+    for fmt, payload in DATA_URI.findall(section):
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as im:
+            im.load()
+    # the thumbnail budget bounds the strips too
+    s = report.build_shard_report(SHARD, frames["inventory"], clusters, frames["curated"], None, None,
+                                  str(tmp_path / "small"), semantic=sem, max_thumbs=10)
+    small = SEM_SECTION.search((tmp_path / "small" / "report.html").read_text()).group(1)
+    assert 1 <= small.count("<figure") <= 2
+    assert s["thumbnails"]["rendered"] + s["thumbnails"]["placeholders"] <= 10
+    assert s["semantic"] == expected
+
+
+def test_semantic_section_says_when_the_pass_was_not_run(shard_report):
+    section = SEM_SECTION.search(shard_report["html"]).group(1)
+    assert "was not run" in section
+    assert "python -m orchestration.cli run --semantic" in section and "semantic_dedup" in section
+    assert "<figure" not in section
+    sem = shard_report["summary"]["semantic"]
+    assert sem["available"] is False and sem["images_compared"] is None
+    assert json.loads((shard_report["out"] / "summary.json").read_text())["semantic"] == sem
+
+
+def test_corpus_report_semantic_section_over_shards(corpus, tmp_path):
+    from curation import storage
+
+    sem = _semantic_frame(corpus["inventory"])  # transformed copies (shard 2) link to originals (shard 1)
+    root = tmp_path / "outputs"
+    for shard in sorted(corpus["inventory"]["shard"].unique()):
+        f = _shard_frames(corpus, shard)
+        for key, stage in report.STAGE_DIRS.items():
+            storage.write_parquet(f[key], str(root / stage / f"{shard}.parquet"))
+        storage.write_parquet(sem.filter(pl.col("shard") == shard),
+                              str(root / "semantic_duplicates" / f"{shard}.parquet"))
+    lazy = {k: pl.scan_parquet(str(root / v / "*.parquet")) for k, v in report.STAGE_DIRS.items()}
+    out = tmp_path / "corpus_report"
+    s = report.build_corpus_report(lazy["inventory"], lazy["clusters"], lazy["curated"], lazy["embeddings"],
+                                   lazy["classifications"], str(out), max_thumbs=60,
+                                   semantic=pl.scan_parquet(str(root / "semantic_duplicates" / "*.parquet")))
+    expected = _expected_semantic(sem)
+    assert expected["cross_shard"] >= 1
+    assert s["semantic"] == expected
+    section = SEM_SECTION.search((out / "report.html").read_text()).group(1)
+    strips = _check_strips(section, sem)
+    cross = {r["cluster_id"] for r in sem.to_dicts() if r["rep_shard"] != r["shard"]}
+    shown = [figs for cid, figs in strips if cid in cross]
+    assert shown and all(figs[0][1] == "image" for figs in shown)  # the corpus inventory has the representative
