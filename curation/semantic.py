@@ -30,7 +30,13 @@ Design (mirrors curation/dedup.py)
   scale-invariant, so no scale is stored. Within-shard similarities use the full embeddings.
 * **Cross-shard cost.** `match_earlier` takes the earlier index as one frame or one frame per
   earlier shard (memory bounded by one shard's index); per earlier representative and band one
-  binary search among the shard's sorted keys, then exact verification of the candidates.
+  lookup of its key in a direct table of the shard's keys (binary search when band_bits > 20),
+  then each candidate pair (once, by its first shared band) goes through a Hamming pre-filter on
+  all n_bands * band_bits key bits (popcount of packed words; `hamming_limits`: the distance a
+  pair at cosine >= threshold - 0.01 exceeds with probability <= 1e-9, from the binomial law of
+  SimHash bits, so results equal verifying every candidate; demo and synthetic: identical) and
+  the survivors are verified by exact cosine, decoding only their index rows, in cache-sized
+  blocks. 10k-image shard vs 1M earlier representatives: see bench/results/semantic.json.
 
 Index schema (`index_schema(cfg, dim)`), one row per embedded image of every materialised shard::
 
@@ -64,6 +70,7 @@ __all__ = [
     "decode",
     "encode",
     "fit_center",
+    "hamming_limits",
     "query_vectors",
     "query_pairs",
     "semantic_dedup_shard",
@@ -124,7 +131,8 @@ class SemanticDedupConfig:
     proj_dim: 256, dimensions for index_vectors="proj".
     seed: fixes the hyperplanes and the projection (changing it invalidates earlier indexes: the
         shard's index records nothing about it, so keep it fixed for a corpus).
-    pair_batch: candidate pairs verified per batch (bounds memory).
+    pair_batch: candidate pairs generated per batch (bounds memory; cosines are computed in blocks
+        of at most 1,024 pairs).
     """
 
     enabled: bool = True
@@ -225,14 +233,19 @@ def _int8(y: np.ndarray) -> np.ndarray:
 def encode(x: np.ndarray, cfg: SemanticDedupConfig, batch: int = 65536) -> np.ndarray:
     """The index's vector for unit rows `x` (cfg.index_vectors): float16 (n, dim), int8 (n, dim)
     scaled to max |127| per row, or int8 (n, proj_dim) of the fixed random projection."""
-    x = np.asarray(x, dtype=np.float32)
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x, dtype=np.float32)
     if cfg.index_vectors == "float16":
-        return x.astype(np.float16)
+        return np.asarray(x, dtype=np.float32).astype(np.float16)
     n, dim = x.shape
+
+    def rows(s: int) -> np.ndarray:  # float32 per batch (a float16 input is not copied whole)
+        return np.asarray(x[s:s + batch], dtype=np.float32)
+
     if cfg.index_vectors == "int8":
-        return np.concatenate([_int8(x[s:s + batch]) for s in range(0, n, batch)]) if n else np.empty((0, dim), np.int8)
+        return np.concatenate([_int8(rows(s)) for s in range(0, n, batch)]) if n else np.empty((0, dim), np.int8)
     pm = _projection(cfg.seed, dim, cfg.proj_dim)
-    return (np.concatenate([_int8(x[s:s + batch] @ pm) for s in range(0, n, batch)]) if n
+    return (np.concatenate([_int8(rows(s) @ pm) for s in range(0, n, batch)]) if n
             else np.empty((0, cfg.proj_dim), np.int8))
 
 
@@ -262,12 +275,90 @@ def _unit(q: np.ndarray) -> np.ndarray:
     return f / np.where(nrm > 0, nrm, 1.0)
 
 
-def _dots(a: np.ndarray, b: np.ndarray, xa: np.ndarray, xb: np.ndarray, batch: int) -> np.ndarray:
+def _dots(a: np.ndarray, b: np.ndarray, xa: np.ndarray, xb: np.ndarray, batch: int,
+          decode_b=None) -> np.ndarray:
+    """Row-wise dot products xa[a] . xb[b] (float32). Gathered in small blocks (cache-sized: 1,024
+    pairs; the result per pair does not depend on the block). decode_b: applied to the gathered
+    rows of xb (e.g. `decode` of raw int8 index rows, row-wise, so only candidate rows are decoded)."""
     out = np.empty(len(a), dtype=np.float32)
-    for s in range(0, len(a), batch):
-        out[s:s + batch] = np.einsum("ij,ij->i", xa[a[s:s + batch]].astype(np.float32, copy=False),
-                                     xb[b[s:s + batch]].astype(np.float32, copy=False))
+    step = min(batch, 1024)
+    for s in range(0, len(a), step):
+        vb = xb[b[s:s + step]]
+        if decode_b is not None:
+            vb = decode_b(vb)
+        out[s:s + step] = np.einsum("ij,ij->i", xa[a[s:s + step]].astype(np.float32, copy=False),
+                                    vb.astype(np.float32, copy=False))
     return out
+
+
+_MISS_LOG10 = -9.0  # the Hamming pre-filter drops a true pair with probability <= 1e-9
+
+
+@lru_cache(maxsize=64)
+def _hamming_cutoffs(nbits: int, grid: int = 4096) -> np.ndarray:
+    """cut[k]: the smallest h with P(Binomial(nbits, p) > h) <= 10**_MISS_LOG10 for p = k / grid."""
+    from math import lgamma, log
+    ks = np.arange(nbits + 1, dtype=np.float64)
+    lc = np.array([lgamma(nbits + 1) - lgamma(k + 1) - lgamma(nbits - k + 1) for k in range(nbits + 1)])
+    cut = np.empty(grid + 1, dtype=np.int64)
+    for g in range(grid + 1):
+        p = g / grid
+        if p <= 0.0:
+            cut[g] = 0
+            continue
+        if p >= 1.0:
+            cut[g] = nbits
+            continue
+        lp = lc + ks * log(p) + (nbits - ks) * log(1.0 - p)
+        tail = np.cumsum(np.exp(lp - lp.max())[::-1])[::-1] * np.exp(lp.max())  # P(X >= k)
+        ok = np.flatnonzero(tail <= 10.0 ** _MISS_LOG10)  # P(X >= k) small: cut at k - 1
+        cut[g] = (int(ok[0]) - 1) if len(ok) else nbits
+    return cut
+
+
+def _pack_bits(keys: np.ndarray, band_bits: int) -> np.ndarray:
+    """Band keys (n, n_bands) -> the same bits packed in uint64 words (zero padded)."""
+    k = keys.astype(np.uint16) if band_bits <= 16 else keys.astype(np.uint32, copy=False)
+    per = 8 // k.itemsize
+    pad = (-k.shape[1]) % per
+    if pad:
+        k = np.concatenate([k, np.zeros((len(k), pad), k.dtype)], axis=1)
+    return np.ascontiguousarray(k).view(np.uint64)
+
+
+def hamming_limits(x: np.ndarray, cfg: SemanticDedupConfig, center: np.ndarray | None = None,
+                   margin: float = 0.01) -> np.ndarray:
+    """Per query row (unit `x`), the largest Hamming distance over all band_bits * n_bands SimHash
+    bits that a partner with cosine >= threshold - margin can have except with probability 1e-9.
+
+    Random hyperplanes (through `center`) split two vectors with probability angle / pi, where the
+    angle is between x - center and y - center, bits independently (the planes are iid Gaussian),
+    so the distance is Binomial(bits, angle / pi). The centred angle of a pair with x.y >= t is at
+    most the worst case over the partner's y.c, which lies within |x - y| |c| <= sqrt(2 - 2t) |c|
+    of x.c; that worst case is found in closed form (below). margin covers the index's int8
+    rounding (the exact decision uses the decoded vector; keys come from the original). Checked on
+    the demo's real embeddings: no pair at cosine >= 0.94 / 0.95 / 0.97 exceeds its limit."""
+    x = np.asarray(x, dtype=np.float32)
+    nbits = cfg.band_bits * cfg.n_bands
+    t = max(-1.0, cfg.threshold - margin)
+    c = np.zeros(x.shape[1], np.float64) if center is None else np.asarray(center, np.float64)
+    cc = float(c @ c)
+    a = (x.astype(np.float64) @ c)[:, None]
+    delta = np.sqrt(max(0.0, 2.0 - 2.0 * t)) * np.sqrt(cc)
+    # centred cosine as a function of the partner's b = y.c, with u = |y - c|^2 = 1 - 2b + |c|^2:
+    # (A + u/2) / (|x - c| sqrt(u)), A = t - a + |c|^2 - (1 + |c|^2) / 2; convex in sqrt(u) when
+    # A > 0 (minimum at u = 2A), increasing otherwise: the minimum over the interval is at an end
+    # or at 2A clipped into it
+    lo_u = np.maximum(1.0 - 2.0 * (a + delta) + cc, 1e-12)
+    hi_u = np.maximum(1.0 - 2.0 * (a - delta) + cc, 1e-12)
+    A = t - a + cc - (1.0 + cc) / 2.0
+    u = np.concatenate([lo_u, hi_u, np.clip(2.0 * A, lo_u, hi_u)], axis=1)
+    na = np.sqrt(np.maximum(1.0 - 2.0 * a + cc, 1e-12))
+    cos_c = ((A + u / 2.0) / (na * np.sqrt(u))).min(axis=1) - 1e-3  # slack for rounding
+    p = np.arccos(np.clip(cos_c, -1.0, 1.0)) / np.pi
+    cut = _hamming_cutoffs(nbits)
+    grid = len(cut) - 1
+    return cut[np.minimum(np.ceil(p * grid).astype(np.int64), grid)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,27 +436,43 @@ def lsh_pairs(keys: np.ndarray, x: np.ndarray, cfg: SemanticDedupConfig) -> tupl
 
 def query_pairs(
     qkeys: np.ndarray, qvec: np.ndarray, ikeys: np.ndarray, ivec: np.ndarray, cfg: SemanticDedupConfig,
-    index_batch: int = 1 << 20,
+    index_batch: int = 1 << 20, *, max_hamming: np.ndarray | None = None, raw_index: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (query row q, index row r) sharing a band key with projected cosine >= threshold.
 
     The shard's (small) keys are sorted per band; the index is streamed past them in batches and
-    looked up by binary search, so the cost is O(index rows * n_bands * log(shard)) plus the
-    candidates. qvec / ivec: unit float32 rows (`query_vectors`, `decode`). Returns (q, r, sim) sorted by (q, r).
+    looked up in a direct table of the shard's keys (binary search when band_bits > 20), so the
+    cost is O(index rows * n_bands) plus the candidates. qvec / ivec: unit float32 rows (`query_vectors`, `decode`); raw_index=True: ivec are
+    the index's stored vectors (`encode`), decoded here for candidate rows only (same values).
+    max_hamming: optional per-query limit (`hamming_limits`) on the Hamming distance over all key
+    bits; candidates beyond it are dropped before the exact cosine (a true pair is dropped with
+    probability <= 1e-9). Returns (q, r, sim) sorted by (q, r).
     """
     out_q, out_r, out_s = [], [], []
     nq = len(qkeys)
     if nq == 0 or len(ikeys) == 0:
         e = np.empty(0, np.int64)
         return e, e, np.empty(0, np.float32)
+    dec = (lambda v: decode(v, cfg)) if raw_index else None
     qidx = np.arange(nq, dtype=np.int64)
+    # keys < 2**band_bits: look them up in a direct table, not by binary search
+    table = cfg.band_bits <= 20 and not (int(ikeys.max()) >> cfg.band_bits or int(qkeys.max()) >> cfg.band_bits)
+    if max_hamming is not None:  # all key bits, packed (16 bits per band when they fit): less to gather
+        qpack, ipack = _pack_bits(qkeys, cfg.band_bits), _pack_bits(ikeys, cfg.band_bits)
     for b in range(cfg.n_bands):
         qo = np.lexsort((qidx, qkeys[:, b]))
         qk = qkeys[qo, b]
+        if table:
+            counts = np.bincount(qk, minlength=1 << cfg.band_bits)
+            starts = np.cumsum(counts) - counts
         for s in range(0, len(ikeys), index_batch):
             ik = ikeys[s:s + index_batch, b]
-            lo = np.searchsorted(qk, ik, side="left")
-            cnt = np.searchsorted(qk, ik, side="right") - lo
+            if table:
+                cnt = counts[ik]
+                lo = starts[ik]
+            else:
+                lo = np.searchsorted(qk, ik, side="left")
+                cnt = np.searchsorted(qk, ik, side="right") - lo
             hit = np.flatnonzero(cnt)
             if len(hit) == 0:
                 continue
@@ -376,12 +483,19 @@ def query_pairs(
             q = qo[np.repeat(lo[hit], c) + (np.arange(total, dtype=np.int64) - first)]
             for t in range(0, total, cfg.pair_batch):
                 qq, rr = q[t:t + cfg.pair_batch], r[t:t + cfg.pair_batch]
-                if b:
+                if max_hamming is not None:
+                    ham = np.bitwise_count(np.bitwise_xor(qpack[qq], ipack[rr])).sum(axis=1, dtype=np.int64)
+                    keep = ham <= max_hamming[qq]
+                    qq, rr = qq[keep], rr[keep]
+                if b:  # emitted by an earlier band already?
                     dup = (qkeys[qq, :b] == ikeys[rr, :b]).any(axis=1)
                     qq, rr = qq[~dup], rr[~dup]
                 if len(qq) == 0:
                     continue
-                sim = _dots(qq, rr, qvec, ivec, cfg.pair_batch)
+                # verify in index-row order (each index row is read once, from cache)
+                o = np.argsort(rr, kind="stable")
+                qq, rr = qq[o], rr[o]
+                sim = _dots(qq, rr, qvec, ivec, cfg.pair_batch, dec)
                 ok = sim >= cfg.threshold
                 if ok.any():
                     out_q.append(qq[ok])
@@ -435,30 +549,37 @@ _MATCH_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "key
 
 def match_earlier(
     x: np.ndarray, keys: np.ndarray, earlier: pl.DataFrame | Iterable[pl.DataFrame] | None, cfg: SemanticDedupConfig,
-    chunk: int = 131072,
+    chunk: int = 131072, *, center: np.ndarray | None = None, prefilter: bool = True,
 ) -> pl.DataFrame:
     """Best earlier representative for each query row with cosine >= threshold: the earliest shard,
     then the highest similarity, then the smallest cluster_id. `earlier` may be one index frame or
     an iterable of them (e.g. one per earlier shard, read lazily: memory is then bounded by one
-    shard's index). Returns columns q (row of x), cluster_id, rep_shard, similarity, shard_seq."""
+    shard's index). center: the hashing centre `keys` were computed with (for the Hamming
+    pre-filter, `hamming_limits`; prefilter=False verifies every candidate, "proj" always does).
+    Index vectors are decoded for candidate rows only. Returns columns q (row of x), cluster_id,
+    rep_shard, similarity, shard_seq."""
     empty = pl.DataFrame(schema={"q": pl.Int64, "seq": pl.Int32, "s": pl.Float32, "cluster_id": pl.String,
                                  "rep_shard": pl.String})
     if earlier is None or len(x) == 0:
         return empty
     frames = [earlier] if isinstance(earlier, pl.DataFrame) else earlier
     qvec = query_vectors(x, cfg)
+    max_ham = hamming_limits(x, cfg, center) if prefilter and cfg.index_vectors != "proj" else None
     best = empty
     for frame in frames:
         if frame is None or frame.height == 0:
             continue
-        reps = frame.filter(pl.col("is_representative") & pl.col("keys").is_not_null() & pl.col("vec").is_not_null())
+        usable = pl.col("is_representative") & pl.col("keys").is_not_null() & pl.col("vec").is_not_null()
+        reps = frame.select(_MATCH_COLS)
+        if not reps.select(usable.fill_null(False).all()).item():  # copy only when some rows are unusable
+            reps = reps.filter(usable)
         if reps.height == 0:
             continue
         found = []
-        for s in range(0, reps.height, chunk):  # decoded vectors are float32: bound them per chunk
+        for s in range(0, reps.height, chunk):
             part = reps.slice(s, chunk)
-            qq, rr, ss = query_pairs(keys, qvec, part["keys"].to_numpy().astype(np.uint32),
-                                     decode(part["vec"].to_numpy(), cfg), cfg)
+            qq, rr, ss = query_pairs(keys, qvec, part["keys"].to_numpy().astype(np.uint32, copy=False),
+                                     part["vec"].to_numpy(), cfg, max_hamming=max_ham, raw_index=True)
             found.append((qq, rr + s, ss))
         qq, rr, ss = (np.concatenate([f[k] for f in found]) for k in range(3))
         if len(qq) == 0:
@@ -518,7 +639,7 @@ def semantic_dedup_shard(
 
     if cfg.enabled and n:
         # 1) against earlier representatives (earliest shard, then highest similarity, then cluster_id)
-        m = match_earlier(x, keys, earlier_index, cfg)
+        m = match_earlier(x, keys, earlier_index, cfg, center=center)
         joined = m["q"].to_numpy().astype(np.int64)
         sim[joined] = m["s"].to_numpy()
         cluster_id = cluster_id.scatter(joined, m["cluster_id"]) if len(joined) else cluster_id

@@ -207,3 +207,29 @@ def test_index_vectors_estimate_cosine(real):
         cfg = SemanticDedupConfig(index_vectors=enc)
         est = np.einsum("ij,ij->i", x[a], decode(encode(x, cfg), cfg)[b])
         assert np.abs(est - true).max() < tol, enc
+
+
+def test_cross_shard_prefilter_and_lazy_decoding_change_nothing():
+    """The Hamming pre-filter and decoding only candidate rows give exactly the pairs and cosines of
+    verifying every candidate against the fully decoded index (non-negative vectors, centred keys)."""
+    from curation.semantic import hamming_limits, match_earlier, query_pairs
+
+    rng = np.random.default_rng(5)
+    base = np.maximum(rng.standard_normal((3000, 64)).astype(np.float32) + 0.8, 0)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    q = base[rng.integers(0, 3000, 400)] + 0.03 * np.abs(rng.standard_normal((400, 64)).astype(np.float32))
+    q = np.concatenate([q, base[:200]])
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    for t in (0.97, 0.9):
+        cfg = SemanticDedupConfig(threshold=t)
+        center = fit_center(base)
+        qk, ik, iv = band_keys(q, cfg, center), band_keys(base, cfg, center), encode(base, cfg)
+        ref = query_pairs(qk, q, ik, decode(iv, cfg), cfg)
+        new = query_pairs(qk, q, ik, iv, cfg, max_hamming=hamming_limits(q, cfg, center), raw_index=True)
+        assert len(ref[0]) > 200
+        for a, b in zip(ref, new):
+            np.testing.assert_array_equal(a, b)
+        _, index = semantic_dedup_shard(_frame([f"e{i}" for i in range(len(base))], base), None, cfg, center=center)
+        on = match_earlier(q, qk, index, cfg, center=center)
+        off = match_earlier(q, qk, index, cfg, center=center, prefilter=False)
+        assert on.equals(off) and on.height > 200
