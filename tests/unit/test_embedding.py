@@ -113,6 +113,19 @@ def test_import_is_lazy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
+def test_no_module_of_the_embedding_package_imports_torch():
+    import pkgutil
+
+    import curation.embedding as pkg
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__))
+    assert {"models", "checkpoints", "gpu_decode", "chunks", "producer", "shard", "io"} <= set(modules)
+    for mod in ["curation.embedding"] + [f"curation.embedding.{m}" for m in modules]:
+        code = (f"import sys, {mod}; bad = [m for m in ('torch', 'torchvision', 'open_clip', 'timm') "
+                f"if m in sys.modules]; assert not bad, ({mod!r}, bad)")
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
 def test_embed_shard_order_batching_normalisation(tiny, tmp_path):
     items = _images(tmp_path, 13).sample(fraction=1.0, shuffle=True, seed=3)
     ref = _reference(tiny, items)
@@ -406,7 +419,7 @@ def test_spec_from_env():
 def test_which_jpegs_go_to_nvjpeg(tmp_path):
     import io
 
-    from curation.embedding import _jpeg_ok_for_gpu
+    from curation.embedding.gpu_decode import jpeg_ok_for_gpu as _jpeg_ok_for_gpu
 
     def enc(img, **kw) -> bytes:
         b = io.BytesIO()
@@ -438,7 +451,7 @@ def test_nvjpeg_path_matches_cpu_path(tiny_config, tmp_path):
 
 def test_reader_errors_keep_their_code_at_the_embedding_stage():
     from curation import errors
-    from curation.embedding import _fmt_error
+    from curation.embedding.errors import format_image_error as _fmt_error
     from curation.reader import InputError
 
     assert _fmt_error(InputError(errors.SYMLINK_OUTSIDE_ROOT, "link escapes")).startswith("symlink_outside_root: ")
