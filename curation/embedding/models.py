@@ -41,7 +41,15 @@ from curation.embedding.checkpoints import (
     packaged_efficientnet_lite0_path,
 )
 from curation.embedding.errors import load_error
-from curation.embedding.spec import KINDS, PACKAGED, RANDOM_INIT, EmbedderSpec, auto_batch_size, resolve_device, resolve_dtype
+from curation.embedding.spec import (
+    KINDS,
+    PACKAGED,
+    RANDOM_INIT,
+    EmbedderSpec,
+    auto_batch_size,
+    resolve_device,
+    resolve_dtype,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
