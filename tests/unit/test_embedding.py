@@ -252,6 +252,39 @@ def test_undecodable_images_get_an_error_row(tiny, tmp_path):
     assert ok.height == 6 and failed["image_id"].to_list() == ["bad0", "trunc0", "gone0"]
 
 
+def test_batch_producer_cuts_batches_in_order_within_chunks(tiny, tmp_path):
+    from skimage import data
+
+    from curation.embedding.chunks import ChunkLayout
+    from curation.embedding.producer import BatchProducer
+
+    photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+    paths = []
+    for i, arr in enumerate(photos):
+        paths.append(str(tmp_path / f"p{i}.png"))
+        Image.fromarray(arr).save(paths[-1])
+    uris = [paths[i % 4] for i in range(150)]
+    uris[80] = str(tmp_path / "missing.png")
+    tiny.batch_size = 64
+    stats = {"load_wait_s": 0.0, "assemble_s": 0.0, "gpu_decode_s": 0.0}
+    producer = BatchProducer(tiny, uris, ChunkLayout(total=150, chunk_size=100), [0, 1], read_image_uri,
+                             None, num_workers=2, prefetch_batches=1, stats=stats)
+    producer.start()
+    batches = []
+    while (b := producer.get()) is not None:
+        batches.append(b)
+    producer.join()
+    # the first batch is 1/8 of the batch size; batches never span chunks; the last one of a chunk says so
+    assert [(b.chunk, b.positions[0], b.positions[-1] + 1, b.last_in_chunk) for b in batches] == [
+        (0, 0, 8, False), (0, 8, 72, False), (0, 72, 100, True), (1, 0, 50, True)]
+    third = batches[2]
+    assert third.errors.keys() == {80} and third.errors[80].startswith("not_found: ")
+    assert third.host_positions == [p for p in range(72, 100) if p != 80]
+    assert third.host.shape == (27, tiny.image_size, tiny.image_size, 3) and third.host.dtype == np.uint8
+    np.testing.assert_array_equal(third.host[0], tiny.pil_to_array(read_image_uri(uris[72])))
+    assert stats["load_wait_s"] > 0 and stats["gpu_decode_s"] == 0
+
+
 # --- loading --------------------------------------------------------------------------------------
 
 
