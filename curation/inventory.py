@@ -73,7 +73,7 @@ class InventoryConfig:
     max_bytes: files larger than this are TOO_LARGE_FILE without being read (default
         `curation.imaging.limits.MAX_BYTES`, 256 MiB).
     decode_timeout_s: wall-clock bound per file (read + decode + measure) -> TIMEOUT.
-    analysis_size / background: see `curation.imaging` (256 x 256 grey analysis image, white).
+    analysis_size / background: see `curation.imaging.analyse` (128 x 128 grey analysis image, white).
     chunk_size: files per message to a worker (two chunks are queued per worker).
     start_method: multiprocessing start method for workers ("forkserver" or "spawn").
     """

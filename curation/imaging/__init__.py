@@ -60,6 +60,7 @@ from curation.imaging.metrics import (
 from curation.imaging.policy import (
     DecodeError,
     check_size,
+    decode_oriented,
     decode_rgb,
     load_first_frame,
     open_header,
@@ -98,6 +99,7 @@ __all__ = [
     "color_means",
     "composite",
     "decode_and_measure",
+    "decode_oriented",
     "decode_rgb",
     "dhash_batch",
     "exif_orientation",

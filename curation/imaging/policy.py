@@ -10,7 +10,8 @@ open an image:
 2. `load_first_frame(img)`: the first frame only (animated GIF/WebP/APNG/TIFF), optionally a
    reduced-size JPEG draft; decoder failures are classified by `curation.errors.classify_exception`.
 3. Conversion (`curation.imaging.convert`): EXIF orientation applied, any mode to 8 bits,
-   transparency composited on BACKGROUND, then RGB (`decode_rgb`) or the analysis image (stage 1).
+   transparency composited on BACKGROUND, then RGB (`decode_rgb`) or the analysis image (stage 1);
+   `decode_oriented` stops before compositing, for callers that show transparency themselves.
 Every failure raises `DecodeError` whose `.code` is a `curation.errors` code.
 
 Pillow's own decompression-bomb guard: `pillow_guard(max_pixels)` wraps every decode. It makes
@@ -173,17 +174,26 @@ def load_first_frame(img: Image.Image, draft_size: int | None = None, known: dic
     return n_frames
 
 
+def decode_oriented(data: bytes, *, max_pixels: int = MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Bytes -> the decoded first frame, EXIF orientation applied, mode untouched (for callers that
+    composite transparency themselves, e.g. report thumbnails on a checkerboard). `draft_size`:
+    JPEGs decode at the smallest DCT scale >= draft_size x draft_size. Raises DecodeError."""
+    with pillow_guard(max_pixels):
+        img = open_header(data, max_pixels)
+        check_size(img, max_pixels)
+        load_first_frame(img, draft_size)
+        return orient(img, exif_orientation(img))
+
+
 def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS,
                background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """The policy in one call: bytes -> RGB image of the first frame, EXIF orientation applied,
     transparency composited on `background`. Raises DecodeError."""
-    with pillow_guard(max_pixels), open_header(data, max_pixels) as img:
-        check_size(img, max_pixels)
-        load_first_frame(img)
+    with pillow_guard(max_pixels):
+        img = decode_oriented(data, max_pixels=max_pixels)
         try:
             flat, _ = composite(to_8bit(img), background)
-            # convert() copies: the result outlives `img`, which closes on leaving the block
-            return orient(flat, exif_orientation(img)).convert("RGB")
+            return flat if flat.mode == "RGB" else flat.convert("RGB")
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a decoder error surfacing on convert

@@ -188,3 +188,24 @@ def test_one_classifier_maps_exceptions_to_codes(exc, stage, code):
 def test_classifier_rejects_an_unknown_stage():
     with pytest.raises(ValueError, match="stage must be one of"):
         errors.classify_exception(OSError(), "write")
+
+
+def test_decode_oriented_applies_orientation_keeps_alpha_and_drafts():
+    from curation.imaging.policy import decode_oriented
+
+    stored = photo("coffee")  # 600 x 400
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", exif=exif.tobytes())
+    img = decode_oriented(buf.getvalue())
+    assert img.size == (400, 600)
+    assert decode_rgb(buf.getvalue()).size == (400, 600)
+    assert decode_oriented(buf.getvalue(), draft_size=100).size == (100, 150)  # 1/4 DCT scale
+    rgba = photo("astronaut").convert("RGBA")
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    assert decode_oriented(buf.getvalue()).mode == "RGBA"
+    with pytest.raises(DecodeError) as exc:
+        decode_oriented(b"<html>not found</html>")
+    assert exc.value.code == errors.NOT_AN_IMAGE
