@@ -204,7 +204,7 @@ class SupervisedPool:
         method = settings.start_method
         if method not in multiprocessing.get_all_start_methods():
             method = "spawn"
-        self.ctx = multiprocessing.get_context(method)
+        self.ctx: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             self.ctx.set_forkserver_preload(list(settings.preload))
         self.workers: list[_Worker] = []
@@ -273,7 +273,7 @@ class SupervisedPool:
                 if not w.ready:
                     continue
                 while len(w.pending) <= cfg.chunk_size and todo and may_dispatch(todo.peek_idx()):
-                    chunk = []
+                    chunk: list[tuple[int, str]] = []
                     while todo and len(chunk) < cfg.chunk_size and may_dispatch(todo.peek_idx()):
                         chunk.append(todo.popleft())
                     if not w.pending:

@@ -36,7 +36,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image, UnidentifiedImageError
 
@@ -103,7 +103,7 @@ def _pillow_quiet() -> Iterator[None]:
             _quiet_depth -= 1
             if _quiet_depth == 0:
                 with contextlib.suppress(ValueError):  # the filter list was replaced meanwhile
-                    warnings.filters.remove(_quiet_entry)
+                    cast(list, warnings.filters).remove(_quiet_entry)
                     getattr(warnings, "_filters_mutated", lambda: None)()
                 _quiet_entry = None
 
