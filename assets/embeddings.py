@@ -8,33 +8,11 @@ import polars as pl
 from assets._common import BACKFILL_POLICY, OWNERS, Progress, RETRY, per_shard, read_stage, shard_source
 from assets.quality import curated_images
 from curation import storage
+from curation.imaging.policy import rgb_opener as image_opener  # uri -> RGB image under the open policy
 from orchestration.k8s import gpu_step_tags
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
 from resources.models import EmbedderResource
-
-
-def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixels: int = 150_000_000):
-    """A function uri -> RGB PIL image, prepared like stage 1: first frame, EXIF orientation
-    applied, transparency composited on the documented background. With `root`, reads go through
-    the same path checks as stage 1 (no symlink escapes, no '..')."""
-    import io
-
-    from PIL import Image, ImageOps
-
-    from curation.imaging import flatten
-    from curation.reader import read_source
-
-    def open_rgb(uri: str) -> Image.Image:
-        data = read_source(uri, root, max_bytes=max_bytes)[0] if root else storage.read_bytes(uri)
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise ValueError(f"{uri}: {img.width}x{img.height} exceeds {max_pixels} pixels")
-            img = ImageOps.exif_transpose(img)
-            flat, _ = flatten(img)
-            return flat.convert("RGB")
-
-    return open_rgb
 
 
 @dg.asset(

@@ -26,13 +26,18 @@ S3 (`s3://bucket/key`)
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from datetime import datetime
 
 from curation import errors
-from curation.storage import UnsafePathError, ensure_under, filesystem, is_s3, with_retries
+from curation.storage import (
+    UnsafePathError,
+    ensure_under,
+    filesystem,
+    is_s3,
+    with_retries,
+)
 
 
 class InputError(Exception):
@@ -60,16 +65,9 @@ def read_source(uri: str, root: str, *, max_bytes: int) -> tuple[bytes, float | 
 # --------------------------------------------------------------------------------------- local
 
 
-def _errno_code(exc: OSError) -> str:
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-        return errors.NOT_FOUND
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return errors.PERMISSION_DENIED
-    if exc.errno == errno.ELOOP:
-        return errors.SYMLINK_LOOP
-    if exc.errno == errno.EISDIR:
-        return errors.NOT_A_REGULAR_FILE
-    return errors.READ_ERROR
+def _read_code(exc: BaseException) -> str:
+    """The error code of a failed read (local or S3), by `curation.errors.classify_exception`."""
+    return errors.classify_exception(exc, "read")[0]
 
 
 def _kind(mode: int) -> str:
@@ -97,7 +95,7 @@ def _read_local(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | Non
     try:
         resolved = os.path.realpath(abs_uri, strict=True)
     except OSError as exc:
-        code = _errno_code(exc)
+        code = _read_code(exc)
         if code == errors.SYMLINK_LOOP:
             raise InputError(code, f"symlink loop while resolving {uri!r}") from None
         if code == errors.NOT_FOUND:
@@ -111,7 +109,7 @@ def _read_local(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | Non
     try:
         st = os.stat(resolved, follow_symlinks=False)
     except OSError as exc:
-        raise InputError(_errno_code(exc), f"cannot stat {uri!r}: {exc.strerror or exc}") from None
+        raise InputError(_read_code(exc), f"cannot stat {uri!r}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise InputError(errors.NOT_A_REGULAR_FILE, f"{uri!r} is a {_kind(st.st_mode)}, not a regular file")
     if st.st_size == 0:
@@ -123,7 +121,7 @@ def _read_local(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | Non
     try:
         fd = os.open(resolved, flags)
     except OSError as exc:
-        code = _errno_code(exc)
+        code = _read_code(exc)
         if code == errors.SYMLINK_LOOP:  # O_NOFOLLOW: replaced by a symlink after the checks
             raise InputError(errors.UNSAFE_PATH, f"{uri!r} became a symlink while being read") from None
         raise InputError(code, f"cannot open {uri!r}: {exc.strerror or exc}") from None
@@ -141,7 +139,7 @@ def _read_local(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | Non
             chunks.append(chunk)
             total += len(chunk)
     except OSError as exc:
-        raise InputError(_errno_code(exc), f"cannot read {uri!r}: {exc.strerror or exc}") from None
+        raise InputError(_read_code(exc), f"cannot read {uri!r}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     if total == 0:
@@ -152,21 +150,6 @@ def _read_local(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | Non
 
 
 # ------------------------------------------------------------------------------------------ S3
-
-
-def _s3_code(exc: BaseException) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return errors.NOT_FOUND
-    if isinstance(exc, PermissionError):
-        return errors.PERMISSION_DENIED
-    if isinstance(exc, IsADirectoryError):
-        return errors.NOT_A_REGULAR_FILE
-    text = f"{type(exc).__name__} {exc}"
-    if "NoSuchKey" in text or "404" in text or "Not Found" in text:
-        return errors.NOT_FOUND
-    if "AccessDenied" in text or "403" in text or "Forbidden" in text:
-        return errors.PERMISSION_DENIED
-    return errors.READ_ERROR
 
 
 def _mtime_of(info: dict) -> float | None:
@@ -190,7 +173,7 @@ def _read_s3(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | None]:
     try:
         info = with_retries(lambda: fs.info(path), uri)
     except Exception as exc:  # noqa: BLE001 - classified into a code
-        raise InputError(_s3_code(exc), f"cannot stat {uri!r}: {type(exc).__name__}: {exc}") from None
+        raise InputError(_read_code(exc), f"cannot stat {uri!r}: {type(exc).__name__}: {exc}") from None
     if info.get("type") == "directory":
         raise InputError(errors.NOT_A_REGULAR_FILE, f"{uri!r} is a prefix (directory), not an object")
     size = int(info.get("size") or info.get("Size") or 0)
@@ -201,7 +184,7 @@ def _read_s3(uri: str, root: str, max_bytes: int) -> tuple[bytes, float | None]:
     try:
         data = with_retries(lambda: fs.cat_file(path, start=0, end=max_bytes + 1), uri)
     except Exception as exc:  # noqa: BLE001 - classified into a code
-        raise InputError(_s3_code(exc), f"cannot read {uri!r}: {type(exc).__name__}: {exc}") from None
+        raise InputError(_read_code(exc), f"cannot read {uri!r}: {type(exc).__name__}: {exc}") from None
     if not data:
         raise InputError(errors.EMPTY_FILE, f"{uri!r} has 0 bytes")
     if len(data) > max_bytes:

@@ -364,7 +364,7 @@ def test_garbage_gets_a_code_and_bugs_become_internal_error(monkeypatch):
     def broken(_grey):
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(im, "grey_metrics", broken)
+    monkeypatch.setattr(im.analyse, "grey_metrics", broken)  # where decode_and_measure looks it up
     rec = im.analyse_image(astronaut_png)
     assert rec["error_code"] == errors.INTERNAL_ERROR
     assert "simulated bug" in rec["error_message"]

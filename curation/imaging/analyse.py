@@ -1,0 +1,165 @@
+"""Stage 1's per-image analysis: one decode per image -> every raw_inventory measurement.
+
+`decode_and_measure(data, cfg)` never raises (failures become an error code) and returns
+MEASURE_COLUMNS plus `hash_input` (the 64 x 64 hash image, flattened, for `hashes.hash_batch`).
+`analyse_image` adds the four hashes for one image. For one image:
+
+1. Header (`policy.open_header` / `check_size`): the declared pixel count (width*height of the
+   first frame) is compared with `AnalysisConfig.max_pixels` BEFORE any pixel is decoded ->
+   DECOMPRESSION_BOMB; Pillow's own guard never fires below that limit (`policy.pillow_guard`).
+2. Pixels (`policy.load_first_frame`): JPEGs (and MPO) are decoded with `Image.draft(None, (S, S))`,
+   i.e. at the largest DCT scale (1/1, 1/2, 1/4, 1/8) whose result is still >= S x S (S = analysis
+   size); other formats at full size. Only the first frame of animated GIF/WebP/APNG/TIFF is
+   decoded; `n_frames` is recorded.
+3. To 8 bits (`convert.to_8bit`), then images that were not drafted and are >= 4S on a side are
+   box-reduced by integer factors to >= 2S per side (`convert.box_reduce`).
+4. Transparency is composited over `AnalysisConfig.background` (default white) BEFORE anything is
+   measured or hashed (`convert.composite`); dropping alpha instead turns sprites into flat
+   silhouettes whose hashes collide. `has_alpha` records that alpha / a transparency key was present.
+5. EXIF orientation is applied (`convert.orient`); `width`/`height` are the declared
+   full-resolution size AFTER orientation (swapped for 5..8).
+6. The S x S grey analysis image and its metrics, colour means of the composited image, and the
+   64 x 64 hash image (`curation.imaging.metrics`). Why S = 128 (bench/inventory.py): the stage
+   must cost about a bare JPEG decode. At S = 256 the resizes and metrics cost 1.5x the decode
+   itself; at 128 the whole analysis is ~0.5 ms.
+7. Hashes are computed later, batched, in the parent (`curation.imaging.hashes.hash_batch`):
+   bit-identical to imagehash applied to the hash image, within a few bits of imagehash applied
+   to the full-resolution image (tests/unit/test_imaging.py checks both).
+
+`decode_ms` is the wall time of steps 1-6 (reading bytes is not included).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from curation import errors
+from curation.imaging.convert import (
+    box_reduce,
+    composite,
+    exif_orientation,
+    orient,
+    to_8bit,
+)
+from curation.imaging.hashes import HASH_COLUMNS, WHASH_IMAGE_SCALE, hash_batch
+from curation.imaging.limits import BACKGROUND, MAX_PIXELS
+from curation.imaging.metrics import (
+    DEFAULT_ANALYSIS_SIZE,
+    analysis_image,
+    color_means,
+    grey_metrics,
+    hash_inputs,
+)
+from curation.imaging.policy import (
+    DecodeError,
+    check_size,
+    load_first_frame,
+    open_header,
+    pillow_guard,
+)
+
+# Measurement columns produced here (everything in INVENTORY_SCHEMA except identity/file columns).
+MEASURE_COLUMNS = ("format", "width", "height", "mode", "orientation", "n_frames", "has_alpha",
+                   "color_mean_r", "color_mean_g", "color_mean_b", "brightness", "contrast",
+                   "entropy", "sharpness", "decode_ms", "error_code", "error_message")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Knobs of the per-image analysis. See the module docstring for what each one changes."""
+
+    max_pixels: int = MAX_PIXELS
+    analysis_size: int = DEFAULT_ANALYSIS_SIZE
+    background: tuple[int, int, int] = BACKGROUND
+
+    def __post_init__(self) -> None:
+        if self.analysis_size < WHASH_IMAGE_SCALE:
+            raise ValueError(f"analysis_size must be >= {WHASH_IMAGE_SCALE}, got {self.analysis_size}")
+        if self.max_pixels <= 0:
+            raise ValueError("max_pixels must be positive")
+
+
+def _error(code: str, message: str, t0: float, **known: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {c: None for c in MEASURE_COLUMNS}
+    out.update(known)
+    out["error_code"] = code
+    out["error_message"] = message[:2000]
+    out["decode_ms"] = (time.perf_counter() - t0) * 1000.0
+    out["hash_input"] = None
+    return out
+
+
+def decode_and_measure(data: bytes, cfg: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
+    """Decode `data` once and measure it. Returns a dict with MEASURE_COLUMNS plus `hash_input`
+    (uint8 vector of HASH_INPUT_LEN for `hash_batch`, None on error). Never raises (except for
+    BaseExceptions such as KeyboardInterrupt or a timeout signal raised by the caller)."""
+    t0 = time.perf_counter()
+    known: dict[str, Any] = {}
+    try:
+        return _decode_and_measure(data, cfg, t0, known)
+    except DecodeError as exc:
+        return _error(exc.code, exc.message, t0, **known)
+    except MemoryError as exc:
+        return _error(errors.INTERNAL_ERROR,
+                      f"MemoryError while decoding ({exc}); lower max_pixels or give workers more memory", t0, **known)
+    except Exception as exc:  # noqa: BLE001 - never raise out of the per-image function
+        return _error(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, **known)
+
+
+def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict[str, Any]) -> dict[str, Any]:
+    with pillow_guard(cfg.max_pixels), open_header(data, cfg.max_pixels) as img:  # header
+        fmt = img.format
+        width, height = img.size
+        mode = img.mode
+        known.update(format=fmt, mode=mode)
+        check_size(img, cfg.max_pixels)
+        S = cfg.analysis_size
+        drafted = fmt in ("JPEG", "MPO")
+        n_frames = load_first_frame(img, S, known)  # pixels (first frame)
+        orientation = exif_orientation(img)
+        # ---- analysis (our code: any failure here is an INTERNAL_ERROR)
+        frame = to_8bit(img)
+        if not drafted:
+            frame = box_reduce(frame, S)
+        flat, has_alpha = composite(frame, cfg.background)
+        flat = orient(flat, orientation)
+        if orientation >= 5:
+            width, height = height, width
+        grey_img = analysis_image(flat, S)
+        grey = np.asarray(grey_img)
+        metrics = grey_metrics(grey)
+        means = color_means(flat)
+        hin = hash_inputs(grey_img)
+    return {
+        "format": fmt,
+        "width": width,
+        "height": height,
+        "mode": mode,
+        "orientation": orientation,
+        "n_frames": n_frames,
+        "has_alpha": has_alpha,
+        "color_mean_r": means[0],
+        "color_mean_g": means[1],
+        "color_mean_b": means[2],
+        **metrics,
+        "decode_ms": (time.perf_counter() - t0) * 1000.0,
+        "error_code": None,
+        "error_message": None,
+        "hash_input": hin,
+    }
+
+
+def analyse_image(data: bytes, cfg: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
+    """Convenience for one image: measurements plus the four hashes (python ints or None)."""
+    rec = decode_and_measure(data, cfg)
+    hin = rec.pop("hash_input")
+    if hin is None:
+        rec.update({k: None for k in HASH_COLUMNS})
+    else:
+        hashes = hash_batch(hin[None, :])
+        rec.update({k: int(v[0]) for k, v in hashes.items()})
+    return rec
