@@ -66,23 +66,9 @@ def is_cuda_failure(exc: BaseException) -> bool:
 
 
 def image_error_code(exc: BaseException) -> str:
-    """The `curation.errors` code for an image that could not be read or decoded."""
-    from PIL import UnidentifiedImageError
-
-    code = getattr(exc, "code", None)  # curation.reader.InputError carries its own code
-    if isinstance(code, str) and code in error_codes.ALL_CODES:
-        return code
-    if isinstance(exc, FileNotFoundError):
-        return error_codes.NOT_FOUND
-    if isinstance(exc, PermissionError):
-        return error_codes.PERMISSION_DENIED
-    if isinstance(exc, UnidentifiedImageError):
-        return error_codes.NOT_AN_IMAGE
-    if isinstance(exc, OSError) and "truncated" in str(exc).lower():
-        return error_codes.TRUNCATED
-    if isinstance(exc, OSError):
-        return error_codes.CORRUPT
-    return error_codes.INTERNAL_ERROR
+    """The `curation.errors` code for an image that could not be read or decoded (the one
+    exception classifier of every stage, `curation.errors.classify_exception`)."""
+    return error_codes.classify_exception(exc, "open")[0]
 
 
 def format_image_error(exc: BaseException) -> str:

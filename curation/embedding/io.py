@@ -2,15 +2,16 @@
 
 * `read_bytes_uri` - a plain read for local files (no fsspec overhead on the hot path); s3:// through
   `curation.storage.read_bytes`, with its retries.
-* `read_image_uri` - the decoded image (first frame, EXIF orientation applied, pixels loaded).
+* `read_image_uri` - the decoded image (first frame, EXIF orientation applied, pixels loaded), through
+  the one image-open policy of every stage (`curation.imaging.policy`: the same pixel limit, no
+  leaked DecompressionBombWarning).
 
-Errors propagate (FileNotFoundError, PIL's UnidentifiedImageError, OSError, ...); the embedding stage
-records them per image.
+Errors propagate (FileNotFoundError, `curation.imaging.DecodeError` with its code, OSError, ...); the
+embedding stage records them per image.
 """
 
 from __future__ import annotations
 
-import io
 from typing import TYPE_CHECKING
 
 from curation import storage
@@ -30,9 +31,6 @@ def read_bytes_uri(uri: str) -> bytes:
 
 def read_image_uri(uri: str) -> "Image.Image":
     """Decode the image at a local path or s3:// URI (first frame, EXIF orientation applied)."""
-    from PIL import Image, ImageOps
+    from curation.imaging.policy import decode_oriented
 
-    img = Image.open(io.BytesIO(read_bytes_uri(uri)))
-    img = ImageOps.exif_transpose(img)
-    img.load()
-    return img
+    return decode_oriented(read_bytes_uri(uri))
