@@ -29,7 +29,7 @@ from curation.report.data import ReportData
 from curation.report.spec import SECTIONS
 from curation.report.thumbnails import Thumbnailer
 
-# section id -> (template, builder); the order of `SECTIONS` is the page order
+# section id -> its template; the order of `SECTIONS` is the page order
 _SECTION_TEMPLATES = {
     "counts": "counts.html",
     "rejects": "rejects.html",

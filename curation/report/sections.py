@@ -170,6 +170,7 @@ def _semantic_tiles(d: ReportData, th: Thumbnailer, c: dict[str, Any], members: 
         [pl.col("similarity").fill_null(0.0), pl.col("image_id")], descending=[True, False])
     figures: list[Context] = []
     rep_shard = c["rep_shard"] or "another shard"
+    r: dict[str, Any] | None
     if rep_rows.height:
         r = rep_rows.row(0, named=True)
     else:  # the representative lives in an earlier shard: this frame has no row for it
