@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 export PYTHONUNBUFFERED := 1
 DEMO_SHARD_SIZE ?= 2000
+DEMO_SOURCE := demo
 
 .PHONY: setup demo test dev bench bench-gpu clean-outputs lock
 
@@ -23,13 +24,13 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
-data/demo_corpus/.demo_version: curation/demo_corpus.py | $(VENV)/.installed
-	$(PY) -m curation.demo_corpus --corpus data/demo_corpus --fewshot data/demo_fewshot
+data/demo_corpus/.demo_version: demo/corpus.py | $(VENV)/.installed
+	$(PY) -m demo.corpus --corpus data/demo_corpus --fewshot data/demo_fewshot
 
 demo: setup data/demo_corpus/.demo_version
 	$(VENV)/bin/dagster instance concurrency set gpu $$($(PY) -c "import torch; print(max(1, torch.cuda.device_count()))") >/dev/null
-	$(PY) -m orchestration.cli run --source demo=data/demo_corpus --shard-size $(DEMO_SHARD_SIZE) --semantic
-	$(PY) -m curation.demo_eval --outputs data/outputs
+	$(PY) -m orchestration.cli run --source $(DEMO_SOURCE)=data/demo_corpus --shard-size $(DEMO_SHARD_SIZE) --semantic
+	$(PY) -m demo.evaluate --outputs data/outputs --source $(DEMO_SOURCE)
 
 test: setup
 	bash scripts/ensure_chromium.sh

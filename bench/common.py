@@ -34,8 +34,8 @@ def peak_rss_mb(children: bool = False) -> float:
 
 
 def demo_corpus() -> Path:
-    """The demo corpus (built by `make demo` / `python -m curation.demo_corpus`): ~6,000 real images."""
-    from curation.demo_corpus import build_demo_corpus
+    """The demo corpus (built by `make demo` / `python -m demo.corpus`): ~6,000 real images."""
+    from demo.corpus import build_demo_corpus
 
     corpus = REPO / "data" / "demo_corpus"
     build_demo_corpus(corpus, REPO / "data" / "demo_fewshot")

@@ -15,7 +15,7 @@ os.environ.setdefault("CURATION_DEPLOYMENT", "local")
 
 
 def arcade_sprites(n: int | None = None) -> list[Path]:
-    from curation.demo_corpus import arcade_images
+    from demo.corpus import arcade_images
 
     files = arcade_images()
     return files if n is None else files[:n]
@@ -41,7 +41,7 @@ def write_real_images(dst: Path, n: int, prefix: str = "img", start: int = 0) ->
 
 
 def mnist_digits(n: int) -> tuple[np.ndarray, np.ndarray]:
-    from curation.demo_corpus import mnist
+    from demo.corpus import mnist
 
     X, y = mnist()
     return X[:n], y[:n]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import io
 import json
 import os
@@ -19,6 +20,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -718,3 +720,67 @@ def test_corpus_report_semantic_section_over_shards(corpus, tmp_path):
     cross = {r["cluster_id"] for r in sem.to_dicts() if r["rep_shard"] != r["shard"]}
     shown = [figs for cid, figs in strips if cid in cross]
     assert shown and all(figs[0][1] == "image" for figs in shown)  # the corpus inventory has the representative
+
+
+# ------------------------------------------------------------------------------ hostile input
+
+SCRIPT_NAME = "<script>alert(1)</script>.png"  # a folder "<script>alert(1)<" holding "script>.png"
+SCRIPT_LABEL = "<img src=x onerror=alert(1)>"
+SCRIPT_MESSAGE = "<script>alert(2)</script> cannot identify image file"
+
+
+class _Tags(HTMLParser):
+    """Every start tag of a page with its attribute names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, list[str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, [name for name, _ in attrs]))
+
+
+def test_hostile_file_name_label_and_message_are_escaped(corpus, tmp_path):
+    """A kept image saved under a script-tag name, a class label that is an <img onerror> tag and
+    a decode-error message with a script tag show as text: the page has no script element and no
+    event-handler attribute, and each string appears escaped where the report shows it."""
+    frames = {k: corpus[k].with_columns(pl.lit(SHARD).alias("shard")) for k in
+              ("inventory", "curated", "embeddings", "classifications")}
+    clusters = corpus["clusters"].with_columns(pl.lit(SHARD).alias("shard"), pl.lit(SHARD).alias("rep_shard"))
+    kept = frames["curated"].filter(pl.col("keep")).sort("rel_path").row(0, named=True)
+    evil_file = tmp_path / "corpus" / SCRIPT_NAME
+    evil_file.parent.mkdir(parents=True)
+    shutil.copyfile(kept["uri"], evil_file)  # the real image, under the hostile name
+    assert evil_file.name == "script>.png" and evil_file.parent.name == "<script>alert(1)<"
+    broken = frames["inventory"].filter(pl.col("error_code").is_not_null()).sort("rel_path").row(0, named=True)
+
+    def rename(df: pl.DataFrame) -> pl.DataFrame:
+        hit = pl.col("image_id") == kept["image_id"]
+        out = df.with_columns(pl.when(hit).then(pl.lit(SCRIPT_NAME)).otherwise("rel_path").alias("rel_path"),
+                              pl.when(hit).then(pl.lit(str(evil_file))).otherwise("uri").alias("uri"))
+        return out
+
+    inv = rename(frames["inventory"]).with_columns(
+        pl.when(pl.col("image_id") == broken["image_id"]).then(pl.lit(SCRIPT_MESSAGE))
+        .otherwise("error_message").alias("error_message"))
+    cur = rename(frames["curated"])
+    kept_label = frames["classifications"].filter(pl.col("image_id") == kept["image_id"])["fs_label"][0]
+    cls = frames["classifications"].with_columns(
+        pl.when(pl.col("fs_label") == kept_label).then(pl.lit(SCRIPT_LABEL)).otherwise("fs_label").alias("fs_label"))
+    out = tmp_path / "report"
+    s = report.build_shard_report(SHARD, inv, clusters, cur, frames["embeddings"], cls, str(out))
+    page = (out / "report.html").read_text(encoding="utf-8")
+
+    assert SCRIPT_LABEL in s["classes"]["counts"]  # the summary keeps the raw label
+    parser = _Tags()
+    parser.feed(page)
+    assert parser.tags and all(tag != "script" for tag, _ in parser.tags)
+    assert not [(tag, a) for tag, attrs in parser.tags for a in attrs if a.startswith("on")]
+    assert "<script" not in page.lower() and SCRIPT_LABEL not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.png" in page  # in the tile's title
+    assert "<figcaption>script&gt;.png</figcaption>" in page  # the tile's caption: the file name
+    assert f"<h3>{html.escape(SCRIPT_LABEL)} · " in page  # the class heading
+    assert f'<td class="">{html.escape(SCRIPT_LABEL)}</td>' in page  # the class table
+    assert "&lt;script&gt;alert(2)&lt;/script&gt; cannot identify image file" in page  # decode errors
+    evil_tiles = re.findall(r'<figure [^>]*data-image-id="' + kept["image_id"] + r'"[^>]*>', page)
+    assert evil_tiles and all('data-thumb="image"' in t for t in evil_tiles)  # the file itself was shown
