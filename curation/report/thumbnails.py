@@ -18,9 +18,11 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from curation import storage
+from curation.imaging.limits import MAX_PIXELS
+from curation.imaging.policy import decode_oriented
 from curation.report.spec import THUMB_PX, ImageLoader
 
 
@@ -42,25 +44,13 @@ class Thumb:
     title: str = ""
 
 
-def open_image(uri: str, *, max_pixels: int = 100_000_000, draft_px: int = 2 * THUMB_PX) -> Image.Image:
-    """Default `load_image`: read `uri` through `curation.storage` and decode it for a thumbnail.
-
-    Refuses images above `max_pixels` before decoding them (decompression bombs) and asks JPEG
-    decoders for a reduced-size draft, so a 40-megapixel photo costs a fraction of a full decode.
-    """
-    data = storage.read_bytes(uri)
-    img = Image.open(io.BytesIO(data))
-    if img.width * img.height > max_pixels:
-        raise ValueError(f"{img.width}x{img.height} exceeds the thumbnail pixel limit {max_pixels}")
-    if img.format == "JPEG":
-        img.draft(img.mode if img.mode in ("L", "CMYK") else "RGB", (draft_px, draft_px))
-    img.load()
-    try:  # thumbnails show the image as the inventory measured it: EXIF orientation applied
-        if img.getexif().get(0x0112, 1) != 1:
-            img = ImageOps.exif_transpose(img)
-    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
-        pass
-    return img
+def open_image(uri: str, *, max_pixels: int = MAX_PIXELS, draft_px: int = 2 * THUMB_PX) -> Image.Image:
+    """Default `load_image`: read `uri` through `curation.storage` and decode it for a thumbnail,
+    through the one image-open policy of every stage (`curation.imaging.policy`): images above
+    `max_pixels` are refused before decoding (DecodeError, decompression_bomb), JPEGs decode as a
+    reduced-size draft (a 40-megapixel photo costs a fraction of a full decode), EXIF orientation is
+    applied as the inventory measured it."""
+    return decode_oriented(storage.read_bytes(uri), max_pixels=max_pixels, draft_size=draft_px)
 
 
 def _checkerboard(size: tuple[int, int], cell: int = 8) -> Image.Image:
