@@ -32,6 +32,7 @@ from curation.dedup import (
     leader_clusters,
     near_pairs,
     query_index,
+    representative_rank,
 )
 from curation.schema import DEDUP_SCHEMA, INVENTORY_SCHEMA
 
@@ -328,6 +329,26 @@ def test_precision_recall_on_labelled_groups(corpus: pl.DataFrame) -> None:
     assert s["recall"] >= 0.65
     # star clusters stay small: a group has 5 images
     assert s["largest_cluster"] <= 12
+
+
+def test_representative_outranks_its_members(corpus: pl.DataFrame) -> None:
+    """`representative_rank` orders by pixels, then bytes, then uri, then image_id; every local
+    representative ranks above each of its members (so it is the largest copy in its cluster)."""
+    tiny = pl.DataFrame({"width": [10, 20, 20, 20, None], "height": [10, 10, 10, 10, 5],
+                         "bytes": [900, 100, 300, 300, 999], "uri": ["e", "d", "c", "b", "a"],
+                         "image_id": ["1", "2", "3", "4", "5"]})
+    assert representative_rank(tiny).tolist() == [3, 2, 1, 0, 4]
+    inv = _inv(corpus)
+    out, _ = dedup_shard(inv, None, CFG)
+    rank = representative_rank(inv)
+    pos = {iid: k for k, iid in enumerate(out["image_id"].to_list())}
+    members = out.filter(pl.col("dup_kind").is_in(["near", "exact"]))
+    assert members.height > 100
+    rep_rank = rank[[pos[c] for c in members["cluster_id"].to_list()]]
+    mem_rank = rank[[pos[m] for m in members["image_id"].to_list()]]
+    assert (rep_rank < mem_rank).all()
+    px = (inv["width"] * inv["height"]).to_numpy()
+    assert (px[[pos[c] for c in members["cluster_id"].to_list()]] >= px[[pos[m] for m in members["image_id"].to_list()]]).all()
 
 
 def test_every_member_within_radius_of_its_representative(corpus: pl.DataFrame) -> None:

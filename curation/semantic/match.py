@@ -1,0 +1,78 @@
+"""Cross-shard matching of the semantic pass: each shard row's best earlier representative.
+
+Earlier shards are immutable: a row can only join an earlier cluster. `match_earlier` streams the
+earlier index (one frame, or one frame per earlier shard so memory is bounded by one shard's index)
+past the shard's band keys (`query_pairs`), verifying candidates by exact cosine against the decoded
+index vectors; `best_earlier_match` decides which earlier representative a row joins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from curation.semantic.config import SemanticDedupConfig
+from curation.semantic.lsh import hamming_limits
+from curation.semantic.pairs import query_pairs
+from curation.semantic.vectors import query_vectors
+
+__all__ = ["MATCH_SCHEMA", "best_earlier_match", "match_earlier"]
+
+_MATCH_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "keys", "vec"]
+
+# q: row of the shard; seq: the earlier row's shard_seq; s: cosine with that representative
+MATCH_SCHEMA: dict[str, pl.DataType] = {"q": pl.Int64, "seq": pl.Int32, "s": pl.Float32, "cluster_id": pl.String,
+                                        "rep_shard": pl.String}
+
+
+def best_earlier_match(candidates: pl.DataFrame) -> pl.DataFrame:
+    """One candidate per shard row ``q`` (MATCH_SCHEMA columns): the earliest shard (``seq``), then
+    the highest similarity (``s``), then the smallest cluster_id wins. Sorted by q."""
+    return candidates.sort(["q", "seq", "s", "cluster_id"], descending=[False, False, True, False]).unique(
+        subset="q", keep="first", maintain_order=True)
+
+
+def match_earlier(
+    x: np.ndarray, keys: np.ndarray, earlier: pl.DataFrame | Iterable[pl.DataFrame] | None, cfg: SemanticDedupConfig,
+    chunk: int = 131072, *, center: np.ndarray | None = None, prefilter: bool = True,
+) -> pl.DataFrame:
+    """Best earlier representative (`best_earlier_match`) for each query row with cosine >= threshold.
+    `earlier` may be one index frame or an iterable of them (e.g. one per earlier shard, read
+    lazily: memory is then bounded by one shard's index). center: the hashing centre `keys` were
+    computed with (for the Hamming pre-filter, `hamming_limits`; prefilter=False verifies every
+    candidate, "proj" always does). Index vectors are decoded for candidate rows only. Returns
+    MATCH_SCHEMA columns: q (row of x), seq (shard_seq), s (similarity), cluster_id, rep_shard."""
+    empty = pl.DataFrame(schema=MATCH_SCHEMA)
+    if earlier is None or len(x) == 0:
+        return empty
+    frames = [earlier] if isinstance(earlier, pl.DataFrame) else earlier
+    qvec = query_vectors(x, cfg)
+    max_ham = hamming_limits(x, cfg, center) if prefilter and cfg.index_vectors != "proj" else None
+    best = empty
+    for frame in frames:
+        if frame is None or frame.height == 0:
+            continue
+        usable = pl.col("is_representative") & pl.col("keys").is_not_null() & pl.col("vec").is_not_null()
+        reps = frame.select(_MATCH_COLS)
+        if not reps.select(usable.fill_null(False).all()).item():  # copy only when some rows are unusable
+            reps = reps.filter(usable)
+        if reps.height == 0:
+            continue
+        found = []
+        for s in range(0, reps.height, chunk):
+            part = reps.slice(s, chunk)
+            qq, rr, ss = query_pairs(keys, qvec, part["keys"].to_numpy().astype(np.uint32, copy=False),
+                                     part["vec"].to_numpy(), cfg, max_hamming=max_ham, raw_index=True)
+            found.append((qq, rr + s, ss))
+        qq, rr, ss = (np.concatenate([f[k] for f in found]) for k in range(3))
+        if len(qq) == 0:
+            continue
+        m = pl.DataFrame({
+            "q": qq, "seq": reps["shard_seq"].cast(pl.Int32).gather(rr), "s": ss,
+            "cluster_id": reps["cluster_id"].cast(pl.String).gather(rr),
+            "rep_shard": reps["rep_shard"].cast(pl.String).gather(rr),
+        })
+        best = best_earlier_match(pl.concat([best, m.cast(empty.schema)]))  # type: ignore[arg-type]
+    return best
