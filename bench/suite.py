@@ -13,6 +13,11 @@ Runs, in order (each writes its own JSON under bench/results/):
                          the GPU figures come from bench/results/embeddings-nvidia-h100.json, run on the
                          lent H100 through the same script);
   bench/overhead.py Dagster's own time per shard at the default shard size (10,000 images);
+  bench/accuracy.py      the quality filter's per-reason precision/recall and false rejects of clean
+                         graphics and photos, and the hash dedup's pairwise precision/recall (all and
+                         <= 48 px) and kept-copy-is-largest rate, beside plain imagehash and
+                         imagededup, on labelled sets built from packaged real images (cached under
+                         data/bench/accuracy/);
 then merges them into bench/results/scale.json and prints a short table.
 """
 
@@ -88,6 +93,7 @@ def projection(inv: dict, dedup: dict, gpu: dict, orch: dict, node_cores: int = 
 def merge() -> dict:
     inv, dedup, orch = _load("inventory.json"), _load("dedup.json"), _load("overhead.json")
     cpu_emb, gpu = _load("embeddings-cpu.json"), _load(GPU_RESULT.name)
+    acc = _load("accuracy.json")
     out = {
         "date": today(),
         "machine": machine(),
@@ -117,9 +123,27 @@ def merge() -> dict:
                                                    "ceiling_img_per_s", "stage_img_per_s", "stage_over_ceiling",
                                                    "peak_rss_mb", "peak_gpu_mem_mb")},
     }
+    if acc:
+        out["accuracy"] = accuracy_summary(acc)
     if inv and dedup:
         out.update(projection(inv, dedup, gpu, orch))
     return out
+
+
+def accuracy_summary(acc: dict) -> dict:
+    """The headline figures of bench/results/accuracy.json, each with its target's verdict."""
+    q, d = acc.get("quality", {}), acc.get("dedup", {})
+    p1 = d.get("pipeline_one_shard", {})
+    peers = {k: d.get(k, {}).get("f1") for k in ("imagehash_phash_white", "imagededup_phash_defaults")}
+    return {
+        "quality_reasons_below_target": sorted(r for r, v in q.get("per_reason", {}).items() if not v.get("met")),
+        "clean_graphics_false_reject": q.get("clean_graphics_false_reject"),
+        "clean_photo_false_reject": q.get("clean_photo_false_reject"),
+        "dedup_precision": p1.get("precision"), "dedup_recall": p1.get("recall"),
+        "dedup_recall_small": p1.get("recall_small"), "dedup_f1": p1.get("f1"),
+        "dedup_kept_largest_two_shards": d.get("pipeline_two_shards", {}).get("kept_largest"),
+        "peer_f1": peers, "met": {**q.get("met", {}), **{f"dedup_{k}": v for k, v in d.get("met", {}).items()}},
+    }
 
 
 def table(s: dict) -> str:
@@ -136,6 +160,12 @@ def table(s: dict) -> str:
     for name, v, what, c, r in rows:
         lines.append(f"{name:32s} {v!s:>10s}  {what:20s} {c!s:>10s} {r!s:>6s}")
     lines.append(f"peak RSS of an inventory worker by shard size (MB): {s['peak_rss_mb']}")
+    if "accuracy" in s:
+        a = s["accuracy"]
+        lines.append(f"accuracy: clean graphics / photos falsely rejected {a['clean_graphics_false_reject']} / "
+                     f"{a['clean_photo_false_reject']} (targets 0.03 / 0.02); quality reasons below target "
+                     f"{a['quality_reasons_below_target']}; dedup P {a['dedup_precision']} R {a['dedup_recall']} "
+                     f"R<=48px {a['dedup_recall_small']} F1 {a['dedup_f1']} vs peers {a['peer_f1']}")
     if "projection_5m_minutes" in s:
         lines.append(f"projection for 5M images on one GPU node: {s['projection_5m_minutes']} min "
                      f"{s['projection_5m_parts_minutes']}")
@@ -152,6 +182,7 @@ def main() -> None:
         timings["dedup"] = _run("bench.dedup")
         timings["embeddings_cpu"] = _run("bench.embeddings", "--device", "cpu")
         timings["overhead"] = _run("bench.overhead")
+        timings["accuracy"] = _run("bench.accuracy")
     scale = merge()
     if timings:
         scale["suite_seconds"] = {k: round(v, 1) for k, v in timings.items()}

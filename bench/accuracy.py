@@ -1,0 +1,397 @@
+"""Accuracy of the curation decisions on labelled real images (issue 11). Writes bench/results/accuracy.json.
+
+    python -m bench.accuracy            # builds the labelled sets once (bench/accuracy_sets.py), ~2 min after
+
+Runs the project's own stages on the files: stage 1 (`curation.inventory.iter_inventory`, what the
+inventory asset calls, in-process), then the quality filter (`curation.quality.evaluate`, default
+`QualityConfig`) and the hash dedup (`curation.dedup.dedup_shard`, default `DedupConfig`).
+
+Quality (quality set): every image is its own dedup representative, so only the quality checks
+decide. For a reason r:
+  precision(r) = images where r fired that are degraded AND list r among their expected reasons
+                 / images where r fired;
+  precision_any_degraded(r) = the same with "degraded" alone (the image should go, for whatever
+                 reason: a blank canvas rejected as `blurry` is a wrong reason but a right decision);
+  recall(r)    = degraded images whose primary expected reason is r that were rejected for r or
+                 for an accepted alternative (accuracy_sets.EXPECT) / those images.
+  false_reject(category) = clean images of the category rejected for any reason / clean images.
+  "clean graphics" = graphic_alpha, graphic_opaque, line_art, icon_small, sprite; "clean photos" =
+  photo (photo_tiny, 28 px Fashion-MNIST, is reported on its own).
+
+Dedup (dedup set), pairwise: positives = all unordered pairs of files in the same labelled group;
+predicted = all unordered pairs of files in the same cluster (cluster_id); a true positive is a
+predicted pair inside one group. precision = TP / predicted, recall = TP / positives, F1. "small":
+pairs with at least one member whose longer side is <= 48 px. kept_largest = of clusters with 2+
+members, the fraction whose representative has the most pixels of the cluster. Run within one
+shard, and split in two shards (shard a = each group's smaller half, shard b = the larger half, so
+the larger copies arrive later: the hard case for "earliest shard wins").
+Peers on the same files: bench/accuracy_peers.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from bench.accuracy_peers import (
+    components,
+    distance_matrix,
+    phash_white,
+    run_imagededup,
+)
+from bench.accuracy_sets import CACHE, SET_VERSION, build_sets, describe
+from bench.common import REPO, machine, today
+from curation.dedup import DedupConfig, dedup_shard
+from curation.inventory import InventoryConfig, iter_inventory
+from curation.quality import QualityConfig, evaluate
+
+OUT = REPO / "bench" / "results" / "accuracy.json"
+GRAPHICS = ("graphic_alpha", "graphic_opaque", "line_art", "icon_small", "sprite")
+CHECKED = ("too_small", "extreme_aspect_ratio", "too_dark", "too_bright", "low_contrast", "low_entropy", "blurry")
+METRICS = ("brightness", "contrast", "entropy", "sharpness")
+TARGETS = {"reason_precision": 0.90, "reason_recall": 0.80, "clean_graphics_false_reject": 0.03,
+           "clean_photo_false_reject": 0.02, "dedup_precision": 0.90, "dedup_recall": 0.80,
+           "dedup_recall_small": 0.70, "kept_largest": 0.99}
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+REUSE_INVENTORY = False  # --reuse-inventory: keep stage 1's output from the last run (tuning quality/dedup only)
+
+
+def run_inventory(root: Path, labels: pl.DataFrame, shard: str) -> pl.DataFrame:
+    cached = CACHE / f"inventory_{root.name}.parquet"
+    if REUSE_INVENTORY and cached.exists():
+        return pl.read_parquet(cached)
+    uris = [str(root / f) for f in labels["file"]]
+    manifest = pl.DataFrame({
+        "image_id": [hashlib.sha1(u.encode()).hexdigest()[:16] for u in uris], "uri": uris,
+        "rel_path": labels["file"], "listed_bytes": [Path(u).stat().st_size for u in uris],
+        "listed_mtime": [Path(u).stat().st_mtime for u in uris],
+    })
+    t0 = time.perf_counter()
+    inv = pl.concat(list(iter_inventory(manifest, shard, str(root), InventoryConfig(), workers=1)))
+    print(f"stage 1 on {inv.height} files of {root.name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    inv.write_parquet(cached)
+    return inv
+
+
+def _pct(s: pl.Series) -> dict | None:
+    s = s.drop_nulls()
+    if s.len() == 0:
+        return None
+    q = np.percentile(s.to_numpy(), [5, 25, 50, 75, 95])
+    return {f"p{p}": _r(v, 2) for p, v in zip((5, 25, 50, 75, 95), q)}
+
+
+# ------------------------------------------------------------------------------ quality
+
+
+def quality(root: Path) -> dict:
+    labels = pl.read_parquet(root / "labels.parquet")
+    inv = run_inventory(root, labels, "quality")
+    clusters = inv.select("image_id", pl.col("image_id").alias("cluster_id"), pl.lit(True).alias("is_representative"))
+    cfg = QualityConfig()
+    cur = evaluate(inv, clusters, cfg).select("image_id", "reasons", "keep")
+    df = inv.join(cur, on="image_id").join(labels.rename({"file": "rel_path"}), on="rel_path")
+    df = df.with_columns(pl.col("expect").list.first().alias("primary"))
+    out: dict = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "images": df.height,
+                 "by_category": describe(labels.filter(pl.col("clean")), "category"),
+                 "by_degradation": describe(labels.filter(~pl.col("clean")), "degradation")}
+    per_reason = {}
+    for r in sorted(set(CHECKED) | {e for x in df["expect"].to_list() for e in x}):
+        fired = df.filter(pl.col("reasons").list.contains(r))
+        right = fired.filter(~pl.col("clean") & pl.col("expect").list.contains(r)).height
+        target = df.filter(pl.col("primary") == r)
+        hit = target.filter(pl.col("reasons").list.set_intersection(pl.col("expect")).list.len() > 0).height
+        prec = right / fired.height if fired.height else None
+        rec = hit / target.height if target.height else None
+        per_reason[r] = {
+            "fired": fired.height, "precision": _r(prec), "labelled": target.height, "recall": _r(rec),
+            "precision_any_degraded": _r(fired.filter(~pl.col("clean")).height / fired.height if fired.height else None),
+            "fired_on_clean": fired.filter(pl.col("clean")).height,
+            "met": (prec is None or prec >= TARGETS["reason_precision"]) and (rec is None or rec >= TARGETS["reason_recall"]),
+        }
+    out["per_reason"] = per_reason
+    out["per_degradation"] = {}
+    for kind in sorted(df.filter(~pl.col("clean"))["degradation"].unique().to_list()):
+        sub = df.filter(pl.col("degradation") == kind)
+        out["per_degradation"][kind] = {
+            "images": sub.height, "rejected_any_reason": _r((~sub["keep"]).mean()),
+            "rejected_for_expected": _r((sub["reasons"].list.set_intersection(sub["expect"]).list.len() > 0).mean()),
+            "reasons_fired": _reason_counts(sub), "metrics": {m: _pct(sub[m]) for m in METRICS},
+        }
+    clean = df.filter(pl.col("clean"))
+    out["clean"] = {}
+    for cat in sorted(clean["category"].unique().to_list()):
+        sub = clean.filter(pl.col("category") == cat)
+        out["clean"][cat] = {"images": sub.height, "false_reject": _r((~sub["keep"]).mean()),
+                             "reasons_fired": _reason_counts(sub), "metrics": {m: _pct(sub[m]) for m in METRICS},
+                             "min_side": _pct(sub.select(pl.min_horizontal("width", "height"))["width"])}
+    g = clean.filter(pl.col("category").is_in(GRAPHICS))
+    p = clean.filter(pl.col("category") == "photo")
+    out["clean_graphics_false_reject"] = _r((~g["keep"]).mean())
+    out["clean_photo_false_reject"] = _r((~p["keep"]).mean())
+    out["clean_photo_tiny_false_reject"] = out["clean"].get("photo_tiny", {}).get("false_reject")
+    out["met"] = {
+        "per_reason": all(v["met"] for v in per_reason.values()),
+        "clean_graphics_false_reject": out["clean_graphics_false_reject"] <= TARGETS["clean_graphics_false_reject"],
+        "clean_photo_false_reject": out["clean_photo_false_reject"] <= TARGETS["clean_photo_false_reject"],
+    }
+    out["threshold_sweep"] = threshold_sweep(df)
+    return out
+
+
+def _reason_counts(sub: pl.DataFrame) -> dict[str, int]:
+    ex = sub.select(pl.col("reasons").explode()).drop_nulls()
+    return {k: int(v) for k, v in ex.group_by("reasons").len().sort("len", descending=True).iter_rows()}
+
+
+def threshold_sweep(df: pl.DataFrame) -> dict:
+    """For each single-metric check: at candidate thresholds, the clean images it would reject and
+    the recall of the degradations it is meant to catch (shows where one global threshold cannot work)."""
+    rules = {"blurry": ("sharpness", "<", ["gaussian_blur", "motion_blur", "upscaled"], [5, 10, 15, 25, 50, 100, 200]),
+             "too_dark": ("brightness", "<", ["under_exposed"], [8, 12, 20, 30, 40]),
+             "too_bright": ("brightness", ">", ["over_exposed"], [200, 220, 235, 245, 250, 253]),
+             "low_contrast": ("contrast", "<", ["blank"], [2, 4, 6, 10, 15]),
+             "low_entropy": ("entropy", "<", ["near_empty", "blank"], [0.25, 0.5, 1.0, 1.5, 2.0])}
+    out = {}
+    for reason, (m, op, kinds, ts) in rules.items():
+        rows = []
+        for t in ts:
+            hit = pl.col(m) < t if op == "<" else pl.col(m) > t
+            row = {"threshold": t}
+            for cat in ("photo", *GRAPHICS):
+                sub = df.filter(pl.col("clean") & (pl.col("category") == cat))
+                row[f"clean_{cat}_rejected"] = _r(sub.select(hit.mean()).item(), 3)
+            for k in kinds:
+                sub = df.filter(pl.col("degradation") == k)
+                row[f"{k}_recall"] = _r(sub.select(hit.mean()).item(), 3)
+            rows.append(row)
+        out[f"{reason} ({m} {op} t)"] = rows
+    return out
+
+
+# ------------------------------------------------------------------------------ dedup
+
+
+def pair_scores(group: np.ndarray, cluster: np.ndarray, small: np.ndarray) -> dict:
+    """Pairwise precision/recall/F1 of a clustering against labelled groups (see module doc)."""
+    def pairs(keys: list[np.ndarray], mask: np.ndarray | None = None) -> int:
+        df = pl.DataFrame({f"k{i}": k for i, k in enumerate(keys)})
+        n = df.group_by(df.columns).len()["len"].to_numpy().astype(np.int64)
+        total = int((n * (n - 1) // 2).sum())
+        if mask is None:
+            return total
+        nl = pl.DataFrame({f"k{i}": k[~mask] for i, k in enumerate(keys)})
+        nl = nl.group_by(nl.columns).len()["len"].to_numpy().astype(np.int64) if nl.height else np.zeros(0, np.int64)
+        return total - int((nl * (nl - 1) // 2).sum())  # pairs with at least one small member
+
+    res = {}
+    for tag, mask in (("", None), ("_small", small)):
+        res.update(_prf(tag, pairs([group], mask), pairs([cluster], mask), pairs([group, cluster], mask)))
+    return res
+
+
+def _prf(tag: str, pos: int, pred: int, tp: int) -> dict:
+    p = tp / pred if pred else 1.0
+    r = tp / pos if pos else 1.0
+    return {f"precision{tag}": _r(p), f"recall{tag}": _r(r), f"f1{tag}": _r(2 * p * r / (p + r) if p + r else 0.0),
+            f"positive_pairs{tag}": pos, f"predicted_pairs{tag}": pred, f"true_positive_pairs{tag}": tp}
+
+
+def pairset_scores(group: np.ndarray, names: list[str], pairs: set, small: np.ndarray) -> dict:
+    """The same figures for a method that answers pairs rather than clusters (imagededup)."""
+    idx = {n: i for i, n in enumerate(names)}
+    ij = np.array([(idx[a], idx[b]) for a, b in pairs if a in idx and b in idx], dtype=np.int64).reshape(-1, 2)
+    same = group[ij[:, 0]] == group[ij[:, 1]]
+    sm = small[ij[:, 0]] | small[ij[:, 1]]
+    base = pair_scores(group, np.arange(len(group)), small)  # positives only
+    res = {}
+    for tag, m in (("", np.ones(len(ij), bool)), ("_small", sm)):
+        res.update(_prf(tag, base[f"positive_pairs{tag}"], int(m.sum()), int((same & m).sum())))
+    return res
+
+
+def kept_largest(df: pl.DataFrame, out: pl.DataFrame) -> dict:
+    px = df.select("image_id", (pl.col("width").cast(pl.Int64) * pl.col("height")).alias("px"))
+    j = out.select("image_id", "cluster_id").join(px, on="image_id")
+    agg = j.group_by("cluster_id").agg(pl.len().alias("n"), pl.col("px").max().alias("max_px"))
+    agg = agg.filter(pl.col("n") > 1).join(px.rename({"image_id": "cluster_id", "px": "rep_px"}), on="cluster_id")
+    ok = agg.filter(pl.col("rep_px") >= pl.col("max_px")).height
+    return {"clusters": agg.height, "kept_largest": _r(ok / agg.height if agg.height else 1.0)}
+
+
+def dedup(root: Path) -> dict:
+    labels = pl.read_parquet(root / "labels.parquet")
+    inv = run_inventory(root, labels, "s0")
+    df = inv.join(labels.rename({"file": "rel_path"}), on="rel_path", maintain_order="left")
+    group = df["group"].to_numpy()
+    small = df.select((pl.max_horizontal("width", "height") <= 48).fill_null(False))["width"].to_numpy()
+    cfg = DedupConfig()
+    res: dict = {"config": {k: getattr(cfg, k) for k in ("phash_radius", "dhash_radius", "max_chroma_diff",
+                                                         "min_contrast", "min_entropy")},
+                 "images": df.height, "groups": int(labels["group"].n_unique()),
+                 "small_images": int(small.sum()), "by_kind": describe(labels, "kind")}
+    inv_cols = list(inv.columns)
+    t0 = time.perf_counter()
+    one, _ = dedup_shard(df.select(inv_cols), None, cfg)
+    res["pipeline_one_shard"] = {**pair_scores(group, one["cluster_id"].to_numpy(), small),
+                                 **kept_largest(df, one), "seconds": _r(time.perf_counter() - t0, 2)}
+    # two shards: each group's smaller half first
+    px = (df["width"].cast(pl.Int64) * df["height"]).fill_null(0)
+    rank = df.with_columns(px.alias("px")).with_row_index("i").with_columns(
+        pl.col("px").rank("ordinal").over("group").alias("rk"), pl.len().over("group").alias("gn"))
+    first = ((rank["rk"] <= (rank["gn"] + 1) // 2) & ((rank["gn"] > 1) | (rank["i"] % 2 == 0))).to_numpy()
+    a = df.filter(pl.Series(first)).with_columns(pl.lit("a").alias("shard"))
+    b = df.filter(pl.Series(~first)).with_columns(pl.lit("b").alias("shard"))
+    oa, ia = dedup_shard(a.select(inv_cols), None, cfg)
+    ob, _ = dedup_shard(b.select(inv_cols), ia, cfg)
+    two = pl.concat([oa, ob]).select("image_id", "cluster_id")
+    two = df.select("image_id").join(two, on="image_id", maintain_order="left")
+    res["pipeline_two_shards"] = {**pair_scores(group, two["cluster_id"].to_numpy(), small), **kept_largest(df, two),
+                                  "shard_a_images": a.height, "shard_b_images": b.height}
+    # peers on the same files
+    t0 = time.perf_counter()
+    ph = np.array([phash_white(root / f) for f in df["rel_path"]], dtype=np.uint64)
+    D = distance_matrix(ph)
+    iu = np.triu_indices(len(ph), 1)
+    sweep = []
+    for r in range(13):
+        sel = D[iu] <= r
+        lab = components(len(ph), iu[0][sel], iu[1][sel])
+        sweep.append({"radius": r, **pair_scores(group, lab, small)})
+    best = max(sweep, key=lambda s: s["f1"])
+    res["imagehash_phash_white"] = {"best_radius": best["radius"], **best, "sweep": [
+        {k: s[k] for k in ("radius", "precision", "recall", "f1", "recall_small", "f1_small")} for s in sweep],
+        "seconds": _r(time.perf_counter() - t0, 1), "grouping": "connected components of pairs within the radius"}
+    idd = run_imagededup(root, CACHE / "imagededup_out.json")
+    if "pairs" in idd:
+        pairs = idd.pop("pairs")
+        idd.update(pairset_scores(group, [Path(f).name for f in df["rel_path"]], pairs, small))
+        idd["grouping"] = "the duplicate lists find_duplicates returns, as pairs"
+    res["imagededup_phash_defaults"] = idd
+    res["analysis"] = dedup_analysis(df, group, one["cluster_id"].to_numpy(), D, small)
+    p1 = res["pipeline_one_shard"]
+    res["met"] = {
+        "precision": p1["precision"] >= TARGETS["dedup_precision"], "recall": p1["recall"] >= TARGETS["dedup_recall"],
+        "recall_small": p1["recall_small"] >= TARGETS["dedup_recall_small"],
+        "kept_largest": min(p1["kept_largest"], res["pipeline_two_shards"]["kept_largest"]) >= TARGETS["kept_largest"],
+        "f1_above_imagehash": p1["f1"] > best["f1"],
+        "f1_above_imagededup": p1["f1"] > idd["f1"] if "f1" in idd else None,
+    }
+    return res
+
+
+def dedup_analysis(df: pl.DataFrame, group: np.ndarray, cluster: np.ndarray, D_white: np.ndarray, small: np.ndarray) -> dict:
+    """Missed positive pairs and false pairs of the one-shard run, with the pipeline's own pHash /
+    dHash distances (stage-1 hashes), by the variants involved."""
+    P = df["phash"].fill_null(0).to_numpy().astype(np.uint64)
+    Dh = df["dhash"].fill_null(0).to_numpy().astype(np.uint64)
+    variant = df["variant"].to_list()
+    kind = df["kind"].to_list()
+    iu = np.triu_indices(len(P), 1)
+    same_g = group[iu[0]] == group[iu[1]]
+    same_c = cluster[iu[0]] == cluster[iu[1]]
+    pd_ = np.bitwise_count(P[iu[0]] ^ P[iu[1]])
+    dd = np.bitwise_count(Dh[iu[0]] ^ Dh[iu[1]])
+    out: dict = {}
+    miss = np.flatnonzero(same_g & ~same_c)
+    by: dict[str, list] = {}
+    for k in miss:
+        a, b = iu[0][k], iu[1][k]
+        key = f"{kind[a]}: {'/'.join(sorted((variant[a], variant[b])))}"
+        by.setdefault(key, []).append((int(pd_[k]), int(dd[k])))
+    pos = np.flatnonzero(same_g)
+    tot: dict[str, int] = {}
+    for k in pos:
+        a, b = iu[0][k], iu[1][k]
+        key = f"{kind[a]}: {'/'.join(sorted((variant[a], variant[b])))}"
+        tot[key] = tot.get(key, 0) + 1
+    out["missed_pairs_by_variant"] = {
+        k: {"missed": len(v), "of": tot[k], "phash_median": float(np.median([x[0] for x in v])),
+            "dhash_median": float(np.median([x[1] for x in v])),
+            "phash_p90": float(np.percentile([x[0] for x in v], 90))}
+        for k, v in sorted(by.items(), key=lambda kv: -len(kv[1]))[:40]}
+    out["positive_pair_distance_hist"] = {
+        "phash": np.bincount(np.minimum(pd_[pos], 32), minlength=33).tolist(),
+        "dhash": np.bincount(np.minimum(dd[pos], 32), minlength=33).tolist(),
+        "imagehash_white_phash": np.bincount(np.minimum(D_white[iu][pos], 32), minlength=33).tolist(),
+    }
+    neg = ~same_g
+    out["negative_pairs_within_distance"] = {
+        f"phash<={r}": int((neg & (pd_ <= r)).sum()) for r in (2, 4, 6, 8, 10, 12)}
+    out["negative_pairs_both_within"] = {
+        f"phash<={r},dhash<={s}": int((neg & (pd_ <= r) & (dd <= s)).sum()) for r, s in ((2, 4), (4, 8), (6, 10), (8, 12), (10, 14))}
+    out["positive_recall_both_within"] = {
+        f"phash<={r},dhash<={s}": _r((same_g & (pd_ <= r) & (dd <= s)).sum() / max(1, same_g.sum()))
+        for r, s in ((2, 4), (4, 8), (6, 10), (8, 12), (10, 14))}
+    fp = np.flatnonzero(~same_g & same_c)
+    fps: dict[str, int] = {}
+    for k in fp:
+        a, b = iu[0][k], iu[1][k]
+        key = "/".join(sorted((kind[a], kind[b])))
+        fps[key] = fps.get(key, 0) + 1
+    out["false_pairs_by_kind"] = fps
+    out["label_noise_probe"] = {"pairs_of_distinct_groups_with_identical_phash_and_dhash":
+                                int((neg & (pd_ == 0) & (dd == 0)).sum())}
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def summary(res: dict) -> str:
+    q, d = res["quality"], res["dedup"]
+    lines = ["quality reason       fired  prec   labelled recall  met"]
+    for r, v in q["per_reason"].items():
+        lines.append(f"  {r:18s} {v['fired']:6d} {v['precision']!s:>6s} {v['labelled']:8d} {v['recall']!s:>6s}  {v['met']}")
+    lines.append(f"clean graphics false reject {q['clean_graphics_false_reject']} (target <= 0.03); "
+                 f"clean photos {q['clean_photo_false_reject']} (<= 0.02); by category: "
+                 + ", ".join(f"{k} {v['false_reject']}" for k, v in q["clean"].items()))
+    lines.append("dedup                      prec    rec     F1   rec<=48px  kept_largest")
+    for name in ("pipeline_one_shard", "pipeline_two_shards", "imagehash_phash_white", "imagededup_phash_defaults"):
+        v = d[name]
+        if "f1" not in v:
+            lines.append(f"  {name:24s} {v.get('error')}")
+            continue
+        extra = f" (radius {v['best_radius']})" if "best_radius" in v else ""
+        lines.append(f"  {name:24s} {v['precision']!s:>6s} {v['recall']!s:>6s} {v['f1']!s:>6s} {v['recall_small']!s:>8s}"
+                     f"  {v.get('kept_largest', '')!s:>8s}{extra}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rebuild-sets", action="store_true", help="rebuild the cached labelled sets")
+    ap.add_argument("--only", choices=("quality", "dedup"), help="run one half (the other is kept from the last JSON)")
+    ap.add_argument("--reuse-inventory", action="store_true",
+                    help="reuse stage 1's output of the last run (when only quality/dedup code changed)")
+    args = ap.parse_args()
+    global REUSE_INVENTORY
+    REUSE_INVENTORY = args.reuse_inventory
+    t0 = time.perf_counter()
+    q_root, d_root = build_sets(force=args.rebuild_sets)
+    res = json.loads(OUT.read_text()) if args.only and OUT.exists() else {}
+    res.update({"date": today(), "machine": machine(), "set_version": SET_VERSION, "targets": TARGETS,
+                "sets_cache": str(CACHE.relative_to(REPO))})
+    if args.only in (None, "quality"):
+        res["quality"] = quality(q_root)
+    if args.only in (None, "dedup"):
+        res["dedup"] = dedup(d_root)
+    res["seconds"] = _r(time.perf_counter() - t0, 1)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(res, indent=2, default=str))
+    print(summary(res))
+
+
+if __name__ == "__main__":
+    main()
