@@ -118,8 +118,11 @@ def check_source(name: str, uri: str, setting: str = "CURATION_SOURCES") -> None
         raise SettingError(label, uri, "an existing folder of images (this path does not exist)")
     if not path.is_dir():
         raise SettingError(label, uri, "a folder of images (this path is not a folder)")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise SettingError(label, uri, "a folder this process can read and list (permission denied)")
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise SettingError(label, uri, f"a folder this process can list ({exc.strerror or exc})") from None
 
 
 def _choice(allowed: Iterable[str]) -> Callable[[str, str], str]:
