@@ -172,7 +172,7 @@ class EnvVar:
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("CURATION_SOURCES", "Sources of images: `name=location` pairs (CorpusResource.sources).",
            "`demo=<repo>/data/demo_corpus`", "comma-separated `name=/folder` or `name=s3://bucket/prefix`; names "
-           "are lower-case letters, digits, `_`", parse_sources,
+           "are lower-case letters, digits, `_`", lambda s, raw: parse_sources(raw, s),
            lambda: {"demo": str(PROJECT_ROOT / "data" / "demo_corpus")}),
     EnvVar("CURATION_OUTPUT_ROOT", "Where every stage writes (CorpusResource.output_root).",
            "`<repo>/data/outputs`", "a local folder or `s3://bucket/prefix`", _absolute_location,

@@ -85,7 +85,7 @@ class InventorySettings(StageConfig):
     max_bytes: int = Field(default=_INV.max_bytes, description="files larger than this are TOO_LARGE_FILE, unread")
     decode_timeout_s: float = Field(default=_INV.decode_timeout_s, description="wall-clock bound per file -> TIMEOUT")
     analysis_size: int = Field(default=_INV.analysis_size, description="side of the grey analysis image (px)")
-    background: list[int] = Field(default_factory=lambda: list(_INV.background),
+    background: list[int] = Field(default=list(_INV.background),
                                   description="RGB that transparency is composited on")
     chunk_size: int = Field(default=_INV.chunk_size, description="files per message to a worker")
     start_method: str = Field(default=_INV.start_method, description="worker start method: 'forkserver' or 'spawn'")
