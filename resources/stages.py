@@ -75,7 +75,8 @@ class InventorySettings(StageConfig):
     section: ClassVar[str] = "StageSettings.inventory"
     rules: ClassVar[dict[str, Rule]] = {
         "max_pixels": POSITIVE, "max_bytes": POSITIVE, "decode_timeout_s": POSITIVE, "chunk_size": POSITIVE,
-        "analysis_size": POSITIVE,
+        # curation.imaging.WHASH_IMAGE_SCALE: the wavelet hash needs at least a 64 x 64 analysis image
+        "analysis_size": (lambda v: v >= 64, "a whole number of pixels >= 64"),
         "background": (lambda v: len(v) == 3 and all(0 <= c <= 255 for c in v), "three channel values in [0, 255]"),
         "start_method": (lambda v: v in ("forkserver", "spawn"), "'forkserver' or 'spawn'"),
     }

@@ -279,7 +279,8 @@ def test_stage_settings_accept_dicts_and_typed_values():
     (dict(inventory={"decode_timeout_s": 0}), "StageSettings.inventory.decode_timeout_s=0.0: a number > 0"),
     (dict(inventory={"start_method": "fork"}), "StageSettings.inventory.start_method='fork': 'forkserver' or 'spawn'"),
     (dict(inventory={"background": [1, 2]}), "StageSettings.inventory.background=[1, 2]: three channel values"),
-    (dict(inventory={"analysis_size": 8}), "StageSettings.inventory="),
+    (dict(inventory={"analysis_size": 8}), "StageSettings.inventory.analysis_size=8: a whole number of pixels >= 64"),
+    (dict(inventory={"max_pixels": 0}), "StageSettings.inventory.max_pixels=0: a number > 0"),
     (dict(inventory_workers=-2), "StageSettings.inventory_workers=-2: a whole number >= 0"),
 ])
 def test_bad_stage_settings_are_one_line(kwargs, line):
