@@ -13,6 +13,9 @@ Contract
   `check(names)` raises for the bad ones: every resource calls it when a run or a sensor tick sets
   it up (`setup_for_execution`), so a bad variable fails that run or tick with its one line instead
   of taking the code location down.
+* Resource fields take their defaults from here rather than from `dg.EnvVar`: an EnvVar must be
+  set (it has no default) and a bad value surfaces as a config-type error, not as this one line.
+  No secret is a resource field (s3fs reads AWS_* itself), so nothing here needs EnvVar's masking.
 * `check_source(name, uri)` checks a source location (a readable local folder, or a well-formed
   s3:// URI) and `dagster_home()` the CLI's instance folder.
 """
@@ -155,7 +158,7 @@ def _absolute_location(setting: str, raw: str) -> str:
 
 
 @dataclass(frozen=True)
-class EnvVar:
+class EnvSetting:
     """One environment variable: what it means, its default (as documented), what is allowed, and
     `parse(setting, raw) -> value` (None: read by another module, listed for the reference)."""
 
@@ -169,45 +172,45 @@ class EnvVar:
     empty_is_unset: bool = True  # '' means "use the default" (CURATION_FEWSHOT_URI: '' means off)
 
 
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("CURATION_SOURCES", "Sources of images: `name=location` pairs (CorpusResource.sources).",
+ENV_VARS: tuple[EnvSetting, ...] = (
+    EnvSetting("CURATION_SOURCES", "Sources of images: `name=location` pairs (CorpusResource.sources).",
            "`demo=<repo>/data/demo_corpus`", "comma-separated `name=/folder` or `name=s3://bucket/prefix`; names "
            "are lower-case letters, digits, `_`", lambda s, raw: parse_sources(raw, s),
            lambda: {"demo": str(PROJECT_ROOT / "data" / "demo_corpus")}),
-    EnvVar("CURATION_OUTPUT_ROOT", "Where every stage writes (CorpusResource.output_root).",
+    EnvSetting("CURATION_OUTPUT_ROOT", "Where every stage writes (CorpusResource.output_root).",
            "`<repo>/data/outputs`", "a local folder or `s3://bucket/prefix`", _absolute_location,
            lambda: str(PROJECT_ROOT / "data" / "outputs")),
-    EnvVar("CURATION_SHARD_SIZE", "Files per new shard (CorpusResource.shard_size).", str(DEFAULT_SHARD_SIZE),
+    EnvSetting("CURATION_SHARD_SIZE", "Files per new shard (CorpusResource.shard_size).", str(DEFAULT_SHARD_SIZE),
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: DEFAULT_SHARD_SIZE),
-    EnvVar("CURATION_FEWSHOT_URI", "Few-shot examples, one sub-folder per label (ClassifierSettings.fewshot_uri).",
+    EnvSetting("CURATION_FEWSHOT_URI", "Few-shot examples, one sub-folder per label (ClassifierSettings.fewshot_uri).",
            "`<repo>/data/demo_fewshot`", "a local folder or `s3://bucket/prefix`; empty (`''`) disables few-shot",
            lambda s, raw: location(s, raw) if raw.strip() else "",
            lambda: str(PROJECT_ROOT / "data" / "demo_fewshot"), empty_is_unset=False),
-    EnvVar("CURATION_BACKFILL_SHARDS_PER_RUN", "Shards per run of a multi-run backfill (the assets' BackfillPolicy).",
+    EnvSetting("CURATION_BACKFILL_SHARDS_PER_RUN", "Shards per run of a multi-run backfill (the assets' BackfillPolicy).",
            str(DEFAULT_BACKFILL_SHARDS_PER_RUN), "a whole number >= 1", lambda s, raw: positive_int(s, raw),
            lambda: DEFAULT_BACKFILL_SHARDS_PER_RUN),
-    EnvVar("CURATION_DEPLOYMENT", "Executor of the code location: in-process or one Kubernetes Job per step.",
+    EnvSetting("CURATION_DEPLOYMENT", "Executor of the code location: in-process or one Kubernetes Job per step.",
            "local", "`local` or `k8s`", _choice(DEPLOYMENTS), lambda: "local"),
-    EnvVar("EMBEDDER_KIND", "Embedding model family (EmbedderResource.kind).", EMBEDDER_KINDS[1],
+    EnvSetting("EMBEDDER_KIND", "Embedding model family (EmbedderResource.kind).", EMBEDDER_KINDS[1],
            "`open_clip` or `efficientnet_lite0`", _choice(EMBEDDER_KINDS), lambda: EMBEDDER_KINDS[1]),
-    EnvVar("EMBEDDER_MODEL", "Architecture (EmbedderResource.model_name).",
+    EnvSetting("EMBEDDER_MODEL", "Architecture (EmbedderResource.model_name).",
            f"`{EFFICIENTNET_MODEL}`; `{OPEN_CLIP_MODEL}` when EMBEDDER_KIND=open_clip",
            f"an open_clip architecture (`open_clip.list_models()`), or `{EFFICIENTNET_MODEL}`", _text, None),
-    EnvVar("EMBEDDER_PRETRAINED", "Weights (EmbedderResource.pretrained).",
+    EnvSetting("EMBEDDER_PRETRAINED", "Weights (EmbedderResource.pretrained).",
            f"`packaged`; `{OPEN_CLIP_PRETRAINED}` when EMBEDDER_KIND=open_clip",
            "an open_clip tag, a local or s3:// checkpoint, `random` (benchmarks only), `packaged` (efficientnet)",
            _text, None),
-    EnvVar("EMBEDDER_DEVICE", "Device of the embedder (EmbedderResource.device).", "auto",
+    EnvSetting("EMBEDDER_DEVICE", "Device of the embedder (EmbedderResource.device).", "auto",
            "`auto`, `cpu`, `cuda`, `cuda:N`", _device, lambda: "auto"),
-    EnvVar("EMBEDDER_PRECISION", "Weights' precision (EmbedderResource.precision).", "auto",
+    EnvSetting("EMBEDDER_PRECISION", "Weights' precision (EmbedderResource.precision).", "auto",
            "`auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`", _choice(PRECISIONS), lambda: "auto"),
-    EnvVar("EMBEDDER_BATCH_SIZE", "Images per forward pass (EmbedderResource.batch_size).", "chosen from the device",
+    EnvSetting("EMBEDDER_BATCH_SIZE", "Images per forward pass (EmbedderResource.batch_size).", "chosen from the device",
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: None),
-    EnvVar("EMBEDDER_CHUNK_SIZE", "Rows per resumable embedding chunk (EmbedderResource.chunk_size).", "2048",
+    EnvSetting("EMBEDDER_CHUNK_SIZE", "Rows per resumable embedding chunk (EmbedderResource.chunk_size).", "2048",
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: 2048),
-    EnvVar("DAGSTER_HOME", "The Dagster instance folder (holds dagster.yaml); required by the `curate` CLI.",
+    EnvSetting("DAGSTER_HOME", "The Dagster instance folder (holds dagster.yaml); required by the `curate` CLI.",
            "none (required)", "an existing folder", None, read_by="resources/environment.py (dagster_home)"),
-    *(EnvVar(name, meaning, default, allowed, read_by="orchestration/k8s.py") for name, meaning, default, allowed in (
+    *(EnvSetting(name, meaning, default, allowed, read_by="orchestration/k8s.py") for name, meaning, default, allowed in (
         ("CURATION_K8S_GPU_NODE_SELECTOR", "Node selector of GPU step pods.", '`{"nvidia.com/gpu.present": "true"}`',
          "a JSON object or `k=v,k2=v2`"),
         ("CURATION_K8S_GPU_TOLERATIONS", "Tolerations of GPU step pods.", "tolerate `nvidia.com/gpu` NoSchedule",
@@ -218,13 +221,13 @@ ENV_VARS: tuple[EnvVar, ...] = (
         ("CURATION_K8S_MAX_CONCURRENT", "Step pods at once within one run.", "8", "a whole number"),
         ("CURATION_K8S_JOB_NAMESPACE", "Namespace of step Jobs.", "the run's namespace", "a namespace"),
     )),
-    *(EnvVar(name, meaning, "unset", allowed, read_by="s3fs (curation/storage.py)") for name, meaning, allowed in (
+    *(EnvSetting(name, meaning, "unset", allowed, read_by="s3fs (curation/storage.py)") for name, meaning, allowed in (
         ("AWS_ACCESS_KEY_ID", "S3 access key (never stored in configuration).", "a key id"),
         ("AWS_SECRET_ACCESS_KEY", "S3 secret key (never stored in configuration).", "a secret"),
         ("AWS_ENDPOINT_URL", "S3 endpoint (MinIO, moto, a regional endpoint).", "a URL"),
     )),
 )
-BY_NAME: dict[str, EnvVar] = {v.name: v for v in ENV_VARS}
+BY_NAME: dict[str, EnvSetting] = {v.name: v for v in ENV_VARS}
 CORPUS_VARS = ("CURATION_SOURCES", "CURATION_OUTPUT_ROOT", "CURATION_SHARD_SIZE",
                "CURATION_BACKFILL_SHARDS_PER_RUN", "CURATION_DEPLOYMENT")
 EMBEDDER_VARS = ("EMBEDDER_KIND", "EMBEDDER_MODEL", "EMBEDDER_PRETRAINED", "EMBEDDER_DEVICE",
