@@ -137,16 +137,26 @@ def read_stage(context, corpus, stage: str, shard: str, columns: list[str] | Non
         ) from exc
 
 
-def make_config(cls, overrides: dict | None):
-    """Instantiate a library config dataclass with overrides, failing clearly on unknown keys."""
+def make_config(cls, cfg):
+    """The library config dataclass `cls` from typed settings (`resources.stages`, via
+    `to_library()`) or, for compatibility, a dict of overrides. A bad value or an unknown key fails
+    the step at once (never retried) with one line naming the setting."""
     import dataclasses
 
-    overrides = dict(overrides or {})
+    if hasattr(cfg, "to_library"):
+        lib = cfg.to_library()
+        if not isinstance(lib, cls):
+            raise TypeError(f"{type(cfg).__name__}.to_library() gives {type(lib).__name__}, not {cls.__name__}")
+        return lib
+    overrides = dict(cfg or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise dg.Failure(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}", allow_retries=False)
-    return dataclasses.replace(cls(), **overrides)
+    try:
+        return dataclasses.replace(cls(), **overrides)
+    except (TypeError, ValueError) as exc:
+        raise dg.Failure(f"{cls.__name__}({overrides}): {str(exc).splitlines()[0]}", allow_retries=False) from exc
 
 
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
