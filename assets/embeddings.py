@@ -5,13 +5,12 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import BACKFILL_POLICY, OWNERS, Progress, RETRY, per_shard, read_stage, shard_source
-from assets.quality import curated_images
+from assets._common import Progress, per_shard, read_stage, shard_source
+from assets.factory import stage_asset
 from curation import storage
-from orchestration.k8s import gpu_step_tags
-from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
 from resources.models import EmbedderResource
+from curation.stages import CURATED_IMAGES, IMAGE_EMBEDDINGS
 
 
 def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixels: int = 150_000_000):
@@ -37,21 +36,7 @@ def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixel
     return open_rgb
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=BACKFILL_POLICY,
-    deps=[curated_images],
-    group_name="ml",
-    kinds={"pytorch", "polars", "parquet"},
-    owners=OWNERS,
-    pool="gpu",
-    op_tags=gpu_step_tags(),
-    retry_policy=RETRY,
-    description=(
-        "L2-normalised image embeddings (float16 precision) of every kept image, written in chunks so a "
-        "killed step resumes after its last completed chunk. Model from the `embedder` resource."
-    ),
-)
+@stage_asset(IMAGE_EMBEDDINGS)
 def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     return per_shard(context, lambda shard: _image_embeddings_one(context, corpus, embedder, shard))
 
@@ -61,7 +46,7 @@ def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResou
     from curation.reader import read_source
 
     t0 = time.monotonic()
-    curated = read_stage(context, corpus, "curated_images", shard, columns=["image_id", "uri", "keep"])
+    curated = read_stage(context, corpus, CURATED_IMAGES, shard, columns=["image_id", "uri", "keep"])
     items = curated.filter(pl.col("keep")).select("image_id", "uri")
     model = embedder.get_embedder()
     progress = Progress(context, "embeddings", len(items))
@@ -76,7 +61,7 @@ def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResou
         chunk_size=embedder.chunk_size,
         progress=progress,
     )
-    uri = corpus.stage_uri("image_embeddings", shard)
+    uri = corpus.stage_uri(IMAGE_EMBEDDINGS, shard)
     storage.write_parquet(result, uri)
     failed = result.filter(pl.col("embedding").is_null())
     return {

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from curation.index_blocks import closing_blocks, earlier_blocks
+from curation.index_store import closing_blocks, earlier_blocks
 
 
 def test_earlier_blocks_cover_every_earlier_shard_once_with_few_files():
