@@ -149,7 +149,13 @@ def test_assets_called_directly_with_build_asset_context(tmp_path):
         ctx = dg.build_asset_context(partition_key=first.key, instance=instance)
         inv = raw_inventory(ctx, corpus=corpus, settings=settings)
         assert inv.metadata["dagster/row_count"] == 12 and inv.metadata["errors"] == 0
-        cl = dedup_clusters(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)
+        # dedup_clusters' step writes two datasets (a multi-asset): one result each
+        out = {r.asset_key.to_user_string(): r for r in dedup_clusters(
+            dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)}
+        assert sorted(out) == ["dedup_clusters", "dedup_index"]
+        cl = out["dedup_clusters"]
+        assert out["dedup_index"].metadata["dagster/row_count"] == pl.read_parquet(out_index := out["dedup_index"].metadata["path"].path).height
+        assert out_index == str(tmp_path / "out" / "dedup_index" / f"{first.key}.parquet")
         assert cl.metadata["dagster/row_count"] == 12 and cl.metadata["earlier_shards_compared"] == 0
         cur = curated_images(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)
         assert cur.metadata["kept"] + cur.metadata["rejected"] == 12
