@@ -205,20 +205,21 @@ def writer_of(dataset: str) -> Stage:
     return writer
 
 
-def _check_registry() -> None:
-    datasets = [d for s in STAGES for d in s.outputs]
+def check_registry(stages: tuple[Stage, ...]) -> None:
+    """Each dataset has exactly one writer, and every stage's upstream stages come before it."""
+    datasets = [d for s in stages for d in s.outputs]
     dupes = sorted({d for d in datasets if datasets.count(d) > 1})
     if dupes:
         raise ValueError(f"datasets with more than one writer: {dupes}")
     seen: set[str] = set()
-    for s in STAGES:
+    for s in stages:
         unknown = [u for u in s.upstream if u not in seen]
         if unknown:
             raise ValueError(f"stage {s.name}: upstream {unknown} not declared before it")
         seen.add(s.name)
 
 
-_check_registry()
+check_registry(STAGES)
 
 # Names derived from the registry.
 SHARD_STAGES: tuple[str, ...] = tuple(s.name for s in stages_in(CURATE))  # the curate_shard job, in order
