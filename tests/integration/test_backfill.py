@@ -72,6 +72,12 @@ def test_one_run_over_a_range_of_shards(tmp_path):
         row = cl3.filter(pl.col("image_id") == copy_id).row(0, named=True)
         orig_id = inv1.filter(pl.col("rel_path") == f"a00{sprites[0].suffix}")["image_id"][0]
         assert row["rep_shard"] == "r-000001" and row["cluster_id"] == orig_id and row["dup_kind"] == "exact"
+        # few-shot is off (no examples): recorded as unavailable with the reason, never trained here
+        for r in instance.fetch_materializations(dg.AssetKey("image_classifications"), limit=10).records:
+            assert r.asset_materialization.metadata["few_shot"].value.startswith("unavailable: few-shot is disabled")
+        cls = pl.read_parquet(out / "image_classifications" / "r-000001.parquet")
+        assert cls.height > 0 and cls["fs_label"].null_count() == cls.height
+        assert not (out / "models" / "few_shot_probe.json").exists()
 
 
 def test_dedup_reads_earlier_indexes_as_blocks_and_results_do_not_depend_on_them(tmp_path):
