@@ -9,9 +9,15 @@ import polars as pl
 
 from assets._common import check_per_shard
 from curation import storage
+from curation.stages import (
+    CURATED_IMAGES,
+    DEDUP_CLUSTERS,
+    IMAGE_CLASSIFICATIONS,
+    IMAGE_EMBEDDINGS,
+    RAW_INVENTORY,
+)
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
-from curation.stages import CURATED_IMAGES, DEDUP_CLUSTERS, IMAGE_CLASSIFICATIONS, IMAGE_EMBEDDINGS, RAW_INVENTORY
 
 # Partitioned asset checks (one result per shard) are a preview feature of dagster 1.13; the
 # behaviour used here (check runs with its asset's partition) is covered by our tests.

@@ -2,15 +2,16 @@
 
 
 import time
+
 import dagster as dg
 import polars as pl
 
 from assets._common import Progress, per_shard, read_stage, shard_source
 from assets.factory import stage_asset
 from curation import storage
+from curation.stages import CURATED_IMAGES, IMAGE_EMBEDDINGS
 from resources.corpus import CorpusResource
 from resources.models import EmbedderResource
-from curation.stages import CURATED_IMAGES, IMAGE_EMBEDDINGS
 
 
 def image_opener(root: str | None, max_bytes: int = 512 * 1024 * 1024, max_pixels: int = 150_000_000):
@@ -56,7 +57,7 @@ def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResou
         image_opener(root),
         model,
         read_bytes=lambda uri: read_source(uri, root, max_bytes=512 * 1024 * 1024)[0],  # nvJPEG path on GPU
-        chunk_dir=corpus.stage_dir("image_embeddings_chunks", shard),
+        chunk_dir=corpus.stage_dir(f"{IMAGE_EMBEDDINGS}_chunks", shard),
         shard=shard,
         chunk_size=embedder.chunk_size,
         progress=progress,

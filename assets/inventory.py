@@ -10,8 +10,8 @@ from assets._common import Progress, counts_md, make_config, per_shard, shard_so
 from assets.factory import stage_asset
 from curation import storage
 from curation.schema import INVENTORY_SCHEMA
-from resources.corpus import CorpusResource, StageSettings
 from curation.stages import RAW_INVENTORY
+from resources.corpus import CorpusResource, StageSettings
 
 
 def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers: int, progress=None) -> pl.DataFrame:

@@ -2,14 +2,15 @@
 
 
 import time
+
 import dagster as dg
 
 from assets._common import counts_md, per_shard, read_stage
 from assets.factory import stage_asset
 from curation import storage
 from curation.quality import QualityConfig, evaluate, reject_counts
-from resources.corpus import CorpusResource, StageSettings
 from curation.stages import CURATED_IMAGES, DEDUP_CLUSTERS, RAW_INVENTORY
+from resources.corpus import CorpusResource, StageSettings
 
 
 @stage_asset(CURATED_IMAGES)

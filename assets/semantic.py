@@ -13,7 +13,13 @@ from assets._common import check_per_shard, per_shard_outputs, read_stage
 from assets.factory import stage_asset
 from curation import storage
 from curation.index_store import IndexStore, MissingEarlierIndexError
-from curation.stages import IMAGE_EMBEDDINGS, SEMANTIC_CENTER, SEMANTIC_DUPLICATES, SEMANTIC_INDEX, stage
+from curation.stages import (
+    IMAGE_EMBEDDINGS,
+    SEMANTIC_CENTER,
+    SEMANTIC_DUPLICATES,
+    SEMANTIC_INDEX,
+    stage,
+)
 from partitions.shards import SHARDS, ShardRegistry
 from resources.corpus import CorpusResource
 

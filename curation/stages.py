@@ -13,7 +13,7 @@ API: `STAGES` (registry order = execution order), `stage(name)`, `stages_in(job)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 # The op tag that carries a step's compute kind ("cpu" / "gpu"); GPU steps also run in this pool.

@@ -21,7 +21,15 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import checks as asset_checks
-from assets import classifications, dedup, embeddings, inventory, quality, reports, semantic
+from assets import (
+    classifications,
+    dedup,
+    embeddings,
+    inventory,
+    quality,
+    reports,
+    semantic,
+)
 from curation.stages import STAGES
 from orchestration.jobs import ALL_JOBS, curate_shard_job
 from orchestration.sensors import build_new_files_sensor

@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from curation.stages import CURATE, FEW_SHOT, SEMANTIC, SHARD_STAGES, SUMMARY, stages_in
+from curation.stages import (
+    CURATE,
+    CURATION_SUMMARY,
+    FEW_SHOT,
+    FEW_SHOT_PROBE,
+    SEMANTIC,
+    SHARD_STAGES,
+    SUMMARY,
+    stages_in,
+)
 from partitions.shards import SHARDS
 
 PARTITIONED_STAGES = SHARD_STAGES  # the curate_shard job's stages, in order
@@ -26,14 +35,14 @@ curate_shard_job = dg.define_asset_job(
 )
 
 few_shot_probe_job = dg.define_asset_job(
-    name="few_shot_probe_job",
+    name=f"{FEW_SHOT_PROBE}_job",
     selection=_select(FEW_SHOT),
     tags={"curation/stage": FEW_SHOT},
     description="Trains the few-shot probe on the configured examples (run before the shards that should use it).",
 )
 
 summary_job = dg.define_asset_job(
-    name="curation_summary_job",
+    name=f"{CURATION_SUMMARY}_job",
     selection=_select(SUMMARY),
     tags={"curation/stage": SUMMARY},
     description="Rolls every shard up into the corpus report (duckdb).",

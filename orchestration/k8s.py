@@ -33,6 +33,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from curation.stages import COMPUTE_TAG  # the op tag of every stage: cpu/gpu
+
 USER_DEFINED_K8S_CONFIG_KEY = "dagster-k8s/config"  # == dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
@@ -117,7 +119,6 @@ def gpu_tolerations() -> list[dict[str, Any]]:
 
 
 STAGE_KIND_TAG = "curation/stage-kind"  # pod label (and tag of the *_step_tags forms)
-from curation.stages import COMPUTE_TAG  # noqa: E402  (the op tag of every stage: cpu/gpu)
 
 
 def _tags(cfg: Mapping[str, Any], kind: str) -> dict[str, str]:

@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 
 from curation import stages
-from curation.stages import STAGES, Compute, Dataset, Stage, check_registry, stage, writer_of
+from curation.stages import (
+    STAGES,
+    Compute,
+    Dataset,
+    Stage,
+    check_registry,
+    stage,
+    writer_of,
+)
 
 
 def test_every_dataset_has_one_writer_and_upstreams_come_first():
