@@ -48,3 +48,26 @@ def test_compute_profiles_are_consistent():
         Compute(kind="gpu", gpus=0)
     with pytest.raises(ValueError, match="expected 'cpu' or 'gpu'"):
         Compute(kind="tpu")  # type: ignore[arg-type]
+
+
+def test_definitions_are_checked_against_the_registry():
+    from orchestration.definitions import all_assets, all_checks, check_against_registry
+
+    check_against_registry(all_assets, all_checks)
+    with pytest.raises(ValueError, match="differ from the stage registry"):
+        check_against_registry([a for a in all_assets if a.node_def.name != "shard_report"], all_checks)
+    with pytest.raises(ValueError, match="asset checks"):
+        check_against_registry(all_assets, all_checks[1:])
+
+
+def test_environment_is_read_when_asked(monkeypatch):
+    from resources import environment
+
+    monkeypatch.delenv("CURATION_BACKFILL_SHARDS_PER_RUN", raising=False)
+    monkeypatch.delenv("CURATION_DEPLOYMENT", raising=False)
+    assert environment.backfill_shards_per_run() == 10 and environment.deployment() == "local"
+    monkeypatch.setenv("CURATION_BACKFILL_SHARDS_PER_RUN", "0")
+    assert environment.backfill_shards_per_run() == 1
+    monkeypatch.setenv("CURATION_BACKFILL_SHARDS_PER_RUN", "ten")
+    with pytest.raises(ValueError, match="CURATION_BACKFILL_SHARDS_PER_RUN='ten'"):
+        environment.backfill_shards_per_run()
