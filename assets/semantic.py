@@ -59,9 +59,10 @@ def semantic_index_store(corpus: CorpusResource, context=None) -> IndexStore:
 
 
 def hashing_center(context, corpus: CorpusResource, registry: ShardRegistry, shard: str, emb: pl.DataFrame):
-    """(centre, written) — the corpus's LSH centre: fitted on the first registered shard's embeddings when that shard is
-    first materialised, persisted at semantic_center/<first shard>.parquet and reused by every shard
-    (re-materialising the first shard reuses it too, so earlier indexes stay valid)."""
+    """(centre, written now) for the corpus's LSH centre: fitted on the first registered shard's
+    embeddings when that shard is first materialised, persisted at semantic_center/<first shard>.parquet
+    and reused by every shard (re-materialising the first shard reuses it too, so earlier indexes
+    stay valid)."""
     import numpy as np
 
     from curation.semantic import fit_center
