@@ -5,7 +5,7 @@ import time
 
 import dagster as dg
 
-from assets._common import counts_md, per_shard, read_stage
+from assets._common import counts_md, make_config, per_shard, read_stage
 from assets.factory import stage_asset
 from curation import storage
 from curation.quality import QualityConfig, evaluate, reject_counts
@@ -20,10 +20,7 @@ def curated_images(context: dg.AssetExecutionContext, corpus: CorpusResource, se
 
 def _curated_images_one(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings, shard: str) -> dict:
     t0 = time.monotonic()
-    try:
-        cfg = QualityConfig.from_overrides(settings.quality)
-    except ValueError as exc:
-        raise dg.Failure(str(exc), allow_retries=False) from exc
+    cfg = make_config(QualityConfig, settings.quality)
     inventory = read_stage(context, corpus, RAW_INVENTORY, shard)
     clusters = read_stage(context, corpus, DEDUP_CLUSTERS, shard)
     curated = evaluate(inventory, clusters, cfg)

@@ -5,7 +5,8 @@
 registers every file of each source that is in no shard yet (shards of --shard-size), adds the
 shards as Dagster dynamic partitions in the instance at $DAGSTER_HOME, materialises every stage for
 every shard whose report is not materialised yet (in shard order, so cross-shard dedup sees every
-earlier shard), then trains the few-shot probe and writes the corpus summary. Runs go through Dagster
+earlier shard; the few-shot probe is trained first when examples are configured and no probe is
+stored yet, or with --force / --retrain-probe), then writes the corpus summary. Runs go through Dagster
 in the real instance: they appear in `dagster dev` / the UI with their logs, metadata and checks.
 Re-running resumes: finished shards are skipped (use --force to redo them).
 
@@ -23,6 +24,17 @@ import os
 import sys
 import time
 
+from curation.stages import (
+    CURATE,
+    CURATION_SUMMARY,
+    FEW_SHOT,
+    FEW_SHOT_PROBE,
+    SEMANTIC,
+    SEMANTIC_DUPLICATES,
+    SHARD_STAGES,
+    SUMMARY,
+)
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="curate", description="Register sources as shards and materialise every stage.")
@@ -32,7 +44,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--shard-size", default=None, help="files per shard, >= 1 (default 10,000 or $CURATION_SHARD_SIZE)")
     run.add_argument("--output-root", default=None, help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT or ./data/outputs)")
     run.add_argument("--force", action="store_true", help="re-materialise shards that are already done")
-    run.add_argument("--no-summary", action="store_true", help="skip the few-shot probe and corpus summary")
+    run.add_argument("--retrain-probe", action="store_true",
+                     help="retrain the few-shot probe before the shards (after the examples changed)")
+    run.add_argument("--no-summary", action="store_true", help="skip the corpus summary")
     run.add_argument("--semantic", action="store_true",
                      help="also run the optional semantic (embedding) dedup pass on every shard")
     reg = sub.add_parser("register", help="only register new files as shards (no runs)")
@@ -142,14 +156,28 @@ def shards_done(instance, keys: list[str], stages=None) -> set[str]:
     import dagster as dg
     from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
-    from orchestration.jobs import PARTITIONED_STAGES
     from partitions.shards import SHARDS
 
     done = set(keys)
-    for stage in stages or PARTITIONED_STAGES:
+    for stage in stages or SHARD_STAGES:
         status = instance.get_status_by_partition(dg.AssetKey(stage), list(keys), SHARDS) or {}
         done &= {k for k, st in status.items() if st == AssetPartitionStatus.MATERIALIZED}
     return done
+
+
+def _probe_ready(instance, corpus, classifier, retrain: bool) -> bool:
+    """True when no probe is wanted (few-shot disabled) or one is stored and materialised in this
+    instance (and no retraining was asked for)."""
+    import dagster as dg
+
+    from assets.classifications import probe_uri
+    from curation import storage
+
+    if not classifier.fewshot_uri:
+        return True
+    if retrain or not storage.exists(probe_uri(corpus)):
+        return False
+    return instance.get_latest_materialization_event(dg.AssetKey(FEW_SHOT_PROBE)) is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from orchestration.definitions import defs
+    from orchestration.jobs import JOB_OF
 
     instance = dg.DagsterInstance.get()
     reap_dead_cli_runs(instance)
@@ -180,11 +209,20 @@ def main(argv: list[str] | None = None) -> int:
     done = shards_done(instance, keys)
     todo = [k for k in keys if args.force or k not in done]
     print(f"{len(keys)} shard(s); {len(todo)} to materialise", flush=True)
-    job = defs.resolve_job_def("curate_shard")
+    job = defs.resolve_job_def(JOB_OF[CURATE])
     failed = []
     t0 = time.monotonic()
     cli_tags = {"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
                 "curation/cli_host": socket.gethostname()}
+    if not _probe_ready(instance, corpus, resources["classifier"], args.force or args.retrain_probe):
+        # image_classifications reads the stored probe and never trains it: train it first
+        print(f"training {FEW_SHOT_PROBE} on {resources['classifier'].fewshot_uri}", flush=True)
+        result = defs.resolve_job_def(JOB_OF[FEW_SHOT]).execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags)
+        if not result.success:
+            print(f"{FEW_SHOT_PROBE}: run {result.run_id} FAILED (see the run in the UI); no shard was run",
+                  flush=True)
+            return 1
     for key in tqdm(todo, desc="shards", unit="shard", file=sys.stdout, disable=None):
         result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key,
                                         raise_on_error=False, tags={"curation/shard": key, **cli_tags})
@@ -195,20 +233,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"shard {key} done ({todo.index(key) + 1}/{len(todo)}, {time.monotonic() - t0:.0f} s so far)",
                   flush=True)
     if args.semantic and not failed:
-        sem_done = shards_done(instance, keys, stages=["semantic_duplicates"])
-        sem_job = defs.resolve_job_def("semantic_dedup")
+        sem_done = shards_done(instance, keys, stages=[SEMANTIC_DUPLICATES])
+        sem_job = defs.resolve_job_def(JOB_OF[SEMANTIC])
         for key in [k for k in keys if args.force or k not in sem_done]:  # in order: each needs the earlier ones
             if not sem_job.execute_in_process(run_config=run_config, instance=instance, partition_key=key,
                                               raise_on_error=False, tags={**cli_tags, "curation/shard": key}).success:
-                failed.append(f"semantic_duplicates[{key}]")
+                failed.append(f"{SEMANTIC_DUPLICATES}[{key}]")
                 break
     if not args.no_summary and not failed:
-        # without few-shot examples (CURATION_FEWSHOT_URI='') there is no probe to train
-        selection = None if resources["classifier"].fewshot_uri else [dg.AssetKey("curation_summary")]
-        result = defs.resolve_job_def("curation_summary_job").execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags, asset_selection=selection)
+        result = defs.resolve_job_def(JOB_OF[SUMMARY]).execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags)
         if not result.success:
-            failed.append("curation_summary")
+            failed.append(CURATION_SUMMARY)
     print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")
     report = os.path.join(corpus.output_root, "reports", "corpus", "report.html")
     print(f"corpus report: {report}")

@@ -57,3 +57,7 @@ semantic_dedup_job = dg.define_asset_job(
 )
 
 ALL_JOBS = [curate_shard_job, few_shot_probe_job, summary_job, semantic_dedup_job]
+
+# The Dagster job of each registry job group.
+JOB_OF = {CURATE: curate_shard_job.name, FEW_SHOT: few_shot_probe_job.name, SUMMARY: summary_job.name,
+          SEMANTIC: semantic_dedup_job.name}
