@@ -9,6 +9,8 @@ Executor by deployment (env CURATION_DEPLOYMENT):
 - "k8s": dagster-k8s's `k8s_job_executor`, set on the Definitions (not on a job) so backfills and
   sensor runs get one pod per step too; GPU assets request `nvidia.com/gpu` through their
   `dagster-k8s/config` tags (orchestration/k8s.py).
+- "celery": steps run in long-lived Celery workers on several machines, GPU steps on the `gpu`
+  queue, the rest on `cpu` (orchestration/distributed.py, docs/deploy-several-machines.md).
 """
 
 from __future__ import annotations
@@ -35,7 +37,11 @@ def executor_for(deployment: str) -> dg.ExecutorDefinition:
         from orchestration.k8s import k8s_executor
 
         return k8s_executor()
-    raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local' or 'k8s'")
+    if deployment == "celery":
+        from orchestration.distributed import celery_executor
+
+        return celery_executor()
+    raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local', 'k8s' or 'celery'")
 
 
 all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, reports, semantic])
