@@ -33,6 +33,7 @@ demo: setup data/demo_corpus/.demo_version
 
 test: setup
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_redis.sh
 	$(PY) -m pytest -q -p no:cacheprovider
 
 dev: setup

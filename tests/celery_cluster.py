@@ -72,11 +72,11 @@ class Cluster:
             raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
         data = self.work / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        log = open(data / "redis.log", "ab")
-        self.redis = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
-             "--appendfsync", "always", "--save", ""],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(data / "redis.log", "ab") as log:
+            self.redis = subprocess.Popen(
+                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes",
+                 "--appendfsync", "always", "--save", ""],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         _wait_port(self.port)
 
     def restart_broker(self, down_s: float = 2.0) -> None:
@@ -94,8 +94,9 @@ class Cluster:
         log_path = self.work / f"worker-{name}.log"
         cmd = [sys.executable, "-m", "celery", "-A", "orchestration.distributed", "worker", "-Q", queue,
                "-n", f"{name}@%h", "--pool", "solo", "--without-gossip", "--without-mingle", "-l", "INFO"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.worker_env(extra_env), stdout=open(log_path, "ab"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.worker_env(extra_env), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.workers[name] = proc
         deadline = time.monotonic() + timeout
         while b" ready." not in log_path.read_bytes():
@@ -122,9 +123,9 @@ class Cluster:
                 "curation/test-run": tag}
         cmd = [sys.executable, "-m", "dagster", "job", "execute", "-m", "orchestration.definitions",
                "-j", "curate_shard", "-c", str(cfg), "--tags", json.dumps(tags)]
-        return subprocess.Popen(cmd, cwd=ROOT, env=self.worker_env(extra_env),
-                                stdout=open(self.work / f"run-{tag}.log", "ab"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.work / f"run-{tag}.log", "ab") as log:
+            return subprocess.Popen(cmd, cwd=ROOT, env=self.worker_env(extra_env), stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
 
     def close(self) -> None:
         for proc in self.workers.values():
