@@ -47,29 +47,55 @@ def _pg_database() -> tuple[dict[str, str], callable]:
     return env, drop
 
 
-def _run_config(out: Path) -> dict:
+def _run_config(out: Path, source: str, src: Path) -> dict:
+    corpus = {"output_root": str(out), "sources": {source: str(src)}}
     return {"resources": {"settings": {"config": {"inventory_workers": 1}}, "embedder": {"config": {"device": "cpu"}},
-                          "classifier": {"config": {"fewshot_uri": ""}}, "corpus": {"config": {"output_root": str(out)}}}}
+                          "classifier": {"config": {"fewshot_uri": ""}}, "corpus": {"config": corpus}}}
 
 
-def _backfill(cl: Cluster, keys: list[str], out: Path, per_run: int, mode: str, tag: str) -> float:
+def _backfill(cl: Cluster, keys: list[str], run_config: dict, per_run: int, mode: str, tag: str) -> float:
     """Run the backfill's runs one after another; returns the wall time."""
     t0 = time.perf_counter()
     for i in range(0, len(keys), per_run):
-        proc = cl.launch(keys[i:i + per_run], _run_config(out), f"{tag}-{i}", extra_env={"CURATION_DEPLOYMENT": mode})
+        proc = cl.launch(keys[i:i + per_run], run_config, f"{tag}-{i}", extra_env={"CURATION_DEPLOYMENT": mode})
         if proc.wait(3600) != 0:
             raise RuntimeError(f"{mode} run {tag}-{i} failed: {(cl.work / f'run-{tag}-{i}.log').read_text()[-3000:]}")
     return time.perf_counter() - t0
 
 
-def _register(src: Path, out: Path, size: int) -> list[str]:
+def _time_outside_steps(tag_prefix: str) -> tuple[float, float, int]:
+    """(run time, time outside any step, steps) summed over the runs whose test-run tag starts with
+    tag_prefix: run start to run success, less each step's own start-to-success time."""
+    import dagster as dg
+
+    run_s = outside = 0.0
+    steps = 0
+    with dg.DagsterInstance.get() as instance:
+        for run in instance.get_runs():
+            if not run.tags.get("curation/test-run", "").startswith(tag_prefix + "-"):
+                continue
+            events = instance.get_records_for_run(run.run_id, of_type={
+                dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS,
+                dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS}).records
+            ts = {(e.event_log_entry.dagster_event_type, e.event_log_entry.step_key): e.event_log_entry.timestamp
+                  for e in events}
+            total = ts[(dg.DagsterEventType.RUN_SUCCESS, None)] - ts[(dg.DagsterEventType.RUN_START, None)]
+            inside = sum(end - ts[(dg.DagsterEventType.STEP_START, key)] for (kind, key), end in ts.items()
+                         if kind == dg.DagsterEventType.STEP_SUCCESS)
+            run_s += total
+            outside += total - inside
+            steps += sum(1 for kind, _ in ts if kind == dg.DagsterEventType.STEP_SUCCESS)
+    return run_s, outside, steps
+
+
+def _register(source: str, src: Path, out: Path, size: int) -> list[str]:
     import dagster as dg
 
     from partitions.discovery import discover_all
     from resources.corpus import CorpusResource
 
-    corpus = CorpusResource(output_root=str(out), sources={"d": str(src)}, shard_size=size)
-    keys = [s.key for s in discover_all(corpus.registry(), "d", str(src), shard_size=size)]
+    corpus = CorpusResource(output_root=str(out), sources={source: str(src)}, shard_size=size)
+    keys = [s.key for s in discover_all(corpus.registry(), source, str(src), shard_size=size)]
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("shards", [k for k in keys if not instance.has_dynamic_partition("shards", k)])
     return keys
@@ -99,19 +125,22 @@ def main() -> None:
             cl.start_worker(name, queue)
         worker_start_s = time.perf_counter() - t0
         warm_src = linked_corpus(work / "src-warm", 2)
-        warm_keys = _register(warm_src, work / "out-warm", 2)
-        warm_s = _backfill(cl, warm_keys, work / "out-warm", 1, "celery", "warm")
+        warm_keys = _register("warm", warm_src, work / "out-warm", 2)
+        warm_s = _backfill(cl, warm_keys, _run_config(work / "out-warm", "warm", warm_src), 1, "celery", "warm")
         for size in sizes:
             src = linked_corpus(work / f"src-{size}", SHARDS * size)
             wall = {}
             for mode in ("local", "celery"):
-                out = work / f"out-{size}-{mode}"
-                keys = _register(src, out, size)
+                out, source = work / f"out-{size}-{mode}", f"s{size}"
+                keys = _register(source, src, out, size)
                 assert len(keys) == SHARDS, keys
-                wall[mode] = _backfill(cl, keys, out, args.per_run, mode, f"{mode}{size}")
+                wall[mode] = _backfill(cl, keys, _run_config(out, source, src), args.per_run, mode, f"{mode}{size}")
                 print(f"{SHARDS} shards of {size} images, {mode}: {wall[mode]:.1f} s", flush=True)
             runs = -(-SHARDS // args.per_run)
             over = wall["celery"] - wall["local"]
+            split = {mode: _time_outside_steps(f"{mode}{size}") for mode in ("local", "celery")}
+            outside_over = split["celery"][1] - split["local"][1]
+            step_time = {mode: split[mode][0] - split[mode][1] for mode in split}
             results.append({
                 "shard_images": size, "shards": SHARDS, "runs": runs, "shards_per_run": args.per_run,
                 "in_process_seconds": round(wall["local"], 1), "distributed_seconds": round(wall["celery"], 1),
@@ -119,6 +148,13 @@ def main() -> None:
                 "overhead_seconds_per_shard": round(over / SHARDS, 2),
                 "overhead_fraction_of_shard": round(over / wall["local"], 3),
                 "overhead_seconds_per_step": round(over / (runs * STEPS_PER_RUN), 2),
+                # the orchestration cost alone: time of the runs outside their steps (dispatch, polling,
+                # events), which excludes what the steps do (e.g. model loads, cached in warm workers)
+                "steps_seconds": {m: round(v, 1) for m, v in step_time.items()},
+                "outside_steps_seconds": {m: round(split[m][1], 1) for m in split},
+                "dispatch_overhead_seconds_per_step": round(outside_over / split["celery"][2], 2),
+                "dispatch_overhead_seconds_per_shard": round(outside_over / SHARDS, 2),
+                "dispatch_overhead_fraction_of_shard_step_time": round(outside_over / step_time["local"], 3),
             })
     finally:
         cl.close()
