@@ -66,3 +66,11 @@ def test_code_version_is_the_env_setting_or_a_hash_of_the_sources(monkeypatch, t
         assert len(first) == 16 and distributed.code_version() != first
     finally:
         distributed.code_version.cache_clear()
+
+
+def test_the_celery_deployment_selects_the_celery_executor():
+    from orchestration.definitions import executor_for
+
+    assert executor_for("celery").name == "celery"
+    with pytest.raises(ValueError, match="expected 'local', 'k8s' or 'celery'"):
+        executor_for("celery-beat")
