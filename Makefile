@@ -34,6 +34,7 @@ demo: setup data/demo_corpus/.demo_version
 
 test: setup
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_redis.sh
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # ruff (lint + import order) and mypy (types) over the project; .ci/run runs it after the tests

@@ -10,6 +10,8 @@ Executor by deployment (env CURATION_DEPLOYMENT):
   sensor runs get one pod per step too; each stage's abstract compute profile (curation/stages.py)
   becomes its pod spec through the executor's `per_step_k8s_config` (orchestration/k8s.py), so GPU
   stages request `nvidia.com/gpu`.
+- "celery": steps run in long-lived Celery workers on several machines, GPU steps on the `gpu`
+  queue, the rest on `cpu` (orchestration/distributed.py, docs/deploy-several-machines.md).
 
 The deployment is read when the definitions load (resources.environment.deployment()). The
 definitions are checked against the stage registry: every stage is an asset, every dataset a stage
@@ -46,7 +48,11 @@ def executor_for(deployment: str) -> dg.ExecutorDefinition:
         from orchestration.k8s import k8s_executor
 
         return k8s_executor()
-    raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local' or 'k8s'")
+    if deployment == "celery":
+        from orchestration.distributed import celery_executor
+
+        return celery_executor()
+    raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local', 'k8s' or 'celery'")
 
 
 all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, reports, semantic])

@@ -12,7 +12,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets._common import RETRY, make_config
+from assets._common import make_config, retry_policy
+from curation.stages import Retry
+
+RETRY = retry_policy(Retry())  # the stages' default policy: 2 retries with backoff
 from curation.dedup import DedupConfig
 from curation.embedding import EmbedderSpec
 from curation.inventory import InventoryConfig
