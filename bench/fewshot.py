@@ -114,7 +114,7 @@ def main() -> None:
                  "note": "every photo, sprite and transformed copy of the demo corpus; 1,000 of its 4,700 "
                          "untransformed digits (seeded sample)"},
         "before": {"rule": "closed set, uncalibrated (the previous behaviour)", **outcome(closed.label, d, masks)},
-        "after": {"rule": f"OOD {after.ood.kind} q{after.ood.quantile} (threshold {after.ood.threshold:.4f}) "
+        "after": {"rule": f"OOD {after.ood.kind} k{after.ood.k} q{after.ood.quantile} (threshold {after.ood.threshold:.4f}) "
                           f"+ temperature {after.temperature:.4f}, min_conf 0",
                   **outcome(fs.label, d, masks, fs.reason)},
         "calibration_validation_split": {k: v for k, v in after.validation.items() if k != "per_class"},

@@ -87,7 +87,7 @@ CLASSIFICATION_COLUMNS = (
     "fs_label",  # few-shot (linear probe) label or "unknown", null when no probe is configured
     "fs_prob",  # calibrated probability of the probe's arg-max class
     "fs_reason",  # why fs_label is "unknown": "out_of_distribution" | "low_confidence"; null otherwise
-    "fs_ood_score",  # 1 - cosine similarity to the nearest class mean of the examples
+    "fs_ood_score",  # distance to the few-shot examples (1 - mean cosine to the 5 nearest); null without OOD rule
 )
 
 

@@ -94,14 +94,14 @@ def _validate(clf: Any, xv: np.ndarray, yv: np.ndarray, classes: list[str], cali
 
 def train_probe(emb: np.ndarray, labels: Sequence[str], model: str, val_fraction: float = 0.2,
                 val_emb: np.ndarray | None = None, val_labels: Sequence[str] | None = None, c: float = 1.0,
-                seed: int = 0, max_iter: int = 2000, calibrate: bool = True, ood_kind: str | None = "centroid",
-                ood_quantile: float = 0.99) -> Probe:
+                seed: int = 0, max_iter: int = 2000, calibrate: bool = True, ood_kind: str | None = "knn",
+                ood_quantile: float = 0.99, ood_k: int = 5) -> Probe:
     """Train a calibrated, open-set multinomial logistic-regression probe on `emb` [n, d] with `labels`.
 
     Validation: the given (`val_emb`, `val_labels`), else a stratified `val_fraction` split of the
     examples (skipped, val_accuracy None and temperature 1, when some class has fewer than 2
-    examples). `calibrate` fits the temperature there; `ood_kind` (None: closed set) and
-    `ood_quantile` set the out-of-distribution rule (see `open_set`)."""
+    examples). `calibrate` fits the temperature there; `ood_kind` (None: closed set),
+    `ood_quantile` and `ood_k` set the out-of-distribution rule (see `open_set`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
@@ -135,10 +135,10 @@ def train_probe(emb: np.ndarray, labels: Sequence[str], model: str, val_fraction
         clf = fit(emb, y)
         n_train = len(y) - n_val
     coef, intercept = _coef(clf)
-    ood = fit_ood(emb, y, classes, kind=ood_kind, quantile=ood_quantile) if ood_kind else None
+    ood = fit_ood(emb, y, classes, kind=ood_kind, quantile=ood_quantile, k=ood_k) if ood_kind else None
     return Probe([str(x) for x in clf.classes_], coef, intercept, model, report.get("accuracy"), n_train, n_val,
                  {"C": c, "seed": seed, "val_fraction": val_fraction, "kind": "logistic_regression",
-                  "calibrate": calibrate, "ood_kind": ood_kind, "ood_quantile": ood_quantile},
+                  "calibrate": calibrate, "ood_kind": ood_kind, "ood_quantile": ood_quantile, "ood_k": ood_k},
                  temperature, ood, report)
 
 
@@ -227,7 +227,7 @@ def list_labelled_examples(root: str) -> pl.DataFrame:
 def train_probe_from_folder(embedder: "Embedder", root: str, read_image: Callable[[str], "Image.Image"],
                             val_fraction: float = 0.2, c: float = 1.0, seed: int = 0, **kw: Any) -> Probe:
     """Embed the labelled examples under `root` and train a probe (see `train_probe`; `kw` passes
-    `calibrate`, `ood_kind`, `ood_quantile`)."""
+    `calibrate`, `ood_kind`, `ood_quantile`, `ood_k`)."""
     examples = list_labelled_examples(root)
     images = [read_image(u) for u in examples["uri"].to_list()]
     emb = embedder.embed_images(images)

