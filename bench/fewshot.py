@@ -55,7 +55,8 @@ def outcome(labels: list[str], d: dict, masks: dict[str, np.ndarray], reasons: l
     out: dict = {"digit_accuracy": round(float((lab[dig] == truth[dig]).mean()), 4),
                  "digit_coverage": round(float((lab[dig] != UNKNOWN).mean()), 4)}
     labelled = dig & (lab != UNKNOWN)
-    out["digit_accuracy_labelled"] = round(float((lab[labelled] == truth[labelled]).mean()), 4) if labelled.any() else None
+    out["digit_accuracy_labelled"] = (round(float((lab[labelled] == truth[labelled]).mean()), 4)
+                                      if labelled.any() else None)
     for name, m in masks.items():
         if name != "digit":
             out[f"{name}_unknown"] = round(float((lab[m] == UNKNOWN).mean()), 4)
@@ -73,8 +74,10 @@ def main() -> None:
     group = np.asarray(d["group"], dtype=object)
     transformed = np.asarray([r.startswith("transformed/") for r in d["rel"]])
     masks = {"digit": group == "digit", "photo": group == "photo", "sprite": group == "sprite",
-             "photo_original": (group == "photo") & ~transformed, "sprite_original": (group == "sprite") & ~transformed,
-             "photo_transformed": (group == "photo") & transformed, "sprite_transformed": (group == "sprite") & transformed}
+             "photo_original": (group == "photo") & ~transformed,
+             "sprite_original": (group == "sprite") & ~transformed,
+             "photo_transformed": (group == "photo") & transformed,
+             "sprite_transformed": (group == "sprite") & transformed}
     emb, dig = d["emb"], masks["digit"]
     before = train_probe(d["ex_emb"], d["ex_labels"], MODEL, calibrate=False, ood_kind=None)
     after = train_probe(d["ex_emb"], d["ex_labels"], MODEL)
@@ -93,7 +96,8 @@ def main() -> None:
             lab = [UNKNOWN if x > ref.threshold else c for x, c in zip(s, fs.closed_label)]
             o = outcome(lab, d, masks)
             alternatives[f"{kind}{'' if kind == 'centroid' else k}_q{q}"] = {
-                "threshold": round(ref.threshold, 4), "auroc_non_digit_vs_digit": round(auroc(s[~dig], s[dig]), 4),
+                "threshold": round(ref.threshold, 4),
+                "auroc_non_digit_vs_digit": round(auroc(s[~dig], s[dig]), 4),
                 **{x: o[x] for x in ("digit_accuracy", "digit_coverage", "photo_unknown", "sprite_unknown")}}
     conf_bars = {}
     for m in (0.0, 0.5, 0.7, 0.9):
@@ -114,15 +118,15 @@ def main() -> None:
                  "note": "every photo, sprite and transformed copy of the demo corpus; 1,000 of its 4,700 "
                          "untransformed digits (seeded sample)"},
         "before": {"rule": "closed set, uncalibrated (the previous behaviour)", **outcome(closed.label, d, masks)},
-        "after": {"rule": f"OOD {after.ood.kind} k{after.ood.k} q{after.ood.quantile} (threshold {after.ood.threshold:.4f}) "
-                          f"+ temperature {after.temperature:.4f}, min_conf 0",
+        "after": {"rule": f"OOD {after.ood.kind} k{after.ood.k} q{after.ood.quantile} "
+                          f"(threshold {after.ood.threshold:.4f}) + temperature {after.temperature:.4f}, min_conf 0",
                   **outcome(fs.label, d, masks, fs.reason)},
         "calibration_validation_split": {k: v for k, v in after.validation.items() if k != "per_class"},
         "calibration_corpus_digits": corpus_cal,
         "per_class_validation_split": after.validation["per_class"],
         "per_class_corpus_digits_open_set": per_class_report(
-            np.asarray(d["digit"], dtype=object)[dig].tolist(), np.asarray(fs.label, dtype=object)[dig].tolist(),
-            after.classes),
+            np.asarray(d["digit"], dtype=object)[dig].tolist(),
+            np.asarray(fs.label, dtype=object)[dig].tolist(), after.classes),
         "ood_alternatives": alternatives,
         "confidence_bar_with_ood": conf_bars,
         "confidence_bar_without_ood": conf_only,

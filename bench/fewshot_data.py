@@ -50,8 +50,8 @@ def embed_files(paths: list[Path], cache: Path, batch: int = 64) -> tuple[list[s
             try:
                 imgs.append(read_image_uri(p).copy())
                 kept.append(p)
-            except Exception:  # noqa: BLE001 - broken files are simply not embedded
-                continue
+            except Exception as exc:  # noqa: BLE001 - an undecodable file is reported and not embedded
+                print(f"skipped {p}: {exc}", flush=True)
         if imgs:
             rows.append(embedder.embed_images(imgs))
             ok_paths.extend(kept)

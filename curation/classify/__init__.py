@@ -21,7 +21,12 @@ from curation.classify.calibration import (
     per_class_report,
 )
 from curation.classify.common import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, UNKNOWN
-from curation.classify.open_set import OodReference, fit_ood, leave_one_out_scores, ood_score
+from curation.classify.open_set import (
+    OodReference,
+    fit_ood,
+    leave_one_out_scores,
+    ood_score,
+)
 from curation.classify.probe import (
     IMAGE_SUFFIXES,
     PROBE_FORMAT,
@@ -32,18 +37,29 @@ from curation.classify.probe import (
     load_probe,
     predict_open_set,
     probe_logits,
+    probe_report,
     save_probe,
     train_probe,
     train_probe_from_folder,
 )
-from curation.classify.shard import CLASSIFICATION_SCHEMA, ZeroShotConfig, classify_shard
-from curation.classify.zeroshot import DEFAULT_TEMPLATES, ZeroShotResult, text_classifier, zero_shot
+from curation.classify.shard import (
+    CLASSIFICATION_SCHEMA,
+    ZeroShotConfig,
+    classify_shard,
+)
+from curation.classify.zeroshot import (
+    DEFAULT_TEMPLATES,
+    ZeroShotResult,
+    text_classifier,
+    zero_shot,
+)
 
 __all__ = [
     "CLASSIFICATION_SCHEMA", "DEFAULT_TEMPLATES", "IMAGE_SUFFIXES", "LOW_CONFIDENCE", "OUT_OF_DISTRIBUTION",
     "PROBE_FORMAT", "UNKNOWN", "OodReference", "OpenSetResult", "Probe", "ZeroShotConfig", "ZeroShotResult",
     "apply_probe", "calibration_summary", "classify_shard", "expected_calibration_error", "fit_ood",
     "fit_temperature", "leave_one_out_scores", "list_labelled_examples", "load_probe", "nll", "ood_score",
-    "per_class_report", "predict_open_set", "probe_logits", "save_probe", "text_classifier", "train_probe",
+    "per_class_report", "predict_open_set", "probe_logits", "probe_report", "save_probe", "text_classifier",
+    "train_probe",
     "train_probe_from_folder", "zero_shot",
 ]

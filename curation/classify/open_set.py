@@ -43,7 +43,7 @@ class OodReference:
                 "threshold": self.threshold, "quantile": self.quantile, "k": self.k, "in_dist": self.in_dist}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "OodReference":
+    def from_json(cls, d: dict[str, Any]) -> OodReference:
         if d.get("kind") not in KINDS:
             raise ValueError(f"ood.kind must be one of {KINDS}, got {d.get('kind')!r}")
         v = np.frombuffer(base64.b64decode(d["vectors_b64"]), dtype="<f4").reshape(d["shape"]).astype(np.float32)
@@ -72,7 +72,8 @@ def ood_score(ref: OodReference, emb: np.ndarray) -> np.ndarray:
     return (1.0 - top.mean(axis=1)).astype(np.float32)
 
 
-def leave_one_out_scores(emb: np.ndarray, labels: Sequence[str], kind: str = "centroid", k: int = 1) -> np.ndarray:
+def leave_one_out_scores(emb: np.ndarray, labels: Sequence[str] | np.ndarray, kind: str = "centroid",
+                         k: int = 1) -> np.ndarray:
     """In-distribution scores of the examples themselves, each scored without its own contribution."""
     x = _unit(emb)
     y = np.asarray(list(labels), dtype=object)
@@ -95,7 +96,7 @@ def leave_one_out_scores(emb: np.ndarray, labels: Sequence[str], kind: str = "ce
     raise ValueError(f"ood kind must be one of {KINDS}, got {kind!r}")
 
 
-def fit_ood(emb: np.ndarray, labels: Sequence[str], classes: Sequence[str], kind: str = "knn",
+def fit_ood(emb: np.ndarray, labels: Sequence[str] | np.ndarray, classes: Sequence[str], kind: str = "knn",
             quantile: float = 0.99, k: int = 5) -> OodReference:
     """Reference and threshold from the labelled examples (see the module docstring)."""
     if kind not in KINDS:
@@ -105,6 +106,6 @@ def fit_ood(emb: np.ndarray, labels: Sequence[str], classes: Sequence[str], kind
     y = np.asarray(list(labels), dtype=object)
     scores = leave_one_out_scores(emb, y, kind, k)
     vectors = _centroids(_unit(emb), y, classes) if kind == "centroid" else _unit(emb)
-    summary = {"n": int(len(scores)), "median": round(float(np.median(scores)), 5),
+    summary = {"n": len(scores), "median": round(float(np.median(scores)), 5),
                "p90": round(float(np.quantile(scores, 0.9)), 5), "max": round(float(scores.max()), 5)}
     return OodReference(kind, vectors.astype(np.float32), float(np.quantile(scores, quantile)), quantile, k, summary)

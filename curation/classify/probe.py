@@ -28,8 +28,17 @@ import numpy as np
 import polars as pl
 
 from curation import storage
-from curation.classify.calibration import calibration_summary, fit_temperature, per_class_report
-from curation.classify.common import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION, UNKNOWN, softmax
+from curation.classify.calibration import (
+    calibration_summary,
+    fit_temperature,
+    per_class_report,
+)
+from curation.classify.common import (
+    LOW_CONFIDENCE,
+    OUT_OF_DISTRIBUTION,
+    UNKNOWN,
+    softmax,
+)
 from curation.classify.open_set import OodReference, fit_ood, ood_score
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,7 +125,8 @@ def train_probe(emb: np.ndarray, labels: Sequence[str], model: str, val_fraction
     def fit(x: np.ndarray, t: np.ndarray) -> Any:
         return LogisticRegression(C=c, max_iter=max_iter, random_state=seed).fit(x, t)
 
-    temperature, report, n_val = 1.0, {}, 0
+    temperature, n_val = 1.0, 0
+    report: dict[str, Any] = {}
     if val_emb is not None and val_labels is not None:
         clf = fit(emb, y)
         vy = np.asarray(list(val_labels), dtype=object)
@@ -124,7 +134,7 @@ def train_probe(emb: np.ndarray, labels: Sequence[str], model: str, val_fraction
         n_val, n_train = len(vy), len(y)
     else:
         counts = {cl: int((y == cl).sum()) for cl in classes}
-        n_hold = int(round(len(y) * val_fraction))
+        n_hold = round(len(y) * val_fraction)
         if val_fraction > 0 and min(counts.values()) >= 2 and n_hold >= len(classes):
             xt, xv, yt, yv = train_test_split(emb, y, test_size=n_hold, stratify=y, random_state=seed)
             temperature, report = _validate(fit(xt, yt), xv, yv, classes, calibrate)
@@ -165,12 +175,32 @@ def predict_open_set(probe: Probe, emb: np.ndarray, min_conf: float = 0.0, use_o
     if not 0.0 <= min_conf <= 1.0:
         raise ValueError(f"min_conf must be in [0, 1], got {min_conf}")
     closed, prob = apply_probe(probe, emb)
-    score = ood_score(probe.ood, emb) if (use_ood and probe.ood is not None) else None
-    far = score > probe.ood.threshold if score is not None else np.zeros(len(closed), bool)
+    score, far = None, np.zeros(len(closed), bool)
+    if use_ood and probe.ood is not None:
+        score = ood_score(probe.ood, emb)
+        far = score > probe.ood.threshold
     reason: list[str | None] = [OUT_OF_DISTRIBUTION if f else LOW_CONFIDENCE if p < min_conf else None
                                 for f, p in zip(far, prob)]
     label = [UNKNOWN if r else c for c, r in zip(closed, reason)]
     return OpenSetResult(label, prob, closed, reason, score)
+
+
+def probe_report(probe: Probe) -> dict[str, Any]:
+    """Flat figures of a probe for run metadata: temperature, validation NLL/ECE/median top-1 before
+    and after scaling, the OOD rule and threshold, and per-class precision/recall as a Markdown table."""
+    v = probe.validation
+    out: dict[str, Any] = {"temperature": round(probe.temperature, 5),
+                           "ood_rule": (f"{probe.ood.kind} (k={probe.ood.k}), quantile {probe.ood.quantile}"
+                                        if probe.ood is not None else "none (closed set)"),
+                           "ood_threshold": round(probe.ood.threshold, 5) if probe.ood is not None else None}
+    for key in ("nll", "ece", "median_top1"):
+        for tag in ("before", "after"):
+            out[f"val_{key}_{tag}"] = v.get(f"{key}_{tag}")
+    rows = ["| class | precision | recall | support |", "|---|---|---|---|"]
+    for c, r in (v.get("per_class") or {}).items():
+        rows.append(f"| {c} | {r['precision']} | {r['recall']} | {r['support']} |")
+    out["per_class_md"] = "\n".join(rows) if len(rows) > 2 else "no validation split"
+    return out
 
 
 def save_probe(probe: Probe, uri: str) -> None:
@@ -224,7 +254,7 @@ def list_labelled_examples(root: str) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"uri": pl.String, "label": pl.String}, orient="row")
 
 
-def train_probe_from_folder(embedder: "Embedder", root: str, read_image: Callable[[str], "Image.Image"],
+def train_probe_from_folder(embedder: Embedder, root: str, read_image: Callable[[str], Image.Image],
                             val_fraction: float = 0.2, c: float = 1.0, seed: int = 0, **kw: Any) -> Probe:
     """Embed the labelled examples under `root` and train a probe (see `train_probe`; `kw` passes
     `calibrate`, `ood_kind`, `ood_quantile`, `ood_k`)."""

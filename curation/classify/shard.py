@@ -58,7 +58,7 @@ def classify_shard(emb_df: pl.DataFrame, zero_shot_cfg: ZeroShotConfig | None = 
         if expected is not None and expected != probe.model:
             raise ValueError(f"probe was trained on {probe.model!r} embeddings, shard has {expected!r}")
     n = df.height
-    emb = embeddings_to_numpy(df) if n else None
+    emb = embeddings_to_numpy(df) if n else np.empty((0, 0), dtype=np.float32)
     cols: dict[str, pl.Series] = {"image_id": df["image_id"], "shard": df["shard"]}
     if zero_shot_cfg is not None and n:
         r = zero_shot(emb, zero_shot_cfg.text_emb, zero_shot_cfg.logit_scale, zero_shot_cfg.labels,

@@ -32,7 +32,7 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a blurry photo of a {
 _TEXT_CACHE: dict[tuple[str, tuple[str, ...], tuple[str, ...]], np.ndarray] = {}
 
 
-def text_classifier(embedder: "Embedder", labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
+def text_classifier(embedder: Embedder, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES,
                     cache_dir: str | None = None) -> np.ndarray:
     """[len(labels), dim] L2-normalised label embeddings (mean over templates, renormalised).
 

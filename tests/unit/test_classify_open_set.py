@@ -29,6 +29,7 @@ from curation.classify import (
     per_class_report,
     predict_open_set,
     probe_logits,
+    probe_report,
     save_probe,
     train_probe,
 )
@@ -164,6 +165,8 @@ def test_temperature_lowers_nll_on_held_out_digits(real):
     v = probe.validation
     assert v["nll_after"] <= v["nll_before"] and set(v["per_class"]) == set(probe.classes)
     assert all(0 <= c["recall"] <= 1 for c in v["per_class"].values())
+    meta = probe_report(probe)
+    assert meta["val_ece_after"] < meta["val_ece_before"] and meta["per_class_md"].count("\n") == 11
     # a confidence bar on calibrated probabilities trades coverage for accuracy
     bar = predict_open_set(probe, real["test"], min_conf=0.9)
     kept = np.asarray(bar.label) != UNKNOWN
