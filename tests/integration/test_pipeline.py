@@ -120,7 +120,9 @@ def test_two_shards_end_to_end(tmp_path):
             mat = np.asarray(emb["embedding"].to_list())
             assert np.allclose(np.linalg.norm(mat, axis=1), 1.0, atol=1e-2)
             cls = read("image_classifications", key)
-            assert cls.height == emb.height and cls["fs_label"].is_in(["0", "1", "7"]).all()
+            # photos and sprites against digit examples: the open-set probe calls every one unknown
+            assert cls.height == emb.height and cls["fs_label"].is_in(["0", "1", "7", "unknown"]).all()
+            assert (cls["fs_label"] == "unknown").all() and (cls["fs_reason"] == "out_of_distribution").all()
             assert (out / "reports" / "shards" / key / "report.html").exists()
         corpus_summary = json.loads((out / "reports" / "corpus" / "summary.json").read_text())
         assert corpus_summary["counts"]["listed"] == 19
