@@ -7,7 +7,6 @@ few-shot columns are null and its metadata records why (`few_shot: unavailable: 
 import time
 
 import dagster as dg
-import polars as pl
 
 from assets._common import counts_md, per_shard, read_stage
 from assets.embeddings import image_opener
@@ -28,14 +27,15 @@ def probe_uri(corpus: CorpusResource) -> str:
 def train_and_save_probe(corpus: CorpusResource, classifier: ClassifierSettings, embedder: EmbedderResource):
     from curation.classify import save_probe, train_probe_from_folder
 
-    probe = train_probe_from_folder(embedder.get_embedder(), classifier.fewshot_uri, image_opener(None))
+    probe = train_probe_from_folder(embedder.get_embedder(), classifier.fewshot_uri, image_opener(None),
+                                    ood_quantile=classifier.fewshot_ood_quantile)
     save_probe(probe, probe_uri(corpus))
     return probe
 
 
 def stored_probe(corpus: CorpusResource, classifier: ClassifierSettings, model_id: str):
     """(probe, None) for the stored probe when it was trained on `model_id`, else (None, reason)."""
-    from curation.classify import load_probe
+    from curation.classify import PROBE_FORMAT, load_probe
 
     if not classifier.fewshot_uri:
         return None, "few-shot is disabled (classifier.fewshot_uri is empty)"
@@ -46,6 +46,9 @@ def stored_probe(corpus: CorpusResource, classifier: ClassifierSettings, model_i
     if probe.model != model_id:
         return None, (f"the stored probe was trained on {probe.model!r}, embeddings are {model_id!r}: "
                       f"re-materialise {FEW_SHOT_PROBE}")
+    if probe.format != PROBE_FORMAT:
+        return None, (f"the stored probe is {probe.format!r} (uncalibrated, no 'unknown'); this version needs "
+                      f"{PROBE_FORMAT!r}: re-materialise {FEW_SHOT_PROBE}")
     return probe, None
 
 
@@ -65,9 +68,20 @@ def few_shot_probe(context: dg.AssetExecutionContext, corpus: CorpusResource, cl
             "n_val": probe.n_val,
             "chance_accuracy": round(1.0 / max(1, len(probe.classes)), 4),
             "model": probe.model,
+            **_probe_figures(probe),
             "elapsed_s": round(time.monotonic() - t0, 3),
         }
     )
+
+
+def _probe_figures(probe) -> dict:
+    """Calibration, open-set rule and per-class precision/recall of the probe, as run metadata."""
+    from curation.classify import probe_report
+
+    figures = probe_report(probe)
+    if "per_class_md" in figures:
+        figures["per_class"] = dg.MetadataValue.md(figures.pop("per_class_md"))
+    return figures
 
 
 @stage_asset(IMAGE_CLASSIFICATIONS)
@@ -102,11 +116,8 @@ def _image_classifications_one(context: dg.AssetExecutionContext, corpus: Corpus
     probe, fs_reason = stored_probe(corpus, classifier, model.model_id)
     if fs_reason is not None:
         context.log.warning(f"few-shot labels unavailable for {shard}: {fs_reason}")
-    out = classify_shard(emb, zs_cfg, probe, model=model.model_id)
-    if probe is not None and classifier.fewshot_min_confidence > 0:
-        out = out.with_columns(
-            pl.when(pl.col("fs_prob") < classifier.fewshot_min_confidence).then(pl.lit("unknown"))
-            .otherwise(pl.col("fs_label")).alias("fs_label"))
+    out = classify_shard(emb, zs_cfg, probe, model=model.model_id, fs_min_conf=classifier.fewshot_min_confidence,
+                         fs_open_set=classifier.fewshot_open_set)
     uri = corpus.stage_uri(IMAGE_CLASSIFICATIONS, shard)
     storage.write_parquet(out, uri)
     fs_counts = dict(out.group_by("fs_label").len().sort("len", descending=True).iter_rows()) if probe else {}

@@ -34,7 +34,15 @@ class ClassifierSettings(dg.ConfigurableResource):
     fewshot_uri: str = Field(default_factory=default_fewshot_uri,
                              description="Folder or s3:// prefix of labelled examples, one sub-folder per label; "
                                          "'' disables few-shot ($CURATION_FEWSHOT_URI).")
-    fewshot_min_confidence: float = Field(default=0.0, description="Below this probe probability the few-shot label is 'unknown'.")
+    fewshot_min_confidence: float = Field(
+        default=0.0, description="Below this calibrated probe probability the few-shot label is 'unknown' "
+                                 "(reason low_confidence); probabilities are temperature-scaled on the validation split.")
+    fewshot_open_set: bool = Field(
+        default=True, description="Images far from every labelled example (out-of-distribution score above the "
+                                  "probe's threshold) are 'unknown' (reason out_of_distribution).")
+    fewshot_ood_quantile: float = Field(
+        default=0.99, description="Share of the labelled examples (each scored without itself) inside the "
+                                  "out-of-distribution threshold; 0.5..1.0.")
     environment_errors: list[str] = Field(
         default_factory=lambda: environment_errors(env.CLASSIFIER_VARS),
         description="Bad environment variables found when the code location loaded; runs fail while any is listed.")
@@ -45,6 +53,8 @@ class ClassifierSettings(dg.ConfigurableResource):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise SettingError(f"ClassifierSettings.{name}", value, "a probability in [0, 1]")
+        if not 0.5 <= self.fewshot_ood_quantile <= 1.0:
+            raise SettingError("ClassifierSettings.fewshot_ood_quantile", self.fewshot_ood_quantile, "a value in [0.5, 1.0]")
         for template in self.templates:
             if "{}" not in template:
                 raise SettingError("ClassifierSettings.templates", template, "templates containing '{}' (the label)")
