@@ -74,8 +74,7 @@ CURATED_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # image_embeddings: one row per kept image.
-EMBEDDING_COLUMNS = ("image_id", "shard", "model", "embedding",  # embedding: List(Float16->Float32 stored)
-                     "in_topk_labels", "in_topk_probs")  # ImageNet top-k (null without an ImageNet head)
+EMBEDDING_COLUMNS = ("image_id", "shard", "model", "embedding")  # embedding: List(Float16->Float32 stored)
 
 # image_classifications: one row per embedded image.
 CLASSIFICATION_COLUMNS = (

@@ -92,7 +92,8 @@ def _topk_columns(n: int, ok: np.ndarray, topk: TopK | None) -> dict[str, pl.Ser
 
 
 def split_errors(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(embedded rows with EMBEDDING_COLUMNS, failed rows with image_id, shard, error)."""
+    """(embedded rows with EMBEDDING_COLUMNS, failed rows with image_id, shard, error). The
+    ImageNet columns are not part of EMBEDDING_COLUMNS: read them with `imagenet_columns`."""
     ok = df.filter(pl.col("error").is_null()).select(list(EMBEDDING_COLUMNS))
     bad = df.filter(pl.col("error").is_not_null()).select("image_id", "shard", "error")
     return ok, bad
