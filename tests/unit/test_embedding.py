@@ -483,6 +483,21 @@ def test_nvjpeg_path_matches_cpu_path(tiny_config, tmp_path):
     assert cos.min() > 0.99
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvjpeg_path_writes_the_imagenet_labels(effnet, tmp_path):
+    gpu = EfficientNetLite0Embedder(device="cuda", precision="fp16", batch_size=8)
+    items = _photo_items(tmp_path, ["chelsea", "coffee", "camera", "rocket"])  # 2 JPEG (nvJPEG), 2 PNG (CPU)
+    from curation.embedding import read_bytes_uri
+
+    a = embed_shard(items, read_image_uri, gpu, str(tmp_path / "a"), "s", chunk_size=3, read_bytes=read_bytes_uri)
+    b = embed_shard(items, read_image_uri, effnet, str(tmp_path / "b"), "s", chunk_size=3)
+    assert a["in_topk_labels"].null_count() == 0 and set(a["in_topk_labels"].list.len()) == {5}
+    assert a["in_topk_labels"].list.first().to_list() == b["in_topk_labels"].list.first().to_list()
+    np.testing.assert_allclose(a["in_topk_probs"].list.first().to_numpy(), b["in_topk_probs"].list.first().to_numpy(),
+                               atol=0.05)
+
+
 def test_reader_errors_keep_their_code_at_the_embedding_stage():
     from curation import errors
     from curation.embedding.errors import format_image_error as _fmt_error
