@@ -108,6 +108,7 @@ def _zero_shot(context, corpus: CorpusResource, classifier: ClassifierSettings, 
 def _image_classifications_one(context: dg.AssetExecutionContext, corpus: CorpusResource, classifier: ClassifierSettings,
                                embedder: EmbedderResource, shard: str) -> dict:
     from curation.classify import classify_shard
+    from curation.embedding import add_imagenet_columns
 
     t0 = time.monotonic()
     emb = read_stage(context, corpus, IMAGE_EMBEDDINGS, shard)
@@ -118,6 +119,7 @@ def _image_classifications_one(context: dg.AssetExecutionContext, corpus: Corpus
         context.log.warning(f"few-shot labels unavailable for {shard}: {fs_reason}")
     out = classify_shard(emb, zs_cfg, probe, model=model.model_id, fs_min_conf=classifier.fewshot_min_confidence,
                          fs_open_set=classifier.fewshot_open_set)
+    out = add_imagenet_columns(out, emb)  # the offline model's ImageNet top-k (null for models without a head)
     uri = corpus.stage_uri(IMAGE_CLASSIFICATIONS, shard)
     storage.write_parquet(out, uri)
     fs_counts = dict(out.group_by("fs_label").len().sort("len", descending=True).iter_rows()) if probe else {}

@@ -87,8 +87,9 @@ def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame
     if not uris:
         return None
     if storage.is_s3(corpus.output_root):
-        return pl.concat([storage.read_parquet(u) for u in uris], how="vertical_relaxed").lazy()
-    return pl.scan_parquet(uris)
+        return pl.concat([storage.read_parquet(u) for u in uris], how="diagonal_relaxed").lazy()
+    # shards written by different versions may differ in optional columns (e.g. ImageNet labels)
+    return pl.scan_parquet(uris, missing_columns="insert", extra_columns="ignore")
 
 
 @stage_asset(CURATION_SUMMARY)
