@@ -7,7 +7,8 @@ Modules (each with one job):
   sniff     what unopenable bytes are (HEIF/AVIF/JPEG XL, broken known formats, non-images)
   convert   orientation, any mode -> 8 bits, compositing, box reduction
   metrics   the grey analysis image, its metrics, colour means, the 64 x 64 hash image, is_flat
-  hashes    batched aHash/dHash/pHash/wHash (bit-identical to imagehash), Haar steps, hamming
+  hashes    batched aHash/dHash/pHash/wHash (bit-identical to imagehash; dHash+pHash kept,
+            aHash+wHash opt-in), Haar steps, hamming
   lanczos   Pillow's LANCZOS resize reproduced exactly, batched
   analyse   decode_and_measure / analyse_image: one decode -> every raw_inventory measurement
 Every public name is re-exported here (`from curation.imaging import decode_and_measure`).
@@ -30,8 +31,10 @@ from curation.imaging.convert import (
     to_8bit,
 )
 from curation.imaging.hashes import (
+    EXTRA_HASHES,
     HASH_COLUMNS,
     HASH_INPUT_LEN,
+    KEPT_HASHES,
     WHASH_IMAGE_SCALE,
     ahash_batch,
     dhash_batch,
@@ -82,7 +85,9 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FLAT_CONTRAST",
     "FLAT_ENTROPY",
+    "EXTRA_HASHES",
     "HASH_COLUMNS",
+    "KEPT_HASHES",
     "HASH_INPUT_LEN",
     "LANCZOS",
     "MAX_BYTES",
