@@ -71,8 +71,8 @@ class InventoryConfig:
     """Limits and analysis settings of the inventory stage.
 
     max_pixels: declared width*height above which a file is a DECOMPRESSION_BOMB without being
-        decoded (default `curation.imaging.limits.MAX_PIXELS`, 150 M pixels, the limit of every
-        stage; it bounds a worker's decode memory to about 600 MB).
+        decoded (default `curation.imaging.limits.MAX_PIXELS`, 256 Mi pixels, the limit of every
+        stage; the memory it allows a worker is documented there).
     max_bytes: files larger than this are TOO_LARGE_FILE without being read (default
         `curation.imaging.limits.MAX_BYTES`, 256 MiB).
     decode_timeout_s: wall-clock bound per file (read + decode + measure) -> TIMEOUT.
