@@ -33,12 +33,13 @@ from bench.common import REPO, machine, today
 VENVS = REPO / "data" / "bench" / "venvs"
 CORPUS = REPO / "data" / "bench" / "peers_corpus"
 OPENCLIPART = Path("/usr/share/openclipart/png")
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 # name -> (pip arguments, extra index for the CPU-only torch wheels or None)
 PEERS: dict[str, tuple[list[str], str | None]] = {
     "imagehash": (["imagehash==4.3.2", "pillow==11.3.0"], None),
-    "imagededup": (["imagededup==0.3.3.post2", "torch", "torchvision"], TORCH_CPU_INDEX),
+    # torch from PyPI, the versions of deploy/constraints.txt (the CPU-only index is not reachable
+    # from every machine); imagededup imports torch even for PHash
+    "imagededup": (["imagededup==0.3.3.post2", "torch==2.14.1", "torchvision==0.29.1"], None),
     "fastdup": (["fastdup==2.54"], None),
 }
 

@@ -2,7 +2,9 @@
 
 `decode_and_measure(data, cfg)` never raises (failures become an error code) and returns
 MEASURE_COLUMNS plus `hash_input` (the 64 x 64 hash image, flattened, for `hashes.hash_batch`).
-`analyse_image` adds the four hashes for one image. For one image:
+`analyse_image` adds the four hashes for one image. The work is one function per measured group
+(`decode_first_frame`, `flatten_oriented`, `measure_colour`, `measure_grey`; a new group of
+measurements is one more function called from `_decode_and_measure`). For one image:
 
 1. Header (`policy.open_header` / `check_size`): the declared pixel count (width*height of the
    first frame) is compared with `AnalysisConfig.max_pixels` BEFORE any pixel is decoded ->
@@ -22,7 +24,8 @@ MEASURE_COLUMNS plus `hash_input` (the 64 x 64 hash image, flattened, for `hashe
    64 x 64 hash image (`curation.imaging.metrics`). Why S = 128 (bench/inventory.py): the stage
    must cost about a bare JPEG decode. At S = 256 the resizes and metrics cost 1.5x the decode
    itself; at 128 the whole analysis is ~0.5 ms.
-7. Hashes are computed later, batched, in the parent (`curation.imaging.hashes.hash_batch`):
+7. Hashes are computed later, batched, in the parent (`curation.imaging.hashes.hash_batch`;
+   stage 1 computes dHash + pHash, aHash + wHash only with `InventoryConfig.extra_hashes`):
    bit-identical to imagehash applied to the hash image, within a few bits of imagehash applied
    to the full-resolution image (tests/unit/test_imaging.py checks both).
 
