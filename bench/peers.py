@@ -1,8 +1,9 @@
 """Peers benchmark (not a test): stage 1 beside the tools people would otherwise use, on the same
 files, in one run. Writes bench/results/peers.json.
 
-Files: the inventory bench's JPEG photos (500x375 .. 1024x768, bench/inventory.py) and real PNG
-graphics from Debian's openclipart-png, hard-linked into one folder (data/bench/peers_corpus).
+Files: the inventory bench's JPEG photos (500x375 .. 1024x768) and PNG graphics (Debian's
+openclipart-png, <= 2048 px a side), both from bench/inventory.py, hard-linked into one folder
+(data/bench/peers_corpus).
 Each peer runs in its OWN virtual environment that this script creates under data/bench/venvs/
 (`python -m venv` + `pip install` of pinned versions; a failed install is recorded with pip's
 last lines, not hidden), as one single-threaded process over the whole list:
@@ -10,9 +11,10 @@ last lines, not hidden), as one single-threaded process over the whole list:
   * imagededup  `PHash(verbose=False).encode_images(dir, num_enc_workers=0)` (one process)
   * fastdup     `fastdup.create(...).run(num_threads=1)` (CPU), if it installs
 Stage 1 runs in a subprocess of this repository's interpreter: `iter_inventory(workers=1)` alone,
-and followed by the hash dedup (`curation.dedup.dedup_table`) of its output.
-For each: images/s (wall), images per CPU-second (user+sys of the child, from wait4) and peak RSS
-(the child's ru_maxrss). Ratios: stage 1 / each peer, and stage 1 / the fastest peer (goal >= 5).
+and followed by the hash dedup of its output (`curation.dedup.dedup_shard`).
+For each: images/s (wall) and images per CPU-second of its work loop (timed inside the child,
+after its imports; the start-up CPU is the rest of the child's user+sys from wait4), and peak RSS
+(the child's ru_maxrss, imports included). Ratios: stage 1 / each peer, and stage 1 / the fastest peer (goal >= 5).
 
 Usage: python -m bench.peers [--n-jpeg 1000] [--n-png 500] [--skip-install]
 """
@@ -32,7 +34,6 @@ from bench.common import REPO, machine, today
 
 VENVS = REPO / "data" / "bench" / "venvs"
 CORPUS = REPO / "data" / "bench" / "peers_corpus"
-OPENCLIPART = Path("/usr/share/openclipart/png")
 
 # name -> (pip arguments, extra index for the CPU-only torch wheels or None)
 PEERS: dict[str, tuple[list[str], str | None]] = {
@@ -43,9 +44,19 @@ PEERS: dict[str, tuple[list[str], str | None]] = {
     "fastdup": (["fastdup==2.54"], None),
 }
 
+# Every script prints one JSON line: images done, and the CPU (process_time) and wall time of its
+# work loop only, after its imports (start-up is reported separately, from wait4).
+_TIMER = """
+import json, sys, time
+_c0, _w0 = time.process_time(), time.perf_counter()
+def done(n):
+    print(json.dumps({"n": n, "cpu_s": time.process_time() - _c0, "wall_s": time.perf_counter() - _w0}))
+"""
+
 IMAGEHASH_SCRIPT = r"""
 import sys, imagehash
 from PIL import Image
+""" + _TIMER + r"""
 n = 0
 for p in open(sys.argv[1]).read().split("\n"):
     if not p:
@@ -56,21 +67,24 @@ for p in open(sys.argv[1]).read().split("\n"):
         bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
         str(imagehash.phash(Image.alpha_composite(bg, im).convert("RGB")))
         n += 1
-print(n)
+done(n)
 """
 
 IMAGEDEDUP_SCRIPT = r"""
 import sys
 from imagededup.methods import PHash
-enc = PHash(verbose=False).encode_images(image_dir=sys.argv[2], num_enc_workers=0)
-print(sum(1 for v in enc.values() if v))
+hasher = PHash(verbose=False)
+""" + _TIMER + r"""
+enc = hasher.encode_images(image_dir=sys.argv[2], num_enc_workers=0)
+done(sum(1 for v in enc.values() if v))
 """
 
 FASTDUP_SCRIPT = r"""
 import sys, fastdup
+""" + _TIMER + r"""
 fd = fastdup.create(work_dir=sys.argv[3], input_dir=sys.argv[2])
 fd.run(num_threads=1, overwrite=True, verbose=False)
-print(len(fd.invalid_instances()) if hasattr(fd, "invalid_instances") else -1)
+done(len(open(sys.argv[1]).read().split()))
 """
 
 STAGE_SCRIPT = r"""
@@ -78,15 +92,17 @@ import sys, hashlib, os
 import polars as pl
 from curation.inventory import InventoryConfig, iter_inventory
 from curation.schema import MANIFEST_SCHEMA
+""" + _TIMER + r"""
 paths = [p for p in open(sys.argv[1]).read().split("\n") if p]
 m = pl.DataFrame([{"image_id": hashlib.sha1(p.encode()).hexdigest()[:16], "uri": p,
                    "rel_path": os.path.basename(p), "listed_bytes": None, "listed_mtime": None}
                   for p in paths], schema=MANIFEST_SCHEMA)
 inv = pl.concat(list(iter_inventory(m, "peers", sys.argv[2], InventoryConfig(), workers=1)))
 if sys.argv[3] == "dedup":
-    from curation.dedup import dedup_table
-    dedup_table(inv)
-print(inv["error_code"].null_count())
+    from curation.dedup import dedup_shard
+    dedup_shard(inv, None)
+assert inv["error_code"].null_count() == len(paths), inv.filter(pl.col("error_code").is_not_null())
+done(len(paths))
 """
 
 
@@ -125,22 +141,22 @@ def ensure_venv(name: str, skip_install: bool = False) -> tuple[Path | None, str
 def build_corpus(n_jpeg: int, n_png: int) -> list[Path]:
     """Hard links of the inventory bench's JPEG photos and openclipart PNGs in one folder."""
     from bench.inventory import build_corpus as jpeg_corpus
+    from bench.inventory import png_corpus
 
     out = CORPUS / f"j{n_jpeg}_p{n_png}"
     done = out / "DONE"
     if not done.exists():
         out.mkdir(parents=True, exist_ok=True)
         jpegs = jpeg_corpus(n_jpeg)[:n_jpeg]
-        pngs = sorted(OPENCLIPART.rglob("*.png"))
-        step = max(1, len(pngs) // max(1, n_png))
-        pngs = [p for p in pngs[::step] if p.stat().st_size < 2_000_000][:n_png]
+        pngs = png_corpus(n_png)  # the inventory bench's PNG graphics (<= 2048 px a side)
         for i, p in enumerate(jpegs + pngs):
             target = out / f"{i:06d}{p.suffix}"
             if not target.exists():
+                real = p.resolve()  # Debian links duplicate cliparts with (relative) symlinks
                 try:
-                    os.link(p, target)
+                    os.link(real, target)
                 except OSError:
-                    target.write_bytes(p.read_bytes())
+                    target.write_bytes(real.read_bytes())
         done.write_text("ok")
     return sorted(p for p in out.iterdir() if p.suffix in (".jpg", ".png"))
 
@@ -164,11 +180,16 @@ def main() -> None:
     ap.add_argument("--n-jpeg", type=int, default=1000)
     ap.add_argument("--n-png", type=int, default=500)
     ap.add_argument("--skip-install", action="store_true")
+    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS))
     ap.add_argument("--setup-only", action="store_true", help="create the venvs and exit")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "peers.json"))
     args = ap.parse_args()
 
-    venvs = {name: ensure_venv(name, args.skip_install) for name in PEERS}
+    chosen = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in chosen if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown}; allowed: {', '.join(PEERS)}")
+    venvs = {name: ensure_venv(name, args.skip_install) for name in chosen}
     if args.setup_only:
         print({k: (str(v[0]) if v[0] else v[1]) for k, v in venvs.items()})
         return
@@ -196,11 +217,14 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         res = timed_child(cmd, stage_env if name.startswith("stage1") else one_thread)
         ok = res["rc"] == 0
-        entry: dict[str, object] = {"ok": ok, "wall_s": round(res["wall_s"], 2), "cpu_s": round(res["cpu_s"], 2),
-                                    "peak_rss_mb": round(res["peak_rss_mb"], 1)}
+        entry: dict[str, object] = {"ok": ok, "process_wall_s": round(res["wall_s"], 2),
+                                    "process_cpu_s": round(res["cpu_s"], 2), "peak_rss_mb": round(res["peak_rss_mb"], 1)}
         if ok:
-            entry["img_per_s"] = round(len(files) / res["wall_s"], 1)
-            entry["img_per_cpu_s"] = round(len(files) / max(res["cpu_s"], 1e-9), 1)
+            work = json.loads(str(res["stdout"]).strip().splitlines()[-1])
+            entry.update(images=work["n"], work_cpu_s=round(work["cpu_s"], 2), work_wall_s=round(work["wall_s"], 2),
+                         startup_cpu_s=round(float(res["cpu_s"]) - work["cpu_s"], 2),
+                         img_per_s=round(len(files) / work["wall_s"], 1),
+                         img_per_cpu_s=round(len(files) / max(work["cpu_s"], 1e-9), 1))
         else:
             entry["why"] = f"rc={res['rc']}: {res['stderr'][-800:]}"
         runs[name] = entry
