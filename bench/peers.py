@@ -129,7 +129,7 @@ def ensure_venv(name: str, skip_install: bool = False) -> tuple[Path | None, str
     cmd = [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pkgs]
     if index:
         cmd += ["--extra-index-url", index]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         why = f"pip install {' '.join(pkgs)} failed (rc={proc.returncode}): {_pip_tail(proc.stderr or proc.stdout)}"
         failed.write_text(why)
