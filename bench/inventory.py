@@ -243,6 +243,52 @@ def pool_cpu_efficiency(paths: list[Path], n_rows: int, cfg: InventoryConfig) ->
             "img_per_s": full["img_per_s"]}
 
 
+def step_profile(paths: list[Path], cfg: InventoryConfig) -> dict[str, float]:
+    """CPU ms per image of each step of the stage, run step by step with the library's own
+    functions (the per-group functions of `curation.imaging.analyse`), in one process."""
+    from curation.imaging import analyse, hash_batch, hash_inputs
+    from curation.imaging.metrics import analysis_image
+    from curation.imaging.policy import pillow_guard
+    from curation.reader import read_source
+
+    a = cfg.analysis
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    acc: dict[str, float] = {}
+    hins = []
+
+    def tick(key: str, t: float) -> float:
+        now = time.process_time()
+        acc[key] = acc.get(key, 0.0) + now - t
+        return now
+
+    for p in paths:
+        t = time.process_time()
+        data, _ = read_source(str(p), root, max_bytes=cfg.max_bytes)
+        t = tick("read", t)
+        hashlib.sha256(data).hexdigest()
+        t = tick("sha256", t)
+        with pillow_guard(a.max_pixels):
+            img, header = analyse.decode_first_frame(data, a, {})
+            t = tick("decode (header, first frame, draft, EXIF)", t)
+            flat, _ = analyse.flatten_oriented(img, a, header["orientation"])
+            t = tick("8 bits, box reduce, composite, orient", t)
+            grey = analysis_image(flat, a.analysis_size)
+            t = tick("analysis resize (grey S x S)", t)
+            analyse.measure_grey(grey)
+            t = tick("grey metrics", t)
+            analyse.measure_colour(flat)
+            t = tick("colour means", t)
+            hins.append(hash_inputs(grey))
+            t = tick("hash image (64 x 64)", t)
+    x = np.stack(hins)
+    hash_batch(x[:2])  # imports scipy once, outside the timings
+    for k in ("dhash", "phash", "ahash", "whash"):
+        t = time.process_time()
+        hash_batch(x, (k,))
+        tick(f"{k} (batched)", t)
+    return {k: round(1000.0 * v / len(paths), 4) for k, v in acc.items()}
+
+
 def png_corpus(n: int) -> list[Path]:
     """Real PNG graphics (openclipart-png, every k-th file, < 2 MB), or [] when not installed."""
     root = Path("/usr/share/openclipart/png")
@@ -333,6 +379,8 @@ def main() -> None:
         jobs["png_bare_decode"] = lambda: bare_decode(pngs, None)
         jobs["png_stage_1_worker"] = lambda: stage(pngs, len(pngs), 1, cfg)
     rounds = _rounds(jobs, args.rounds)
+    steps = {"jpeg": step_profile(paths, cfg), **({"png": step_profile(pngs, cfg)} if pngs else {})}
+    print(f"steps (CPU ms per image): {steps}", flush=True)
     wall_rounds = _rounds({"one": lambda: stage(paths, rows, 1, cfg), "two": lambda: stage(paths, rows, 2, cfg)}, 1)
     best = {k: _best(v) for k, v in rounds.items()}
     cpu = {k: round(v["img_per_cpu_s"], 1) for k, v in best.items()}
@@ -365,6 +413,8 @@ def main() -> None:
         "config": {"analysis_size": S, "max_pixels": cfg.max_pixels, "chunk_size": cfg.chunk_size,
                    "start_method": cfg.start_method, "hash_columns": list(cfg.hash_columns)},
         "img_per_cpu_s": cpu,
+        "steps_cpu_ms_per_image": steps,
+        "draft_decode_cpu_ms_per_image": round(1000.0 / cpu["jpeg_draft_decode"], 4),
         "stage_vs_draft_decode_jpeg_cpu": ratio("jpeg_stage_1_worker", "jpeg_draft_decode"),
         "target_stage_vs_draft_decode_jpeg": 0.80,
         "stage_vs_full_decode_jpeg_cpu": ratio("jpeg_stage_1_worker", "jpeg_full_decode"),

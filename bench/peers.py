@@ -14,7 +14,7 @@ Stage 1 runs in a subprocess of this repository's interpreter: `iter_inventory(w
 and followed by the hash dedup of its output (`curation.dedup.dedup_shard`).
 For each: images/s (wall) and images per CPU-second of its work loop (timed inside the child,
 after its imports; the start-up CPU is the rest of the child's user+sys from wait4), and peak RSS
-(the child's ru_maxrss, imports included). Ratios: stage 1 / each peer, and stage 1 / the fastest peer (goal >= 5).
+(the child's own VmHWM, imports included; ru_maxrss would carry the parent's RSS across exec). Ratios: stage 1 / each peer, and stage 1 / the fastest peer (goal >= 5).
 
 Usage: python -m bench.peers [--n-jpeg 1000] [--n-png 500] [--skip-install]
 """
@@ -50,7 +50,9 @@ _TIMER = """
 import json, sys, time
 _c0, _w0 = time.process_time(), time.perf_counter()
 def done(n):
-    print(json.dumps({"n": n, "cpu_s": time.process_time() - _c0, "wall_s": time.perf_counter() - _w0}))
+    cpu, wall = time.process_time() - _c0, time.perf_counter() - _w0
+    hwm = next((int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")), 0)
+    print(json.dumps({"n": n, "cpu_s": cpu, "wall_s": wall, "vmhwm_mb": hwm / 1024}))
 """
 
 IMAGEHASH_SCRIPT = r"""
@@ -170,8 +172,7 @@ def timed_child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, 
     _, status, ru = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
-            "peak_rss_mb": ru.ru_maxrss / 1024, "stdout": out.decode(errors="replace")[-300:],
+    return {"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "stdout": out.decode(errors="replace")[-300:],
             "stderr": err.decode(errors="replace")[-1500:]}
 
 
@@ -218,10 +219,10 @@ def main() -> None:
         res = timed_child(cmd, stage_env if name.startswith("stage1") else one_thread)
         ok = res["rc"] == 0
         entry: dict[str, object] = {"ok": ok, "process_wall_s": round(res["wall_s"], 2),
-                                    "process_cpu_s": round(res["cpu_s"], 2), "peak_rss_mb": round(res["peak_rss_mb"], 1)}
+                                    "process_cpu_s": round(res["cpu_s"], 2)}
         if ok:
             work = json.loads(str(res["stdout"]).strip().splitlines()[-1])
-            entry.update(images=work["n"], work_cpu_s=round(work["cpu_s"], 2), work_wall_s=round(work["wall_s"], 2),
+            entry.update(peak_rss_mb=round(work["vmhwm_mb"], 1), images=work["n"], work_cpu_s=round(work["cpu_s"], 2), work_wall_s=round(work["wall_s"], 2),
                          startup_cpu_s=round(float(res["cpu_s"]) - work["cpu_s"], 2),
                          img_per_s=round(len(files) / work["wall_s"], 1),
                          img_per_cpu_s=round(len(files) / max(work["cpu_s"], 1e-9), 1))

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from curation import errors
-from curation.imaging import limits
+from curation.imaging import HASH_COLUMNS, analyse_image, limits
 from curation.inventory import InventoryConfig, iter_inventory, process_file
 from curation.schema import MANIFEST_SCHEMA
 from curation.sources import IMAGE_EXTENSIONS, ListingRules, ListingSkips, list_source
@@ -107,8 +107,12 @@ def test_content_decides_what_is_an_image(mixed):
     # the same photo under a proper name measures the same
     ok = by["cam/ok.jpg"]
     assert ok["dhash"] is not None and ok["ahash"] is None and ok["whash"] is None  # extras are opt-in
-    extra = process_file(str(mixed / "cam" / "ok.jpg"), str(mixed), InventoryConfig(extra_hashes=True))
-    assert extra["error_code"] is None
+    one = m.filter(pl.col("rel_path") == "cam/ok.jpg")
+    extra = pl.concat(list(iter_inventory(one, "s", str(mixed), InventoryConfig(extra_hashes=True), workers=1))).row(0, named=True)
+    ref = analyse_image((mixed / "cam" / "ok.jpg").read_bytes())  # all four, like imagehash
+    assert {k: extra[k] for k in HASH_COLUMNS} == {k: ref[k] for k in HASH_COLUMNS}
+    assert all(extra[k] is not None for k in HASH_COLUMNS)
+    assert (ok["dhash"], ok["phash"]) == (ref["dhash"], ref["phash"])  # kept hashes unchanged by the flag
 
 
 def test_large_valid_image_is_analysed_only_declared_size_beyond_limit_is_a_bomb(tmp_path):
