@@ -8,7 +8,8 @@ Each peer runs in its OWN virtual environment that this script creates under dat
 (`python -m venv` + `pip install` of pinned versions; a failed install is recorded with pip's
 last lines, not hidden), as one single-threaded process over the whole list:
   * imagehash   Image.open, first frame, transparency composited on white, `imagehash.phash`
-  * imagededup  `PHash(verbose=False).encode_images(dir, num_enc_workers=0)` (one process)
+  * imagededup  `PHash(verbose=False).encode_images(dir, num_enc_workers=1)` (its CPU includes
+                any worker process it starts)
   * fastdup     `fastdup.create(...).run(num_threads=1)` (CPU), if it installs
 Stage 1 runs in a subprocess of this repository's interpreter: `iter_inventory(workers=1)` alone,
 and followed by the hash dedup of its output (`curation.dedup.dedup_shard`).
@@ -47,10 +48,13 @@ PEERS: dict[str, tuple[list[str], str | None]] = {
 # Every script prints one JSON line: images done, and the CPU (process_time) and wall time of its
 # work loop only, after its imports (start-up is reported separately, from wait4).
 _TIMER = """
-import json, sys, time
-_c0, _w0 = time.process_time(), time.perf_counter()
+import json, resource, sys, time
+def _cpu():  # this process + its reaped children (peers that fan out to worker processes)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ru.ru_utime + ru.ru_stime
+_c0, _w0 = _cpu(), time.perf_counter()
 def done(n):
-    cpu, wall = time.process_time() - _c0, time.perf_counter() - _w0
+    cpu, wall = _cpu() - _c0, time.perf_counter() - _w0
     hwm = next((int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")), 0)
     print(json.dumps({"n": n, "cpu_s": cpu, "wall_s": wall, "vmhwm_mb": hwm / 1024}))
 """
@@ -77,7 +81,7 @@ import sys
 from imagededup.methods import PHash
 hasher = PHash(verbose=False)
 """ + _TIMER + r"""
-enc = hasher.encode_images(image_dir=sys.argv[2], num_enc_workers=0)
+enc = hasher.encode_images(image_dir=sys.argv[2], num_enc_workers=1)
 done(sum(1 for v in enc.values() if v))
 """
 
