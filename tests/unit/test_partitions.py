@@ -23,6 +23,8 @@ def test_shard_keys_are_ui_safe_and_ordered():
 
 
 def test_listing_is_sorted_paged_and_skips_dirs_and_hidden(tmp_path):
+    # every regular file is listed (notes.txt too: the stage records it as not_an_image);
+    # hidden files are excluded (and counted: tests/unit/test_sources.py)
     root = tmp_path / "src"
     write_real_images(root / "b", 3)
     write_real_images(root / "a", 2)
@@ -31,7 +33,8 @@ def test_listing_is_sorted_paged_and_skips_dirs_and_hidden(tmp_path):
     (root / "notes.txt").write_text("not an image")
     files, exhausted = list_source(str(root))
     rels = [f.rel_path for f in files]
-    assert exhausted and rels == sorted(rels, key=lambda r: r.split("/")) and len(rels) == 5
+    assert exhausted and rels == sorted(rels, key=lambda r: r.split("/")) and len(rels) == 6
+    assert "notes.txt" in rels and "a/.hidden.png" not in rels
     page1, ex1 = list_source(str(root), limit=2)
     page2, ex2 = list_source(str(root), after=page1[-1].rel_path, limit=10)
     assert not ex1 and ex2 and [f.rel_path for f in page1 + page2] == rels
