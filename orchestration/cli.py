@@ -99,13 +99,17 @@ def run_config_for(resources: dict) -> dict:
 
 def register_all(instance, corpus) -> list[str]:
     """Register new files of every source; make sure every registered shard is a Dagster partition."""
-    from partitions.discovery import discover_all
+    from curation.sources import ListingSkips
+    from partitions.discovery import TickResult, discover_all
     from partitions.shards import SHARDS
 
     registry = corpus.registry()
     for name, uri in sorted(corpus.sources.items()):
-        new = discover_all(registry, name, uri, shard_size=corpus.shard_size, page_size=corpus.page_size)
-        print(f"source {name}: {len(new)} new shard(s) {[s.key for s in new]}", flush=True)
+        skipped = ListingSkips()
+        new = discover_all(registry, name, uri, shard_size=corpus.shard_size, page_size=corpus.page_size,
+                           skipped=skipped)
+        note = TickResult(skipped=skipped).skipped_note()
+        print(f"source {name}: {len(new)} new shard(s) {[s.key for s in new]}{'; ' + note if note else ''}", flush=True)
     keys = registry.keys()
     known = set(instance.get_dynamic_partitions(SHARDS.name))
     missing = [k for k in keys if k not in known]

@@ -49,7 +49,8 @@ def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResour
             continue
         cursors[name] = res.cursor
         new_keys.extend(s.key for s in res.shards)
-        notes.append(f"{name}: listed {res.listed}, new {res.new_files}, shards {[s.key for s in res.shards]}")
+        excluded = f", {res.skipped_note()}" if res.skipped.total else ""
+        notes.append(f"{name}: listed {res.listed}, new {res.new_files}, shards {[s.key for s in res.shards]}{excluded}")
     cursor = json.dumps({k: c.to_json() for k, c in cursors.items()}, sort_keys=True)
     context.log.info("; ".join(notes) or "no sources configured")
     if failed:

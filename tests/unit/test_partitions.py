@@ -99,3 +99,19 @@ def test_sparse_new_files_never_stall(tmp_path):
         res = discover_page(reg, "s", str(src), cursor, shard_size=100, page_size=10)
         cursor, found = res.cursor, res.shards
     assert [s.n_files for s in found] == [1]
+
+
+def test_excluded_entries_are_counted_and_named_not_dropped_silently(tmp_path):
+    from curation.sources import ListingSkips
+    from partitions.discovery import TickResult, discover_all
+    from tests.conftest import write_real_images
+
+    write_real_images(tmp_path / "src", 3)
+    (tmp_path / "src" / ".DS_Store").write_text("x")
+    (tmp_path / "src" / "notes").write_text("no extension: listed, the stage sniffs it")
+    skipped = ListingSkips()
+    shards = discover_all(ShardRegistry(str(tmp_path / "out")), "cam", str(tmp_path / "src"), shard_size=10,
+                          skipped=skipped)
+    assert len(shards) == 1 and shards[0].n_files == 4
+    assert skipped.counts == {"hidden_file": 1}
+    assert TickResult(skipped=skipped).skipped_note() == "excluded 1 (hidden_file: 1, e.g. .DS_Store)"
