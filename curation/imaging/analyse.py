@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from curation import errors
+from curation.imaging.content import CONTENT_COLUMNS, content_signals
 from curation.imaging.convert import (
     box_reduce,
     composite,
@@ -65,7 +66,7 @@ from curation.imaging.policy import (
 # Measurement columns produced here (everything in INVENTORY_SCHEMA except identity/file columns).
 MEASURE_COLUMNS = ("format", "width", "height", "mode", "orientation", "n_frames", "has_alpha",
                    "color_mean_r", "color_mean_g", "color_mean_b", "brightness", "contrast",
-                   "entropy", "sharpness", "decode_ms", "error_code", "error_message")
+                   "entropy", "sharpness", "decode_ms", "error_code", "error_message", *CONTENT_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
         frame = to_8bit(img)
         if not drafted:
             frame = box_reduce(frame, S)
+        content = content_signals(img, frame, S)  # kind-of-picture signals, over opaque pixels
         flat, has_alpha = composite(frame, cfg.background)
         flat = orient(flat, orientation)
         if orientation >= 5:
@@ -146,6 +148,7 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
         "color_mean_g": means[1],
         "color_mean_b": means[2],
         **metrics,
+        **content,
         "decode_ms": (time.perf_counter() - t0) * 1000.0,
         "error_code": None,
         "error_message": None,
