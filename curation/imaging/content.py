@@ -50,7 +50,6 @@ CONTENT_COLUMNS = ("opaque_fraction", "opaque_brightness", "opaque_contrast", "o
 SIGNAL_SIDE = 128  # colour/alpha statistics: nearest-neighbour subsample to at most this per side
 INK_LEVELS = 24  # grey distance from the dominant colour that counts as drawn
 MIN_RANGE = 8.0  # p99 - p1 grey range below which an image has no edge to measure (edge_sharpness null)
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _LEVELS = np.arange(256, dtype=np.float64)
 # libjpeg's standard luminance quantisation table (quality 50), any order: only its sum is used.
 _STD_LUMA_SUM = float(sum((
@@ -70,22 +69,21 @@ def jpeg_quality(img: Image.Image) -> int | None:
     return int(min(100, max(1, round(quality))))
 
 
-def _split(a: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(grey float32 HxW, alpha>=128 mask or None, quantised colour key int32 HxW) of an 8-bit array."""
-    if mode in ("L", "LA"):
-        g8 = a if mode == "L" else a[..., 0]
-        q = g8.astype(np.int32) >> 3
-        return g8.astype(np.float32), (a[..., 1] >= 128) if mode == "LA" else None, q * 1057  # grey keyed like RGB
-    c = a[..., :3]
-    q = c.astype(np.int32) >> 3
+def _split(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(uint8 grey HxW, alpha>=128 mask or None, quantised colour key int32 HxW) of an 8-bit image."""
+    a = np.asarray(img)
+    if img.mode in ("L", "LA"):
+        g8 = a if img.mode == "L" else a[..., 0]
+        return g8, (a[..., 1] >= 128) if img.mode == "LA" else None, (g8.astype(np.int32) >> 3) * 1057  # grey keyed like RGB
+    q = a[..., :3].astype(np.int32) >> 3
     keys = (q[..., 0] << 10) | (q[..., 1] << 5) | q[..., 2]
-    return c.astype(np.float32) @ _LUMA, (a[..., 3] >= 128) if mode == "RGBA" else None, keys
+    return np.asarray(img.convert("L")), (a[..., 3] >= 128) if img.mode == "RGBA" else None, keys
 
 
 def _colour_stats(frame: Image.Image) -> dict[str, Any]:
     w, h = frame.size
-    a = np.asarray(frame)[:: max(1, -(-h // SIGNAL_SIDE)), :: max(1, -(-w // SIGNAL_SIDE))]
-    g, m, keys = _split(a, frame.mode)
+    sub = (min(w, SIGNAL_SIDE), min(h, SIGNAL_SIDE))
+    g, m, keys = _split(frame if sub == (w, h) else frame.resize(sub, Image.Resampling.NEAREST))  # exact colours
     total = g.size
     if m is not None:
         keys, g = keys[m], g[m]
@@ -98,38 +96,54 @@ def _colour_stats(frame: Image.Image) -> dict[str, Any]:
                 "top_color_share": None, "ink_fraction": 0.0}
     counts = np.bincount(keys, minlength=32768)
     top = int(np.argmax(counts))
-    hist = np.bincount(np.clip(g, 0, 255).astype(np.uint8), minlength=256).astype(np.float64)
-    mean = float(hist @ _LEVELS) / n
-    var = max(0.0, float(hist @ (_LEVELS * _LEVELS)) / n - mean * mean)
+    hist = np.bincount(g, minlength=256).astype(np.float64)
+    mean = float(np.einsum("i,i->", hist, _LEVELS)) / n
+    var = max(0.0, float(np.einsum("i,i->", hist, _LEVELS * _LEVELS)) / n - mean * mean)
     p = hist[hist > 0] / n
     cdf = np.cumsum(hist)
     p05, p95 = (float(np.searchsorted(cdf, q * n)) for q in (0.05, 0.95))
-    top_grey = float(g[int(np.argmax(keys == top))])
-    ink = int((np.abs(g - top_grey) > INK_LEVELS).sum())
+    top_grey = int(g[int(np.argmax(keys == top))])
+    ink = int((np.abs(g.astype(np.int16) - top_grey) > INK_LEVELS).sum())
     return {**out, "opaque_brightness": mean, "opaque_contrast": var ** 0.5,
             "opaque_entropy": abs(float(-(p * np.log2(p)).sum())), "opaque_p05": p05, "opaque_p95": p95,
-"n_colors": int((counts > 0).sum()),
+            "n_colors": int((counts > 0).sum()),
             "top_color_share": float(counts[top]) / n, "ink_fraction": ink / total}
 
 
-def _edge_stats(frame: Image.Image, size: int) -> dict[str, float]:
+def _grey_on_white(img: Image.Image) -> np.ndarray:
+    """uint8 grey (Pillow's ITU-R 601 `L`) of an L/LA/RGB/RGBA image, transparency composited on white."""
+    if img.mode in ("LA", "RGBA"):  # the silhouette's outline against the canvas is an edge of the picture
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+    return np.asarray(img if img.mode == "L" else img.convert("L"))
+
+
+def _top_mean(hist: np.ndarray, k: int) -> float:
+    """Mean of the k largest values of the integer sample whose histogram is `hist`."""
+    from_top = np.cumsum(hist[::-1])
+    i = int(np.searchsorted(from_top, k))  # the k-th largest value lies in bin 255 - i
+    levels = np.arange(len(hist) - 1, len(hist) - 2 - i, -1, dtype=np.float64)
+    counts = hist[::-1][: i + 1].astype(np.float64)
+    counts[-1] -= from_top[i] - k  # only part of the last bin
+    return float(np.einsum("i,i->", counts, levels)) / k
+
+
+def _edge_stats(frame: Image.Image, size: int) -> dict[str, float | None]:
     """edge_sharpness and native_sharpness on the white-composited grey, never upscaled."""
     k = max(1, min(frame.size) // size)
-    small = frame.reduce(k) if k > 1 else frame
-    a = np.asarray(small)
-    grey = _split(a, small.mode)[0]
-    if small.mode in ("LA", "RGBA"):  # composite on white: the silhouette's outline is an edge of the picture
-        alpha = a[..., -1].astype(np.float32) / 255.0
-        grey = grey * alpha + 255.0 * (1.0 - alpha)
+    grey = _grey_on_white(frame.reduce(k) if k > 1 else frame)
     if grey.shape[0] < 3 or grey.shape[1] < 3:
         return {"edge_sharpness": None, "native_sharpness": 0.0}
-    lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]
-    steps = np.concatenate((np.abs(np.diff(grey, axis=0)).reshape(-1), np.abs(np.diff(grey, axis=1)).reshape(-1)))
-    n_top = max(1, steps.size // 100)
-    top = np.partition(steps, steps.size - n_top)[-n_top:]
-    lo, hi = np.percentile(grey, (1, 99))
-    crisp = min(1.0, float(top.mean()) / float(hi - lo)) if hi - lo >= MIN_RANGE else None
-    return {"edge_sharpness": crisp, "native_sharpness": float(lap.var())}
+    g = grey.astype(np.int16)
+    lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
+    steps = np.bincount(np.abs(np.diff(g, axis=0)).reshape(-1), minlength=256)
+    steps += np.bincount(np.abs(np.diff(g, axis=1)).reshape(-1), minlength=256)
+    cdf = np.cumsum(np.bincount(grey.reshape(-1), minlength=256))
+    lo, hi = (int(np.searchsorted(cdf, q * grey.size)) for q in (0.01, 0.99))
+    top = _top_mean(steps, max(1, int(steps.sum()) // 100))
+    crisp = min(1.0, top / (hi - lo)) if hi - lo >= MIN_RANGE else None
+    lv = lap.astype(np.float64).reshape(-1)
+    var = float(np.einsum("i,i->", lv, lv)) / lv.size - (float(lv.sum()) / lv.size) ** 2  # einsum: no BLAS threads
+    return {"edge_sharpness": crisp, "native_sharpness": max(0.0, var)}
 
 
 def content_signals(img: Image.Image, frame: Image.Image, size: int) -> dict[str, Any]:

@@ -97,6 +97,8 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("low_entropy", OPAQUE, (c("top_color_share", ">", cfg.near_empty_share),
                                       c("ink_fraction", "<", cfg.near_empty_ink))),
         Check("blurry", PHOTO, (c("edge_sharpness", "<", cfg.photo_min_edge),)),
+        Check("blurry", PHOTO, (c("edge_sharpness", "<", cfg.photo_soft_edge),
+                                c("native_sharpness", "<", cfg.photo_min_native_sharpness))),
         Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),)),
         Check("compressed", ALL_KINDS, (c("jpeg_quality", "<", cfg.min_jpeg_quality),)),
     )

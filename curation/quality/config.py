@@ -14,6 +14,7 @@ _RANGES = {"min_side": (1, _INF), "max_aspect_ratio": (1.0, _INF), "photo_max_as
            "min_contrast": (0.0, 255.0), "min_jpeg_quality": (0, 100), "near_empty_share": (0.0, 1.0),
            "near_empty_ink": (0.0, 1.0), "dark_p95": (0.0, 255.0), "dark_mean": (0.0, 255.0),
            "bright_mean": (0.0, 255.0), "bright_p05": (0.0, 255.0), "photo_min_edge": (0.0, 1.0),
+           "photo_soft_edge": (0.0, 1.0), "photo_min_native_sharpness": (0.0, _INF),
            "graphic_min_edge": (0.0, 1.0)}
 
 
@@ -48,6 +49,10 @@ class QualityConfig:
     - photo_min_edge=0.08 (`blurry`): crispness of the strongest edges (content.edge_sharpness:
       top-1% neighbour step over the grey range, scale-free, at native scale): a focused photo is
       0.1-0.7; a Gaussian blur of sigma 2.5% of the short side reads 0.07-0.1, 4% under 0.07.
+    - photo_soft_edge=0.25 with photo_min_native_sharpness=3.0 (`blurry`, second rule): a soft
+      photo (edge_sharpness < 0.25) whose Laplacian variance at native scale (never upscaled) is
+      under 3 has no fine detail left anywhere; focused photos are 30-6,000, the softest clean
+      ones of the labelled set (microscopy) 3-10.
     Graphics and cutouts (flat colour, hard edges, or transparency) get:
     - graphic_min_edge=0.35 (`blurry`): drawn edges are 0.45-1.0 when crisp; a blurred or
       upscaled drawing is 0.1-0.3. Brightness and entropy are not judged for them: white icons on
@@ -68,6 +73,8 @@ class QualityConfig:
     bright_mean: float = 200.0
     bright_p05: float = 100.0
     photo_min_edge: float = 0.08
+    photo_soft_edge: float = 0.25
+    photo_min_native_sharpness: float = 3.0
     graphic_min_edge: float = 0.35
     reject_duplicates: bool = True
 
