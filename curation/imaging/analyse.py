@@ -126,8 +126,8 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
         frame = to_8bit(img)
         if not drafted:
             frame = box_reduce(frame, S)
-        content = content_signals(img, frame, S)  # kind-of-picture signals, over opaque pixels
         flat, has_alpha = composite(frame, cfg.background)
+        content = content_signals(img, frame, flat, S)  # kind-of-picture signals, over opaque pixels
         flat = orient(flat, orientation)
         if orientation >= 5:
             width, height = height, width

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from curation.imaging import analyse_image
+from curation.imaging.convert import composite
 from curation.quality import QualityConfig, evaluate, reject_counts
 from curation.schema import CURATED_SCHEMA, DEDUP_SCHEMA, INVENTORY_SCHEMA, conform
 from tests.conftest import arcade_sprites, mnist_digits, skimage_photo
@@ -181,3 +182,25 @@ def test_report_rejects_show_the_value_and_the_threshold():
     assert measured(details_of(out, "i1"), "blurry") == "edge_sharpness 0.03 < 0.08"
     assert measured(details_of(out, "i2"), "too_dark") == "opaque_p95 30 < 50, opaque_brightness 10 < 30"
     assert failed_checks(out.drop("reject_details")) == {}  # curated sets written before reject_details
+
+
+def test_content_signals_measure_opaque_pixels_at_native_scale():
+    from curation.imaging.content import content_signals, jpeg_quality
+
+    sprite = next(p for p in arcade_sprites() if Image.open(p).mode == "RGBA")
+    rgba = Image.open(sprite).convert("RGBA")
+    a = np.asarray(rgba).copy()
+    a[..., :3] = 255  # the same silhouette, drawn white
+    white = analyse_image(_png(Image.fromarray(a)))
+    assert 0.0 < white["opaque_fraction"] < 0.98 and white["opaque_brightness"] == pytest.approx(255.0)
+    assert white["brightness"] > 250  # the white composite is what made it "too bright" before
+    icon = rgba.resize((16, 16), Image.LANCZOS)
+    sig = content_signals(icon, icon, composite(icon)[0], 128)
+    rec = analyse_image(_png(icon))
+    # crisp at its own 16 px; the 128 px analysis image (upscaled 8x) calls it soft
+    assert sig["edge_sharpness"] > 0.5 and rec["edge_sharpness"] == pytest.approx(sig["edge_sharpness"])
+    assert rec["native_sharpness"] > 10 * rec["sharpness"]
+    photo = skimage_photo("astronaut")
+    q = [jpeg_quality(Image.open(io.BytesIO(_jpeg(photo, k)))) for k in (6, 50, 75, 95)]
+    assert q[0] < 30 <= q[1] and q[1:] == [50, 75, 95]
+    assert jpeg_quality(Image.open(io.BytesIO(_png(photo)))) is None
