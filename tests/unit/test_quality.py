@@ -204,3 +204,12 @@ def test_content_signals_measure_opaque_pixels_at_native_scale():
     q = [jpeg_quality(Image.open(io.BytesIO(_jpeg(photo, k)))) for k in (6, 50, 75, 95)]
     assert q[0] < 30 <= q[1] and q[1:] == [50, 75, 95]
     assert jpeg_quality(Image.open(io.BytesIO(_png(photo)))) is None
+
+
+def test_inventories_without_content_signals_still_evaluate():
+    from curation.imaging.content import CONTENT_COLUMNS
+
+    inv, cl = frames([{}, {"width": 4, "height": 4}, {"contrast": 1.0}])
+    out = evaluate(inv.drop(*CONTENT_COLUMNS), cl.drop("distance"), QualityConfig())
+    assert out["reasons"].to_list() == [[], ["too_small"], ["low_contrast"]]
+    assert out["content_kind"].to_list() == ["photo"] * 3
