@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from curation.imaging.content import CONTENT_COLUMNS
 from curation.quality.checks import DETAIL_DTYPE, REASONS, fired_details, kind_expr
 from curation.quality.config import QualityConfig
-from curation.imaging.content import CONTENT_COLUMNS
 from curation.schema import CURATED_SCHEMA, INVENTORY_SCHEMA, conform
 
 
