@@ -47,6 +47,19 @@ INVENTORY_SCHEMA: dict[str, pl.DataType] = {
     "decode_ms": pl.Float32,
     "error_code": pl.String,  # null when the image was analysed; else a code from curation.errors
     "error_message": pl.String,
+    # content signals (curation.imaging.content): what kind of picture, over its opaque pixels
+    "opaque_fraction": pl.Float32,  # share of pixels with alpha >= 128 (1.0 without alpha)
+    "opaque_brightness": pl.Float32,  # mean grey of the opaque pixels (null when none)
+    "opaque_contrast": pl.Float32,  # std of grey of the opaque pixels
+    "opaque_entropy": pl.Float32,  # grey entropy of the opaque pixels, bits
+    "opaque_p05": pl.Float32,  # 5th percentile of the opaque pixels' grey
+    "opaque_p95": pl.Float32,  # 95th percentile of the opaque pixels' grey
+    "n_colors": pl.Int32,  # distinct 5-bit-per-channel colours among the opaque pixels
+    "top_color_share": pl.Float32,  # share of the opaque pixels in the most common colour
+    "ink_fraction": pl.Float32,  # share of all pixels drawn (opaque, > 24 levels from the dominant colour)
+    "edge_sharpness": pl.Float32,  # top-1% neighbour step / grey range at native scale (0..1)
+    "native_sharpness": pl.Float32,  # Laplacian variance at native scale (never upscaled)
+    "jpeg_quality": pl.Int16,  # libjpeg quality estimated from the quantisation table; null if not JPEG
 }
 
 # dedup_clusters: one row per inventory row.
@@ -68,6 +81,11 @@ CURATED_SCHEMA: dict[str, pl.DataType] = {
     "shard": pl.String,
     "keep": pl.Boolean,
     "reasons": pl.List(pl.String),  # empty when kept
+    # one entry per failed condition: the measured value and the threshold it failed
+    # (curation.quality.checks; corrupt and duplicate have no threshold)
+    "reject_details": pl.List(pl.Struct({"reason": pl.String, "metric": pl.String, "op": pl.String,
+                                         "value": pl.Float64, "threshold": pl.Float64})),
+    "content_kind": pl.String,  # photo | graphic | cutout (null when the image did not decode)
     "width": pl.Int32,
     "height": pl.Int32,
     "cluster_id": pl.String,

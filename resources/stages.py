@@ -90,6 +90,8 @@ class InventorySettings(StageConfig):
                                   description="RGB that transparency is composited on")
     chunk_size: int = Field(default=_INV.chunk_size, description="files per message to a worker")
     start_method: str = Field(default=_INV.start_method, description="worker start method: 'forkserver' or 'spawn'")
+    extra_hashes: bool = Field(default=_INV.extra_hashes,
+                               description="also compute aHash and wHash (nothing downstream reads them; off by default)")
 
 
 class DedupSettings(StageConfig):
@@ -114,32 +116,50 @@ class DedupSettings(StageConfig):
 
 
 class QualitySettings(StageConfig):
-    """curation.quality.QualityConfig: thresholds of the quality filter."""
+    """curation.quality.QualityConfig: the content-aware quality filter (see its docstring for why
+    each default)."""
 
     library: ClassVar[type] = QualityConfig
     section: ClassVar[str] = "StageSettings.quality"
     rules: ClassVar[dict[str, Rule]] = {
+        "profile": (lambda v: v in ("auto", "photo", "graphics"), "'auto', 'photo' or 'graphics'"),
         "min_side": (lambda v: v >= 1, "a whole number of pixels >= 1"),
         "max_aspect_ratio": (lambda v: v >= 1, "a ratio >= 1 (long side / short side)"),
-        "min_brightness": GREY_LEVEL, "max_brightness": GREY_LEVEL,
-        "min_contrast": NON_NEGATIVE, "min_entropy": NON_NEGATIVE, "min_sharpness": NON_NEGATIVE,
+        "photo_max_aspect_ratio": (lambda v: v >= 1, "a ratio >= 1 (long side / short side)"),
+        "min_contrast": NON_NEGATIVE,
+        "min_jpeg_quality": (lambda v: 0 <= v <= 100, "a JPEG quality in [0, 100]"),
+        "near_empty_share": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
+        "near_empty_ink": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
+        "dark_p95": GREY_LEVEL, "dark_mean": GREY_LEVEL, "bright_mean": GREY_LEVEL, "bright_p05": GREY_LEVEL,
+        "photo_min_edge": NON_NEGATIVE, "photo_soft_edge": NON_NEGATIVE,
+        "photo_min_native_sharpness": NON_NEGATIVE, "graphic_min_edge": NON_NEGATIVE,
     }
 
-    min_side: int = Field(default=_QUALITY.min_side, description="shorter side below this (px) is rejected")
-    max_aspect_ratio: float = Field(default=_QUALITY.max_aspect_ratio, description="long/short side above this is rejected")
-    min_brightness: float = Field(default=_QUALITY.min_brightness, description="mean grey below this is rejected")
-    max_brightness: float = Field(default=_QUALITY.max_brightness, description="mean grey above this is rejected")
-    min_contrast: float = Field(default=_QUALITY.min_contrast, description="grey std below this is rejected")
-    min_entropy: float = Field(default=_QUALITY.min_entropy, description="grey entropy (bits) below this is rejected")
-    min_sharpness: float = Field(default=_QUALITY.min_sharpness, description="Laplacian variance below this is rejected")
+    profile: str = Field(default=_QUALITY.profile, description="how each image's kind is found: auto | photo | graphics")
+    min_side: int = Field(default=_QUALITY.min_side, description="shorter side below this (px) is too_small")
+    max_aspect_ratio: float = Field(default=_QUALITY.max_aspect_ratio,
+                                    description="long/short side above this is extreme_aspect_ratio (drawn images)")
+    photo_max_aspect_ratio: float = Field(default=_QUALITY.photo_max_aspect_ratio,
+                                          description="the same for photos")
+    min_contrast: float = Field(default=_QUALITY.min_contrast, description="grey std below this is low_contrast")
+    min_jpeg_quality: int = Field(default=_QUALITY.min_jpeg_quality,
+                                  description="estimated JPEG quality below this is compressed")
+    near_empty_share: float = Field(default=_QUALITY.near_empty_share,
+                                    description="top colour share above this (with little ink) is low_entropy")
+    near_empty_ink: float = Field(default=_QUALITY.near_empty_ink, description="drawn share below this, with the above")
+    dark_p95: float = Field(default=_QUALITY.dark_p95, description="photos: 95th grey percentile below this ...")
+    dark_mean: float = Field(default=_QUALITY.dark_mean, description="... and mean below this are too_dark")
+    bright_mean: float = Field(default=_QUALITY.bright_mean, description="photos: mean above this ...")
+    bright_p05: float = Field(default=_QUALITY.bright_p05, description="... and 5th percentile above this are too_bright")
+    photo_min_edge: float = Field(default=_QUALITY.photo_min_edge, description="photos: edge sharpness below this is blurry")
+    photo_soft_edge: float = Field(default=_QUALITY.photo_soft_edge,
+                                   description="photos: soft edges below this with little native detail ...")
+    photo_min_native_sharpness: float = Field(default=_QUALITY.photo_min_native_sharpness,
+                                              description="... (native Laplacian variance below this) are blurry")
+    graphic_min_edge: float = Field(default=_QUALITY.graphic_min_edge,
+                                    description="graphics and cutouts: edge sharpness below this is blurry")
     reject_duplicates: bool = Field(default=_QUALITY.reject_duplicates,
                                     description="only a duplicate cluster's representative is kept")
-
-    def model_post_init(self, context: Any) -> None:
-        super().model_post_init(context)
-        if self.min_brightness > self.max_brightness:
-            raise SettingError(f"{self.section}.min_brightness", self.min_brightness,
-                               f"a grey level <= max_brightness ({self.max_brightness})")
 
 
 STAGE_CONFIGS: tuple[type[StageConfig], ...] = (InventorySettings, DedupSettings, QualitySettings)

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from curation import errors
+from curation.imaging.content import CONTENT_COLUMNS, content_signals
 from curation.imaging.convert import (
     box_reduce,
     composite,
@@ -69,7 +70,7 @@ from curation.imaging.policy import (
 # Measurement columns produced here (everything in INVENTORY_SCHEMA except identity/file columns).
 MEASURE_COLUMNS = ("format", "width", "height", "mode", "orientation", "n_frames", "has_alpha",
                    "color_mean_r", "color_mean_g", "color_mean_b", "brightness", "contrast",
-                   "entropy", "sharpness", "decode_ms", "error_code", "error_message")
+                   "entropy", "sharpness", "decode_ms", "error_code", "error_message", *CONTENT_COLUMNS)
 
 
 _DRAFTED = ("JPEG", "MPO")  # formats decoded at a reduced DCT scale
@@ -132,13 +133,18 @@ def decode_first_frame(data: bytes, cfg: AnalysisConfig, known: dict[str, Any]) 
                  "orientation": orientation, "n_frames": n_frames}
 
 
-def flatten_oriented(img: Image.Image, cfg: AnalysisConfig, orientation: int) -> tuple[Image.Image, bool]:
-    """Group "prepare": 8 bits, box reduction of large non-drafted images, transparency
-    composited on the background, EXIF orientation applied -> (L or RGB image, had_alpha)."""
+def prepare_frame(img: Image.Image, cfg: AnalysisConfig) -> Image.Image:
+    """Group "prepare": 8 bits, box reduction of large non-drafted images (not yet composited)."""
     frame = to_8bit(img)
     if img.format not in _DRAFTED:
         frame = box_reduce(frame, cfg.analysis_size)
-    flat, has_alpha = composite(frame, cfg.background)
+    return frame
+
+
+def flatten_oriented(img: Image.Image, cfg: AnalysisConfig, orientation: int) -> tuple[Image.Image, bool]:
+    """Group "prepare" + compositing: transparency composited on the background, EXIF orientation
+    applied -> (L or RGB image, had_alpha)."""
+    flat, has_alpha = composite(prepare_frame(img, cfg), cfg.background)
     return orient(flat, orientation), has_alpha
 
 
@@ -158,9 +164,12 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
         img, header = decode_first_frame(data, cfg, known)
         with img:
             # ---- analysis (our code: any failure here is an INTERNAL_ERROR)
-            flat, has_alpha = flatten_oriented(img, cfg, header["orientation"])
+            frame = prepare_frame(img, cfg)
+            flat, has_alpha = composite(frame, cfg.background)
+            content = content_signals(img, frame, flat, cfg.analysis_size)  # kind-of-picture signals (opaque pixels)
+            flat = orient(flat, header["orientation"])
             grey_img = analysis_image(flat, cfg.analysis_size)
-            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img)}
+            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img), **content}
             hin = hash_inputs(grey_img)
     out.update(decode_ms=(time.perf_counter() - t0) * 1000.0, error_code=None, error_message=None, hash_input=hin)
     return out

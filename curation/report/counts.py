@@ -37,6 +37,15 @@ def collect_columns(frame: Frame | None, columns: Sequence[str]) -> pl.DataFrame
     return lf.select(list(columns)).collect()
 
 
+def optional_columns(frame: Frame | None, columns: Sequence[str]) -> list[str]:
+    """The names of `columns` that `frame` has (for columns that older outputs lack)."""
+    if frame is None:
+        return []
+    lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+    names = set(lf.collect_schema().names())
+    return [c for c in columns if c in names]
+
+
 def classified_mask() -> pl.Expr:
     return pl.col("fs_label").is_not_null() | (
         pl.col("zs_label").is_not_null() & (pl.col("zs_label") != UNKNOWN_LABEL)

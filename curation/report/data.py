@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from curation.quality import reject_counts
-from curation.report.counts import collect_columns, stage_counts_by_shard
+from curation.report.counts import collect_columns, optional_columns, stage_counts_by_shard
 from curation.report.spec import SEMANTIC_COLUMNS, STAGE_ITEMS, STAGES, UNKNOWN_LABEL, Frame
 
 
@@ -160,7 +160,8 @@ def analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame,
                                "width", "height", "format"])
     clu = collect_columns(clusters, ["image_id", "shard", "cluster_id", "is_representative", "dup_kind", "rep_shard",
                               "distance"])
-    cur = collect_columns(curated, ["image_id", "uri", "rel_path", "shard", "keep", "reasons", "cluster_id"])
+    cur = collect_columns(curated, ["image_id", "uri", "rel_path", "shard", "keep", "reasons", "cluster_id",
+                                    *optional_columns(curated, ["reject_details"])])
     cls = collect_columns(classifications, ["image_id", "shard", "zs_label", "zs_prob", "fs_label", "fs_prob"])
     sem = collect_columns(semantic, SEMANTIC_COLUMNS)
     assert inv is not None and clu is not None and cur is not None

@@ -69,9 +69,41 @@ def rejects(d: ReportData) -> Context:
     if not present:
         return {}
     chart = bar_chart([r for r, _ in present], [n for _, n in present], xlabel="rejected images", colour="#e15759")
-    rows = [(r, fmt(n), pct(n, rejected), pct(n, listed)) for r, n in rej.items()]
+    checks = failed_checks(d.cur)
+    rows = [(r, fmt(n), pct(n, rejected), pct(n, listed), checks.get(r, "")) for r, n in rej.items()]
     return {"rejected": fmt(rejected), "listed": fmt(listed), "chart": chart,
-            "table": table(["reason", "images", "of rejected", "of listed"], rows, [False, True, True, True])}
+            "table": table(["reason", "images", "of rejected", "of listed", "failed check (threshold)"], rows,
+                           [False, True, True, True, False])}
+
+
+def _num(x: float | None) -> str:
+    return "?" if x is None else f"{x:.3g}"
+
+
+def failed_checks(cur: pl.DataFrame) -> dict[str, str]:
+    """Per reason, the distinct conditions that fired ("metric < threshold", "; "-joined), from
+    `reject_details` (absent in curated sets written before it existed: then empty)."""
+    if "reject_details" not in cur.columns:
+        return {}
+    det = cur.select(pl.col("reject_details").explode()).unnest("reject_details").drop_nulls("reason")
+    det = det.filter(pl.col("threshold").is_not_null()).unique(["reason", "metric", "op", "threshold"])
+    out: dict[str, list[str]] = {}
+    for r in det.sort(["reason", "metric", "threshold"]).iter_rows(named=True):
+        out.setdefault(r["reason"], []).append(f'{r["metric"]} {r["op"]} {_num(r["threshold"])}')
+    return {k: "; ".join(v) for k, v in out.items()}
+
+
+def measured(details: list[dict] | None, reason: str) -> str:
+    """What an image measured for one reason, e.g. "edge_sharpness 0.051 < 0.08"."""
+    parts = []
+    for x in details or []:
+        if x["reason"] != reason:
+            continue
+        if x["threshold"] is None:
+            parts.append(x["metric"] if x["value"] is None else f'{x["metric"]} {_num(x["value"])}')
+        else:
+            parts.append(f'{x["metric"]} {_num(x["value"])} {x["op"]} {_num(x["threshold"])}')
+    return ", ".join(parts)
 
 
 def reject_samples(d: ReportData, th: Thumbnailer, budget: int) -> Context:
@@ -92,12 +124,15 @@ def reject_samples(d: ReportData, th: Thumbnailer, budget: int) -> Context:
             if used >= budget:
                 break
             others = [x for x in r["reasons"] if x != reason]
+            details = r.get("reject_details")
+            why = "; ".join(f"{x}: {measured(details, x)}" if measured(details, x) else x for x in r["reasons"])
             t = th.tile(r["image_id"], r["uri"], caption=basename(r["rel_path"]), error_code=r["error_code"],
-                        title=f'{r["rel_path"]} — reasons: {", ".join(r["reasons"])}')
+                        title=f'{r["rel_path"]} — {why}')
             if t is None:
                 break
             used += 1
-            figures.append(figure(t, sub=("also " + ", ".join(others)) if others else ""))
+            sub = " · ".join(x for x in (measured(details, reason), ("also " + ", ".join(others)) if others else "") if x)
+            figures.append(figure(t, sub=sub))
         more = rej[reason] - len(figures)
         groups.append({"reason": reason, "count": fmt(rej[reason]), "more": fmt(more) if more > 0 else "",
                        "figures": figures})

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import polars as pl
 import pytest
+from PIL import Image, ImageFilter
 
+from curation.imaging import analyse_image
+from curation.imaging.convert import composite
 from curation.quality import QualityConfig, evaluate, reject_counts
 from curation.schema import CURATED_SCHEMA, DEDUP_SCHEMA, INVENTORY_SCHEMA, conform
+from tests.conftest import arcade_sprites, mnist_digits, skimage_photo
 
-GOOD = dict(width=640, height=480, brightness=120.0, contrast=50.0, entropy=7.0, sharpness=300.0, error_code=None)
+# a clean, sharp photo's measurements (composite metrics and content signals)
+GOOD = dict(width=640, height=480, brightness=120.0, contrast=50.0, entropy=7.0, sharpness=300.0, error_code=None,
+            opaque_fraction=1.0, opaque_brightness=120.0, opaque_p05=20.0, opaque_p95=220.0, n_colors=3000,
+            top_color_share=0.05, ink_fraction=0.6, edge_sharpness=0.4, native_sharpness=300.0, jpeg_quality=None)
 
 
 def frames(rows: list[dict]):
@@ -14,39 +24,192 @@ def frames(rows: list[dict]):
     reps = [r.get("_rep", True) for r in rows]
     clusters = conform(
         pl.DataFrame({"image_id": inv["image_id"], "cluster_id": [f"i{i}" if rep else "i0" for i, rep in enumerate(reps)],
-                      "is_representative": reps}),
+                      "is_representative": reps, "distance": [None if rep else 3 for rep in reps]}),
         DEDUP_SCHEMA,
     )
     return inv, clusters
+
+
+def details_of(out: pl.DataFrame, image_id: str) -> list[dict]:
+    return out.filter(pl.col("image_id") == image_id)["reject_details"].to_list()[0]
 
 
 def test_every_reason_is_recorded_and_complete():
     inv, cl = frames([
         {},  # kept
         {"error_code": "truncated", "width": None, "height": None, "brightness": None},
-        {"width": 20, "height": 400},  # too small AND extreme aspect ratio
-        {"brightness": 3.0, "contrast": 2.0, "entropy": 0.5},  # dark, low contrast, low entropy
-        {"brightness": 250.0},
-        {"sharpness": 1.0},
+        {"width": 6, "height": 400},  # too small AND extreme aspect ratio
+        {"opaque_brightness": 10.0, "opaque_p95": 30.0, "contrast": 1.5},  # dark and low contrast
+        {"opaque_brightness": 240.0, "opaque_p05": 180.0},  # blown out
+        {"edge_sharpness": 0.03},  # blurry
+        {"top_color_share": 0.995, "ink_fraction": 0.002},  # an empty canvas with a speck
+        {"jpeg_quality": 8},
         {"_rep": False},  # duplicate of i0
     ])
     out = evaluate(inv, cl, QualityConfig())
     assert out.columns == list(CURATED_SCHEMA)
     reasons = dict(zip(out["image_id"], out["reasons"].to_list()))
-    assert reasons["i0"] == [] and out["keep"].to_list() == [True] + [False] * 6
+    assert reasons["i0"] == [] and out["keep"].to_list() == [True] + [False] * 8
     assert reasons["i1"] == ["corrupt"]
     assert reasons["i2"] == ["too_small", "extreme_aspect_ratio"]
-    assert reasons["i3"] == ["too_dark", "low_contrast", "low_entropy"]
+    assert reasons["i3"] == ["too_dark", "low_contrast"]
     assert reasons["i4"] == ["too_bright"]
     assert reasons["i5"] == ["blurry"]
-    assert reasons["i6"] == ["duplicate"]
+    assert reasons["i6"] == ["low_entropy"]
+    assert reasons["i7"] == ["compressed"]
+    assert reasons["i8"] == ["duplicate"]
     counts = reject_counts(out)
-    assert counts["too_small"] == 1 and counts["duplicate"] == 1 and counts["corrupt"] == 1
+    assert counts["too_small"] == 1 and counts["duplicate"] == 1 and counts["corrupt"] == 1 and counts["compressed"] == 1
+    # every reject carries the measured value and the threshold it failed
+    cfg = QualityConfig()
+    assert details_of(out, "i2") == [
+        {"reason": "too_small", "metric": "short_side", "op": "<", "value": 6.0, "threshold": float(cfg.min_side)},
+        {"reason": "extreme_aspect_ratio", "metric": "aspect_ratio", "op": ">", "value": pytest.approx(400 / 6),
+         "threshold": cfg.photo_max_aspect_ratio}]
+    dark = {d["metric"]: (d["value"], d["threshold"]) for d in details_of(out, "i3") if d["reason"] == "too_dark"}
+    assert dark == {"opaque_p95": (30.0, cfg.dark_p95), "opaque_brightness": (10.0, cfg.dark_mean)}
+    assert details_of(out, "i8")[0]["value"] == 3.0  # pHash distance to its representative
+    assert details_of(out, "i0") == []
 
 
-def test_thresholds_are_configurable_and_unknown_keys_fail():
+def test_thresholds_and_profile_are_configurable_and_bad_settings_fail():
     inv, cl = frames([{"width": 20, "height": 20}, {"_rep": False}])
-    cfg = QualityConfig.from_overrides({"min_side": 16, "reject_duplicates": False})
-    assert evaluate(inv, cl, cfg)["keep"].to_list() == [True, True]
+    cfg = QualityConfig.from_overrides({"min_side": 32, "reject_duplicates": False})
+    assert evaluate(inv, cl, cfg)["reasons"].to_list() == [["too_small"], []]
     with pytest.raises(ValueError, match="min_sidee"):
         QualityConfig.from_overrides({"min_sidee": 3})
+    with pytest.raises(ValueError, match="profile"):
+        QualityConfig.from_overrides({"profile": "icons"})
+    # a pale, crisp flat-colour drawing: a graphic under auto/graphics, judged as a photo under `photo`
+    pale = {"opaque_brightness": 230.0, "opaque_p05": 150.0, "top_color_share": 0.6, "n_colors": 40, "edge_sharpness": 0.9}
+    inv, cl = frames([pale])
+    kinds = {p: evaluate(inv, cl, QualityConfig(profile=p)).row(0, named=True) for p in ("auto", "graphics", "photo")}
+    assert kinds["auto"]["content_kind"] == "graphic" and kinds["auto"]["keep"]
+    assert kinds["graphics"]["keep"]
+    assert kinds["photo"]["content_kind"] == "photo" and kinds["photo"]["reasons"] == ["too_bright"]
+
+
+# ---------------------------------------------------------------------------- real images, end to end
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg(img: Image.Image, quality: int) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _curate(named: dict[str, bytes], cfg: QualityConfig | None = None) -> dict[str, dict]:
+    rows = [{"image_id": name, "shard": "s", **analyse_image(data)} for name, data in named.items()]
+    inv = conform(pl.DataFrame(rows, infer_schema_length=None), INVENTORY_SCHEMA)
+    cl = inv.select("image_id", pl.col("image_id").alias("cluster_id"), pl.lit(True).alias("is_representative"))
+    out = evaluate(inv, cl, cfg or QualityConfig())
+    return {r["image_id"]: r for r in out.iter_rows(named=True)}
+
+
+def _expose(img: Image.Image, stops: float) -> Image.Image:
+    lin = (np.asarray(img.convert("RGB"), dtype=np.float64) / 255.0) ** 2.2 * 2.0 ** stops
+    return Image.fromarray((np.clip(lin, 0, 1) ** (1 / 2.2) * 255).round().astype(np.uint8))
+
+
+def test_real_graphics_icons_and_sprites_are_kept_under_auto():
+    sprites = arcade_sprites()
+    alpha = [p for p in sprites if Image.open(p).mode in ("RGBA", "LA", "P")][:12]
+    assert len(alpha) >= 8
+    named = {f"sprite{i}": p.read_bytes() for i, p in enumerate(alpha)}
+    # the same sprites as small icons (16 and 24 px, alpha kept): crisp at native scale
+    for i, p in enumerate(alpha[:6]):
+        named[f"icon{i}"] = _png(Image.open(p).convert("RGBA").resize((16 + 8 * (i % 2),) * 2, Image.LANCZOS))
+    # white-on-transparency icon: bright opaque pixels, but an icon, not a blown-out page
+    a = np.asarray(Image.open(alpha[0]).convert("RGBA")).copy()
+    a[..., :3] = 255
+    named["white_icon"] = _png(Image.fromarray(a))
+    # flat-colour art: two-tone silhouette of an MNIST digit, opaque, scaled up with hard edges
+    X, _ = mnist_digits(6)
+    for i, d in enumerate(X):
+        two_tone = np.where(np.asarray(d).reshape(28, 28) > 0.3 * np.max(d), 0, 255).astype(np.uint8)
+        named[f"digit{i}"] = _png(Image.fromarray(two_tone).resize((112, 112), Image.NEAREST))
+    out = _curate(named)
+    rejected = {k: (v["reasons"], v["reject_details"]) for k, v in out.items() if not v["keep"]}
+    assert rejected == {}
+    assert out["white_icon"]["content_kind"] == "cutout"
+    assert {out[f"digit{i}"]["content_kind"] for i in range(6)} == {"graphic"}
+
+
+def test_real_photos_are_kept_and_degradations_rejected_with_value_and_threshold():
+    cfg = QualityConfig()
+    named = {}
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        photo = skimage_photo(name)
+        named[name] = _jpeg(photo, 92)
+        named[f"{name}_blur"] = _png(photo.filter(ImageFilter.GaussianBlur(0.04 * min(photo.size))))
+        named[f"{name}_under"] = _jpeg(_expose(photo, -6.0), 90)
+        named[f"{name}_q6"] = _jpeg(photo, 6)
+    # blown out: +4 / +5 stops leave no dark tones (a photo with true blacks, like astronaut's sky,
+    # keeps them and is not judged over-exposed: see QualityConfig.bright_p05)
+    named["chelsea_over"] = _jpeg(_expose(skimage_photo("chelsea"), 4.0), 90)
+    named["rocket_over"] = _jpeg(_expose(skimage_photo("rocket"), 5.0), 90)
+    named["blank"] = _png(Image.new("RGB", (400, 300), (238, 236, 230)))
+    out = _curate(named, cfg)
+    expected = {f"{n}_{s}": r for n in ("astronaut", "chelsea", "coffee", "rocket")
+                for s, r in (("blur", "blurry"), ("under", "too_dark"), ("q6", "compressed"))}
+    expected.update(chelsea_over="too_bright", rocket_over="too_bright")
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        assert out[name]["keep"], (name, out[name]["reasons"], out[name]["reject_details"])
+    for name, reason in expected.items():
+        row = out[name]
+        assert reason in row["reasons"], (name, row["reasons"])
+        failed = [d for d in row["reject_details"] if d["reason"] == reason]
+        assert failed and all(d["value"] is not None and d["threshold"] is not None for d in failed)
+        for d in failed:  # the recorded value really fails the recorded threshold
+            assert d["value"] < d["threshold"] if d["op"] == "<" else d["value"] > d["threshold"]
+    assert out["blank"]["reasons"] == ["too_bright", "low_contrast", "low_entropy"]  # a blank page fails all three
+    flat = [d for d in out["blank"]["reject_details"] if d["reason"] == "low_contrast"]
+    assert flat == [{"reason": "low_contrast", "metric": "contrast", "op": "<", "value": 0.0, "threshold": cfg.min_contrast}]
+
+
+def test_report_rejects_show_the_value_and_the_threshold():
+    from curation.report.sections import failed_checks, measured
+
+    inv, cl = frames([{}, {"edge_sharpness": 0.03}, {"opaque_brightness": 10.0, "opaque_p95": 30.0}])
+    out = evaluate(inv, cl, QualityConfig())
+    assert failed_checks(out) == {"blurry": "edge_sharpness < 0.08", "too_dark": "opaque_brightness < 30; opaque_p95 < 50"}
+    assert measured(details_of(out, "i1"), "blurry") == "edge_sharpness 0.03 < 0.08"
+    assert measured(details_of(out, "i2"), "too_dark") == "opaque_p95 30 < 50, opaque_brightness 10 < 30"
+    assert failed_checks(out.drop("reject_details")) == {}  # curated sets written before reject_details
+
+
+def test_content_signals_measure_opaque_pixels_at_native_scale():
+    from curation.imaging.content import content_signals, jpeg_quality
+
+    sprite = next(p for p in arcade_sprites() if Image.open(p).mode == "RGBA")
+    rgba = Image.open(sprite).convert("RGBA")
+    a = np.asarray(rgba).copy()
+    a[..., :3] = 255  # the same silhouette, drawn white
+    white = analyse_image(_png(Image.fromarray(a)))
+    assert 0.0 < white["opaque_fraction"] < 0.98 and white["opaque_brightness"] == pytest.approx(255.0)
+    assert white["brightness"] > 250  # the white composite is what made it "too bright" before
+    icon = rgba.resize((16, 16), Image.LANCZOS)
+    sig = content_signals(icon, icon, composite(icon)[0], 128)
+    rec = analyse_image(_png(icon))
+    # crisp at its own 16 px; the 128 px analysis image (upscaled 8x) calls it soft
+    assert sig["edge_sharpness"] > 0.5 and rec["edge_sharpness"] == pytest.approx(sig["edge_sharpness"])
+    assert rec["native_sharpness"] > 10 * rec["sharpness"]
+    photo = skimage_photo("astronaut")
+    q = [jpeg_quality(Image.open(io.BytesIO(_jpeg(photo, k)))) for k in (6, 50, 75, 95)]
+    assert q[0] < 30 <= q[1] and q[1:] == [50, 75, 95]
+    assert jpeg_quality(Image.open(io.BytesIO(_png(photo)))) is None
+
+
+def test_inventories_without_content_signals_still_evaluate():
+    from curation.imaging.content import CONTENT_COLUMNS
+
+    inv, cl = frames([{}, {"width": 4, "height": 4}, {"contrast": 1.0}])
+    out = evaluate(inv.drop(*CONTENT_COLUMNS), cl.drop("distance"), QualityConfig())
+    assert out["reasons"].to_list() == [[], ["too_small"], ["low_contrast"]]
+    assert out["content_kind"].to_list() == ["photo"] * 3

@@ -276,7 +276,8 @@ def test_stage_settings_accept_dicts_and_typed_values():
 @pytest.mark.parametrize("kwargs,line", [
     (dict(quality={"min_side": 0}), "StageSettings.quality.min_side=0: a whole number of pixels >= 1"),
     (dict(quality={"max_aspect_ratio": 0.5}), "StageSettings.quality.max_aspect_ratio=0.5: a ratio >= 1"),
-    (dict(quality={"min_brightness": 200, "max_brightness": 100}), "StageSettings.quality.min_brightness=200"),
+    (dict(quality={"profile": "icons"}), "StageSettings.quality.profile='icons': 'auto', 'photo' or 'graphics'"),
+    (dict(quality={"near_empty_share": 1.5}), "StageSettings.quality.near_empty_share=1.5: a share in [0, 1]"),
     (dict(quality={"no_such_threshold": 1}), "StageSettings.quality={'no_such_threshold': 1}: known QualityConfig settings"),
     (dict(dedup={"phash_radius": -1}), "StageSettings.dedup.phash_radius=-1: a whole number in [0, 32)"),
     (dict(inventory={"decode_timeout_s": 0}), "StageSettings.inventory.decode_timeout_s=0.0: a number > 0"),

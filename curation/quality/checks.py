@@ -1,0 +1,139 @@
+"""What each image is (content kind) and the checks that fit it, as polars expressions.
+
+Content kind (`kind_expr`), from the stage-1 content signals (curation.imaging.content):
+  cutout   has transparency covering more than 2% of the canvas (opaque_fraction < CUTOUT_MAX_OPAQUE):
+           sprites, icons and clip art on a transparent canvas;
+  graphic  opaque, flat colour with hard edges: its most common colour covers >= GRAPHIC_FLAT_SHARE,
+           edge_sharpness >= GRAPHIC_EDGE and at most GRAPHIC_MAX_COLORS quantised colours
+           (clip art on white, line art, flags, screenshots of UI);
+  photo    everything else, and every row whose content signals are null (inventories written
+           before they existed).
+Profile `photo` makes every image a photo; `graphics` makes every opaque image a graphic.
+
+A check is one or more CONDITIONS (metric, op, threshold) that must all hold; it applies to the
+kinds it names. Every condition of a fired check is recorded as {reason, metric, op, value,
+threshold} in `reject_details`. `corrupt` records the error code as metric (value null) and
+`duplicate` the pHash distance to its representative (threshold null). A condition whose metric
+is null never fires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from curation.quality.config import QualityConfig
+
+CUTOUT_MAX_OPAQUE = 0.98
+GRAPHIC_FLAT_SHARE = 0.3
+GRAPHIC_EDGE = 0.6
+GRAPHIC_MAX_COLORS = 512
+KINDS = ("photo", "graphic", "cutout")
+
+REASONS = (
+    "corrupt",
+    "too_small",
+    "extreme_aspect_ratio",
+    "too_dark",
+    "too_bright",
+    "low_contrast",
+    "low_entropy",
+    "blurry",
+    "compressed",
+    "duplicate",
+)
+
+DETAIL_DTYPE = pl.Struct({"reason": pl.String, "metric": pl.String, "op": pl.String,
+                          "value": pl.Float64, "threshold": pl.Float64})
+
+ALL_KINDS = KINDS
+PHOTO = ("photo",)
+DRAWN = ("graphic", "cutout")
+OPAQUE = ("photo", "graphic")
+CUTOUT = ("cutout",)
+EMPTY_OPAQUE = 0.001  # a cutout with fewer opaque pixels than this shows nothing
+
+
+@dataclass(frozen=True)
+class Condition:
+    metric: str  # a column name, or a derived metric of `_metric`
+    op: str  # "<" or ">"
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Check:
+    reason: str
+    kinds: tuple[str, ...]
+    conditions: tuple[Condition, ...]
+
+
+def kind_expr(profile: str) -> pl.Expr:
+    """The content kind of each row (see module docstring)."""
+    cutout = pl.col("opaque_fraction") < CUTOUT_MAX_OPAQUE
+    graphic = ((pl.col("top_color_share") >= GRAPHIC_FLAT_SHARE) & (pl.col("edge_sharpness") >= GRAPHIC_EDGE)
+               & (pl.col("n_colors") <= GRAPHIC_MAX_COLORS))
+    if profile == "photo":
+        return pl.lit("photo")
+    if profile == "graphics":
+        return pl.when(cutout.fill_null(False)).then(pl.lit("cutout")).otherwise(pl.lit("graphic"))
+    return (pl.when(cutout.fill_null(False)).then(pl.lit("cutout"))
+            .when(graphic.fill_null(False)).then(pl.lit("graphic")).otherwise(pl.lit("photo")))
+
+
+def checks(cfg: QualityConfig) -> tuple[Check, ...]:
+    """The threshold checks of `cfg`, in REASONS order (corrupt and duplicate are not threshold checks)."""
+    c = Condition
+    return (
+        Check("too_small", ALL_KINDS, (c("short_side", "<", cfg.min_side),)),
+        Check("extreme_aspect_ratio", DRAWN, (c("aspect_ratio", ">", cfg.max_aspect_ratio),)),
+        Check("extreme_aspect_ratio", PHOTO, (c("aspect_ratio", ">", cfg.photo_max_aspect_ratio),)),
+        Check("too_dark", OPAQUE, (c("opaque_p95", "<", cfg.dark_p95), c("opaque_brightness", "<", cfg.dark_mean))),
+        Check("too_bright", PHOTO, (c("opaque_brightness", ">", cfg.bright_mean), c("opaque_p05", ">", cfg.bright_p05))),
+        Check("low_contrast", OPAQUE, (c("contrast", "<", cfg.min_contrast),)),
+        # a cutout's content is its shape: a white icon on white is flat once composited, but not empty
+        Check("low_contrast", CUTOUT, (c("contrast", "<", cfg.min_contrast), c("opaque_fraction", "<", EMPTY_OPAQUE))),
+        Check("low_entropy", OPAQUE, (c("top_color_share", ">", cfg.near_empty_share),
+                                      c("ink_fraction", "<", cfg.near_empty_ink))),
+        Check("blurry", PHOTO, (c("edge_sharpness", "<", cfg.photo_min_edge),)),
+        Check("blurry", PHOTO, (c("edge_sharpness", "<", cfg.photo_soft_edge),
+                                c("native_sharpness", "<", cfg.photo_min_native_sharpness))),
+        Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),)),
+        Check("compressed", ALL_KINDS, (c("jpeg_quality", "<", cfg.min_jpeg_quality),)),
+    )
+
+
+def _metric(name: str) -> pl.Expr:
+    short = pl.min_horizontal("width", "height").cast(pl.Float64)
+    if name == "short_side":
+        return short
+    if name == "aspect_ratio":
+        return pl.max_horizontal("width", "height").cast(pl.Float64) / pl.max_horizontal(short, pl.lit(1.0))
+    return pl.col(name).cast(pl.Float64)
+
+
+def _holds(cond: Condition) -> pl.Expr:
+    m = _metric(cond.metric)
+    return (m < cond.threshold) if cond.op == "<" else (m > cond.threshold)
+
+
+def _detail(reason: str, metric: str, op: str | None, value: pl.Expr, threshold: float | None) -> pl.Expr:
+    return pl.struct(pl.lit(reason).alias("reason"), pl.lit(metric).alias("metric"),
+                     pl.lit(op, dtype=pl.String).alias("op"), value.cast(pl.Float64).alias("value"),
+                     pl.lit(threshold, dtype=pl.Float64).alias("threshold"))
+
+
+def fired_details(cfg: QualityConfig, ok: pl.Expr, kind: pl.Expr, duplicate: pl.Expr) -> list[pl.Expr]:
+    """One List(DETAIL_DTYPE)-able expression per condition: its detail struct when its check fired,
+    else null; in REASONS order."""
+    out = [pl.when(~ok).then(_detail("corrupt", "error_code", None, pl.lit(None), None))]
+    for chk in checks(cfg):
+        fired = ok & kind.is_in(list(chk.kinds))
+        for cond in chk.conditions:
+            fired = fired & _holds(cond)
+        fired = fired.fill_null(False)
+        out += [pl.when(fired).then(_detail(chk.reason, cond.metric, cond.op, _metric(cond.metric), cond.threshold))
+                for cond in chk.conditions]
+    out.append(pl.when(duplicate).then(_detail("duplicate", "phash_distance", None, pl.col("distance"), None)))
+    return out
