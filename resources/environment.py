@@ -34,7 +34,7 @@ import dagster as dg
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SHARD_SIZE = 10_000  # the same as partitions.shards.DEFAULT_SHARD_SIZE
 DEFAULT_BACKFILL_SHARDS_PER_RUN = 10
-DEPLOYMENTS = ("local", "k8s")
+DEPLOYMENTS = ("local", "k8s", "celery")
 EMBEDDER_KINDS = ("open_clip", "efficientnet_lite0")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 EFFICIENTNET_MODEL = "tf_efficientnet_lite0"

@@ -74,13 +74,11 @@ def test_mismatched_embedder_or_dimension_fails_naming_the_setting(tmp_path):
 
 
 def test_pickled_code_is_refused_and_missing_files_are_named(tmp_path):
-    import pickle
-
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
 
-    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"layers.0.weight": Evil()}))
+    torch.save({"layers.0.weight": Evil()}, tmp_path / "evil.pt")  # a checkpoint that would run code
     with pytest.raises(HeadLoadError, match="cannot load safely"):
         load_head(with_uri(LAION_AESTHETIC, str(tmp_path / "evil.pt")))
     with pytest.raises(HeadLoadError, match="does not exist"):
