@@ -75,7 +75,8 @@ def stage_settings(resources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         DEDUP_CLUSTERS: _fields(make_config(DedupConfig, settings.dedup), ("pair_batch", "index_batch")),
         CURATED_IMAGES: _fields(make_config(QualityConfig, settings.quality)),
         IMAGE_EMBEDDINGS: model,
-        FEW_SHOT_PROBE: {**model, "fewshot_uri": classifier.fewshot_uri},
+        # what the examples are is few_shot_examples' data version (a dep), not the folder's path
+        FEW_SHOT_PROBE: {**model, "few_shot": bool(classifier.fewshot_uri)},
         IMAGE_CLASSIFICATIONS: {
             "labels": list(classifier.labels), "templates": list(classifier.templates), "top_k": classifier.top_k,
             "min_confidence": classifier.min_confidence, "fewshot_min_confidence": classifier.fewshot_min_confidence,
