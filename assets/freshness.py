@@ -61,10 +61,10 @@ def _fields(cfg: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def stage_settings(resources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Stage -> the settings that change its output (batch sizes, worker counts, devices do not)."""
+    from assets.semantic import SemanticDedupRunConfig
     from curation.dedup import DedupConfig
     from curation.inventory import InventoryConfig
     from curation.quality import QualityConfig
-    from assets.semantic import SemanticDedupRunConfig
 
     settings, classifier = resources["settings"], resources["classifier"]
     spec = resources["embedder"].spec()

@@ -30,11 +30,11 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import checks as asset_checks
-from assets import freshness
 from assets import (
     classifications,
     dedup,
     embeddings,
+    freshness,
     inventory,
     quality,
     reports,

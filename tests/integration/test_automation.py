@@ -116,7 +116,7 @@ def test_automation_requests_exactly_what_new_shards_and_examples_need(corpus_se
         # the examples folder itself is observed on its cron, by the same sensor
         later = dg.evaluate_automation_conditions(
             defs, instance, cursor=tick.cursor,
-            evaluation_time=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=6))
+            evaluation_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=6))
         assert later.total_requested == 1 and later.get_num_requested(dg.AssetKey("few_shot_examples")) == 1
 
 
