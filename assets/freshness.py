@@ -27,12 +27,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
-from assets._common import OWNERS, make_config
+from assets._common import make_config
 from assets.factory import with_freshness
 from curation.stages import (
     CURATED_IMAGES,
@@ -113,7 +113,7 @@ def examples_version(root: str) -> tuple[str, int]:
 
 
 @dg.observable_source_asset(
-    name=FEW_SHOT_EXAMPLES, group_name="ml", owners=OWNERS,
+    name=FEW_SHOT_EXAMPLES, group_name="ml",
     automation_condition=AC.cron_tick_passed(EXAMPLES_CRON).with_label(f"observed on {EXAMPLES_CRON}"),
     description="The labelled few-shot examples (one sub-folder per label, ClassifierSettings.fewshot_uri). "
                 "Its data version is a hash of the listing: few_shot_probe is stale when it changes.")
@@ -125,10 +125,15 @@ def few_shot_examples(classifier: ClassifierSettings) -> dg.ObserveResult:
                             metadata={"examples": n, "path": dg.MetadataValue.path(classifier.fewshot_uri)})
 
 
-def freshen(assets: list[dg.AssetsDefinition], resources: Mapping[str, Any]) -> list[dg.AssetsDefinition]:
+def freshen(assets: Sequence[object], resources: Mapping[str, Any]) -> list[dg.AssetsDefinition]:
     """The stage assets with their code versions and automation conditions for these resources."""
     versions, conditions = code_versions(resources), automation_conditions(resources)
-    return [with_freshness(a, versions, conditions) for a in assets]
+    out = []
+    for a in assets:
+        if not isinstance(a, dg.AssetsDefinition):
+            raise TypeError(f"expected the stage assets as AssetsDefinitions, got {type(a).__name__}")
+        out.append(with_freshness(a, versions, conditions))
+    return out
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
