@@ -35,6 +35,7 @@ import dagster as dg
 from assets._common import make_config
 from assets.factory import with_freshness
 from curation.stages import (
+    COMPUTE_TAG,
     CURATED_IMAGES,
     CURATION_SUMMARY,
     DEDUP_CLUSTERS,
@@ -113,7 +114,7 @@ def examples_version(root: str) -> tuple[str, int]:
 
 
 @dg.observable_source_asset(
-    name=FEW_SHOT_EXAMPLES, group_name="ml",
+    name=FEW_SHOT_EXAMPLES, group_name="ml", op_tags={COMPUTE_TAG: "cpu"},
     automation_condition=AC.cron_tick_passed(EXAMPLES_CRON).with_label(f"observed on {EXAMPLES_CRON}"),
     description="The labelled few-shot examples (one sub-folder per label, ClassifierSettings.fewshot_uri). "
                 "Its data version is a hash of the listing: few_shot_probe is stale when it changes.")
