@@ -8,16 +8,21 @@ bounds GPU steps across runs); the orchestration layer maps it to pod specs (orc
 A stage that writes more datasets than its own table becomes a `@dg.multi_asset` with one
 `AssetSpec` per dataset, so the asset graph shows every dataset with its one writer; its compute
 function returns one `MaterializeResult` per dataset written (see `_common.per_shard_outputs`).
+A stage's `sources` (observed external inputs, e.g. the few-shot examples folder) are deps too.
+
+`with_freshness(assets_def, versions, conditions)` is the hook that sets what depends on the
+deployment's settings, once the definitions know their resources (assets/freshness.py): each
+asset's `code_version` (by its writer stage) and `automation_condition` (by asset name).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import dagster as dg
 
 from assets._common import OWNERS, backfill_policy, retry_policy
-from curation.stages import COMPUTE_TAG, GPU_POOL, Stage, stage
+from curation.stages import COMPUTE_TAG, GPU_POOL, Stage, stage, writer_of
 from partitions.shards import SHARDS
 
 
@@ -34,8 +39,12 @@ def _common(st: Stage) -> dict:
     return out
 
 
+def _deps(st: Stage) -> list[dg.AssetKey]:
+    return [dg.AssetKey(u) for u in (*st.upstream, *st.sources)]
+
+
 def _specs(st: Stage) -> list[dg.AssetSpec]:
-    deps = [dg.AssetKey(u) for u in st.upstream]
+    deps = _deps(st)
     parts = {"partitions_def": SHARDS} if st.partitioned else {}
     own = dg.AssetSpec(st.name, deps=deps, group_name=st.group, kinds=set(st.kinds), owners=OWNERS,
                        description=st.description, **parts)
@@ -53,8 +62,22 @@ def stage_asset(name: str, **extra) -> Callable[[Callable], dg.AssetsDefinition]
     def build(fn: Callable) -> dg.AssetsDefinition:
         if st.also_writes:
             return dg.multi_asset(name=st.name, specs=_specs(st), **_common(st), **extra)(fn)
-        return dg.asset(name=st.name, deps=[dg.AssetKey(u) for u in st.upstream], group_name=st.group,
+        return dg.asset(name=st.name, deps=_deps(st), group_name=st.group,
                         kinds=set(st.kinds), owners=OWNERS, description=st.description,
                         **_common(st), **extra)(fn)
 
     return build
+
+
+def with_freshness(assets_def: dg.AssetsDefinition, versions: Mapping[str, str],
+                   conditions: Mapping[str, dg.AutomationCondition]) -> dg.AssetsDefinition:
+    """`assets_def` with each asset's code_version = `versions[writer stage]` and automation
+    condition = `conditions.get(asset name)` (unchanged where neither applies)."""
+
+    def update(spec: dg.AssetSpec) -> dg.AssetSpec:
+        name = spec.key.to_user_string()
+        version = versions.get(writer_of(name).name, spec.code_version)
+        return spec.replace_attributes(code_version=version,
+                                       automation_condition=conditions.get(name, spec.automation_condition))
+
+    return assets_def.map_asset_specs(update)

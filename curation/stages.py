@@ -8,13 +8,22 @@ profiles to pod specs and builds jobs from it, and the library reads output fold
 stage order of reports from it. A dataset's output folder is its name (`<output_root>/<dataset>/`).
 
 API: `STAGES` (registry order = execution order), `stage(name)`, `stages_in(job)`,
-`SHARD_STAGES` / `REPORT_STAGES` (names), `writer_of(dataset)`, `Dataset`, `Compute`, `Retry`.
+`SHARD_STAGES` / `REPORT_STAGES` (names), `writer_of(dataset)`, `Dataset`, `Compute`, `Retry`,
+`lineage_versions(settings)`.
+
+Versions: each stage has an `algorithm` number; bump it when a change to the stage's code changes
+its output. `lineage_versions` turns (algorithm, the stage's output-relevant settings, the versions
+of its upstream stages) into a short hash per stage: the assets' `code_version`, so a changed
+setting marks that stage and every stage below it stale, and nothing above it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # The op tag that carries a step's compute kind ("cpu" / "gpu"); GPU steps also run in this pool.
 COMPUTE_TAG = "curation/compute"
@@ -76,6 +85,8 @@ class Stage:
     also_writes: tuple[Dataset, ...] = ()  # datasets besides the stage's own table, same step
     partitioned: bool = True
     in_report: bool = False  # has an entry in the report's time per stage
+    algorithm: int = 1  # bump when the stage's code changes its output (part of its code_version)
+    sources: tuple[str, ...] = ()  # observed external inputs (source assets) the stage reads
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -95,6 +106,7 @@ SEMANTIC_DUPLICATES = "semantic_duplicates"
 SEMANTIC_INDEX = "semantic_index"
 SEMANTIC_CENTER = "semantic_center"
 CURATION_SUMMARY = "curation_summary"
+FEW_SHOT_EXAMPLES = "few_shot_examples"  # the labelled examples folder, an observed source
 
 
 RETRY = Retry(max_retries=2, delay_s=5)
@@ -107,7 +119,7 @@ SMALL_CPU = Compute(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi")
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        FEW_SHOT_PROBE, (), "ml", FEW_SHOT, partitioned=False,
+        FEW_SHOT_PROBE, (), "ml", FEW_SHOT, partitioned=False, sources=(FEW_SHOT_EXAMPLES,),
         kinds=frozenset({"pytorch", "scikitlearn", "json"}), compute=Compute(cpu="2", memory="8Gi"),
         description=("A linear probe trained on embeddings of the few-shot examples (one sub-folder per label), "
                      "stored as JSON (no pickle) with its validation accuracy; applied to every shard by "
@@ -220,6 +232,18 @@ def check_registry(stages: tuple[Stage, ...]) -> None:
 
 
 check_registry(STAGES)
+
+
+def lineage_versions(settings: Mapping[str, Any], stages: tuple[Stage, ...] = STAGES) -> dict[str, str]:
+    """Stage name -> 12-hex-digit version of (name, algorithm, `settings[name]` (JSON-able, only
+    the settings that change the output; absent = none), the upstream stages' versions)."""
+    out: dict[str, str] = {}
+    for s in stages:
+        payload = {"stage": s.name, "algorithm": s.algorithm, "settings": settings.get(s.name),
+                   "upstream": [out[u] for u in s.upstream]}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        out[s.name] = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return out
 
 # Names derived from the registry.
 SHARD_STAGES: tuple[str, ...] = tuple(s.name for s in stages_in(CURATE))  # the curate_shard job, in order

@@ -13,6 +13,13 @@ Executor by deployment (env CURATION_DEPLOYMENT):
 - "celery": steps run in long-lived Celery workers on several machines, GPU steps on the `gpu`
   queue, the rest on `cpu` (orchestration/distributed.py, docs/deploy-several-machines.md).
 
+Freshness (assets/freshness.py): each stage asset's code_version is a hash of the settings that
+change its output (and of its upstream stages'), from the same resources the runs get, so changing
+a setting marks exactly the affected stages stale; `curation_automation` (an automation condition
+sensor, STOPPED by default so CLI users see no surprise runs) keeps curation_summary,
+semantic_duplicates and few_shot_probe fresh. `build_definitions(resources)` builds it all for
+given resources; `defs` is it for the environment's defaults.
+
 The deployment is read when the definitions load (resources.environment.deployment()). The
 definitions are checked against the stage registry: every stage is an asset, every dataset a stage
 writes is an asset of that stage's step, and every declared check exists.
@@ -27,6 +34,7 @@ from assets import (
     classifications,
     dedup,
     embeddings,
+    freshness,
     inventory,
     quality,
     reports,
@@ -77,16 +85,25 @@ def check_against_registry(assets: list[dg.AssetsDefinition], checks: list[dg.As
 
 check_against_registry(all_assets, all_checks)
 
-defs = dg.Definitions(
-    assets=all_assets,
-    asset_checks=all_checks,
-    jobs=ALL_JOBS,
-    sensors=[build_new_files_sensor(curate_shard_job)],
-    resources={
+def default_resources() -> dict:
+    return {
         "corpus": CorpusResource(),
         "settings": StageSettings(),
         "embedder": EmbedderResource(),
         "classifier": ClassifierSettings(),
-    },
-    executor=executor_for(environment.deployment()),
-)
+    }
+
+
+def build_definitions(resources: dict | None = None) -> dg.Definitions:
+    resources = resources or default_resources()
+    return dg.Definitions(
+        assets=[*freshness.freshen(all_assets, resources), freshness.few_shot_examples],
+        asset_checks=all_checks,
+        jobs=ALL_JOBS,
+        sensors=[build_new_files_sensor(curate_shard_job), freshness.automation_sensor()],
+        resources=resources,
+        executor=executor_for(environment.deployment()),
+    )
+
+
+defs = build_definitions()

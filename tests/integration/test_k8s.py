@@ -236,6 +236,8 @@ def test_assets_carry_an_abstract_compute_profile_and_the_executor_maps_it():
     per_step = k8s.executor_config()["per_step_k8s_config"]
     assert set(per_step) == {s.name for s in STAGES}
     for node in defs.resolve_asset_graph().asset_nodes:
+        if node.is_external:  # observed source assets (few_shot_examples): a small default pod
+            continue
         assets_def = node.assets_def
         tags = assets_def.node_def.tags
         assert "dagster-k8s/config" not in tags, node.key

@@ -30,6 +30,18 @@ def _retry(assets_def) -> str | None:
     return f"{policy.max_retries}x{policy.delay}s" if policy else None
 
 
+def _automation(condition) -> str | None:
+    if condition is None:
+        return None
+    return condition.get_label() or type(condition).__name__
+
+
+def _sensor_job(sensor) -> str | None:
+    if isinstance(sensor, dg.AutomationConditionSensorDefinition):
+        return "automation conditions"  # targets assets, not a job
+    return sensor.job_name
+
+
 def snapshot(defs: dg.Definitions) -> dict:
     graph = defs.resolve_asset_graph()
     assets = {}
@@ -48,7 +60,7 @@ def snapshot(defs: dg.Definitions) -> dict:
             "pools": sorted(node.pools or []) if hasattr(node, "pools") else None,
             "backfill_policy": str(node.backfill_policy.policy_type) if node.backfill_policy else None,
             "code_version": node.code_version,
-            "automation": type(node.automation_condition).__name__ if node.automation_condition else None,
+            "automation": _automation(node.automation_condition),
             "checks": sorted(c.name for c in node.check_keys) if hasattr(node, "check_keys") else [],
         }
     checks = {}
@@ -62,7 +74,7 @@ def snapshot(defs: dg.Definitions) -> dict:
         keys = sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys) if job.asset_layer else []
         jobs[job.name] = {"assets": keys, "partitioned": job.partitions_def is not None,
                           "tags": dict(sorted((job.tags or {}).items()))}
-    sensors = {s.name: {"job": s.job_name, "default_status": str(s.default_status),
+    sensors = {s.name: {"job": _sensor_job(s), "default_status": str(s.default_status),
                         "interval_s": s.minimum_interval_seconds} for s in (defs.sensors or [])}
     return {"assets": assets, "checks": checks, "jobs": dict(sorted(jobs.items())), "sensors": sensors}
 
