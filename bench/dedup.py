@@ -3,8 +3,9 @@
 Measured in one run:
   * clustering time of 1M and 5M synthetic uniform 64-bit pHash/dHash pairs with `cluster_hashes`
     (the engine of `dedup_shard`), and of 5M *skewed* hashes (every hash a real corpus hash with
-    0-10 random bit flips, so ~20k dense modes instead of a uniform spread, ~8% of images within
-    the radii of another: leader clustering on a realistic number of links);
+    0-10 random bit flips, so ~20k dense modes instead of a uniform spread: leader clustering on a
+    realistic number of links), with one 8x8 RGB thumbnail per mode so every candidate takes the
+    thumbnail verification;
   * bytes per image: tracemalloc peak of the clustering call (numpy allocations are traced) plus
     its inputs (19 bytes per image) and outputs, divided by n;
   * recall of the multi-index search against brute force on ~20k REAL hashes (skimage photos and
@@ -45,6 +46,7 @@ from bench.common import machine  # noqa: E402
 from curation.dedup import (  # noqa: E402
     INDEX_SCHEMA,
     DedupConfig,
+    VerifyFeatures,
     chromaticity,
     cluster_hashes,
     dedup_shard,
@@ -99,8 +101,11 @@ def search_recall(df: pl.DataFrame, cfg: DedupConfig) -> dict:
     C = chromaticity(df["color_mean_r"].to_numpy(), df["color_mean_g"].to_numpy(), df["color_mean_b"].to_numpy())[el]
     lim = int(np.floor(cfg.max_chroma_diff * 255 + 1e-9))
     res = {"n_real_hashes": int(len(P))}
-    for tag, c in (("default", cfg), ("r4", DedupConfig(phash_radius=4, dhash_radius=4)),
-                   ("r8", DedupConfig(phash_radius=8, dhash_radius=8))):
+    # chroma only (no thumbnails): every pair takes the strict rule, set equal to the candidate
+    # radii here, so the search is checked against brute force at those radii
+    for tag, c in (("default", DedupConfig(strict_phash_radius=cfg.phash_radius, strict_dhash_radius=cfg.dhash_radius)),
+                   ("r4", DedupConfig(phash_radius=4, dhash_radius=4, strict_phash_radius=4, strict_dhash_radius=4)),
+                   ("r8", DedupConfig(phash_radius=8, dhash_radius=8, strict_phash_radius=8, strict_dhash_radius=8))):
         t0 = time.perf_counter()
         truth = brute_pairs(P, D, C, c.phash_radius, c.dhash_radius, lim)
         t1 = time.perf_counter()
@@ -118,9 +123,12 @@ def search_recall(df: pl.DataFrame, cfg: DedupConfig) -> dict:
     return res
 
 
-def time_cluster(P: np.ndarray, D: np.ndarray, cfg: DedupConfig, label: str) -> dict:
+def time_cluster(P: np.ndarray, D: np.ndarray, cfg: DedupConfig, label: str, thumbs: np.ndarray | None = None) -> dict:
+    """Clustering time; with `thumbs` ((n, 192) uint8) every candidate takes the thumbnail check."""
     n = len(P)
     C = np.full((n, 3), 85, np.uint8)
+    if thumbs is not None:
+        C = VerifyFeatures(C, thumbs, np.ones(n, bool), np.zeros(n, np.float32))
     rank = np.arange(n, dtype=np.int64)
     gc.collect()
     tracemalloc.start()
@@ -129,7 +137,7 @@ def time_cluster(P: np.ndarray, D: np.ndarray, cfg: DedupConfig, label: str) -> 
     sec = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    inputs = P.nbytes + D.nbytes + C.nbytes
+    inputs = P.nbytes + D.nbytes + (C.nbytes if thumbs is None else C.chroma.nbytes + thumbs.nbytes + 5 * n)
     sizes = np.bincount(leader)
     out = {
         "n": n, "seconds": round(sec, 2), "peak_traced_bytes_per_image_excl_inputs": round(peak / n, 1),
@@ -280,8 +288,11 @@ def main() -> None:
         for t in range(10):
             bit = np.uint64(1) << rng.integers(0, 64, n).astype(np.uint64)
             H ^= np.where(t < k, bit, np.uint64(0))
-    runs[f"skewed_{n}"] = time_cluster(P, D, cfg, f"skewed {n}")
-    del P, D, base
+    # each mode gets one random 8x8 RGB thumbnail: every candidate pair of a mode passes the
+    # thumbnail check, so verification and clustering see all their links
+    thumbs = np.random.default_rng(1).integers(0, 256, (len(real_p), 192), dtype=np.uint8)[base]
+    runs[f"skewed_{n}"] = time_cluster(P, D, cfg, f"skewed {n}", thumbs)
+    del P, D, base, thumbs
     result["clustering"] = runs
     result["dedup_1m_seconds"] = runs["uniform_1000000"]["seconds"]
     if not args.quick:

@@ -58,18 +58,25 @@ search touches only phash, dhash, chroma and flags of eligible representatives (
 from __future__ import annotations
 
 from curation.dedup.cluster import cluster_hashes, leader_clusters
-from curation.dedup.config import INDEX_SCHEMA, DedupConfig
+from curation.dedup.config import FLAG_SUPERSEDES, INDEX_SCHEMA, DedupConfig
 from curation.dedup.earlier import best_earlier_match
 from curation.dedup.keys import block_plan
 from curation.dedup.prepare import representative_rank
 from curation.dedup.query import query_index
 from curation.dedup.search import near_pairs
 from curation.dedup.shard import dedup_shard
-from curation.dedup.verify import chromaticity, verify_candidates
+from curation.dedup.supersede import SUPERSEDE_SCHEMA, corpus_keep, find_supersedes, supersede_records
+from curation.dedup.verify import VerifyFeatures, chromaticity, verify_candidates
 
 __all__ = [
+    "FLAG_SUPERSEDES",
     "INDEX_SCHEMA",
+    "SUPERSEDE_SCHEMA",
     "DedupConfig",
+    "VerifyFeatures",
+    "corpus_keep",
+    "find_supersedes",
+    "supersede_records",
     "best_earlier_match",
     "block_plan",
     "chromaticity",

@@ -45,6 +45,7 @@ from curation.imaging.convert import (
     orient,
     to_8bit,
 )
+from curation.imaging.features import FEATURE_COLUMNS, image_features
 from curation.imaging.hashes import HASH_COLUMNS, WHASH_IMAGE_SCALE, hash_batch
 from curation.imaging.limits import BACKGROUND, MAX_PIXELS
 from curation.imaging.metrics import (
@@ -65,7 +66,7 @@ from curation.imaging.policy import (
 # Measurement columns produced here (everything in INVENTORY_SCHEMA except identity/file columns).
 MEASURE_COLUMNS = ("format", "width", "height", "mode", "orientation", "n_frames", "has_alpha",
                    "color_mean_r", "color_mean_g", "color_mean_b", "brightness", "contrast",
-                   "entropy", "sharpness", "decode_ms", "error_code", "error_message")
+                   "entropy", "sharpness", "decode_ms", "error_code", "error_message", *FEATURE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
         metrics = grey_metrics(grey)
         means = color_means(flat)
         hin = hash_inputs(grey_img)
+        features = image_features(flat)
     return {
         "format": fmt,
         "width": width,
@@ -146,6 +148,7 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
         "color_mean_g": means[1],
         "color_mean_b": means[2],
         **metrics,
+        **features,
         "decode_ms": (time.perf_counter() - t0) * 1000.0,
         "error_code": None,
         "error_message": None,
