@@ -47,7 +47,7 @@ from bench.accuracy_peers import (
 )
 from bench.accuracy_sets import CACHE, SET_VERSION, build_sets, describe
 from bench.common import REPO, machine, today
-from curation.dedup import DedupConfig, dedup_shard
+from curation.dedup import DedupConfig, corpus_keep, dedup_shard, supersede_records
 from curation.inventory import InventoryConfig, iter_inventory
 from curation.quality import QualityConfig, evaluate
 
@@ -230,6 +230,26 @@ def kept_largest(df: pl.DataFrame, out: pl.DataFrame) -> dict:
     return {"clusters": agg.height, "kept_largest": _r(ok / agg.height if agg.height else 1.0)}
 
 
+def kept_largest_corpus(df: pl.DataFrame, out: pl.DataFrame, index: pl.DataFrame) -> dict:
+    """kept_largest of the corpus-level view (`curation.dedup.corpus_keep` with every image
+    acceptable: representatives kept, members rejected only as duplicates): of clusters with 2+
+    members, the fraction whose one kept image has the most pixels of the cluster."""
+    cur = out.select("image_id", "cluster_id", pl.col("is_representative").alias("keep"),
+                     pl.when(pl.col("is_representative")).then(pl.lit([], pl.List(pl.String)))
+                     .otherwise(pl.lit(["duplicate"])).alias("reasons"))
+    records = supersede_records(index)
+    view = corpus_keep(cur, records)
+    px = df.select("image_id", (pl.col("width").cast(pl.Int64) * pl.col("height")).alias("px"))
+    j = view.join(px, on="image_id")
+    agg = j.group_by("cluster_id").agg(pl.len().alias("n"), pl.col("px").max().alias("max_px"),
+                                       pl.col("px").filter(pl.col("keep")).max().alias("kept_px"),
+                                       pl.col("keep").sum().alias("kept"))
+    agg = agg.filter(pl.col("n") > 1)
+    ok = agg.filter((pl.col("kept") == 1) & (pl.col("kept_px") >= pl.col("max_px"))).height
+    return {"clusters": agg.height, "kept_largest": _r(ok / agg.height if agg.height else 1.0),
+            "supersede_records": records.height}
+
+
 def dedup(root: Path) -> dict:
     labels = pl.read_parquet(root / "labels.parquet")
     inv = run_inventory(root, labels, "s0")
@@ -253,10 +273,12 @@ def dedup(root: Path) -> dict:
     a = df.filter(pl.Series(first)).with_columns(pl.lit("a").alias("shard"))
     b = df.filter(pl.Series(~first)).with_columns(pl.lit("b").alias("shard"))
     oa, ia = dedup_shard(a.select(inv_cols), None, cfg)
-    ob, _ = dedup_shard(b.select(inv_cols), ia, cfg)
-    two = pl.concat([oa, ob]).select("image_id", "cluster_id")
-    two = df.select("image_id").join(two, on="image_id", maintain_order="left")
-    res["pipeline_two_shards"] = {**pair_scores(group, two["cluster_id"].to_numpy(), small), **kept_largest(df, two),
+    ob, ib = dedup_shard(b.select(inv_cols), ia, cfg)
+    both = pl.concat([oa, ob])
+    two = df.select("image_id").join(both.select("image_id", "cluster_id"), on="image_id", maintain_order="left")
+    res["pipeline_two_shards"] = {**pair_scores(group, two["cluster_id"].to_numpy(), small),
+                                  "kept_largest_shard_level": kept_largest(df, two)["kept_largest"],
+                                  **kept_largest_corpus(df, both, pl.concat([ia, ib])),
                                   "shard_a_images": a.height, "shard_b_images": b.height}
     # peers on the same files
     t0 = time.perf_counter()

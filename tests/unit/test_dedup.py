@@ -348,7 +348,7 @@ def test_precision_recall_on_labelled_groups(corpus: pl.DataFrame) -> None:
     # ...but not to crops: a 2-5% crop shifts the DCT/gradient grid (median pHash distance ~6), so
     # only the mildest crops are caught at radii that keep precision (reported, not asserted); the
     # overall recall (crops included) reflects it.
-    assert s["recall"] >= 0.65
+    assert s["recall"] >= 0.72  # two-stage rule (thumbnails): 0.730 measured
     # star clusters stay small: a group has 5 images
     assert s["largest_cluster"] <= 12
 
