@@ -296,7 +296,7 @@ def dedup(root: Path) -> dict:
     res["imagehash_phash_white"] = {"best_radius": best["radius"], **best, "sweep": [
         {k: s[k] for k in ("radius", "precision", "recall", "f1", "recall_small", "f1_small")} for s in sweep],
         "seconds": _r(time.perf_counter() - t0, 1), "grouping": "connected components of pairs within the radius"}
-    idd = run_imagededup(root, CACHE / "imagededup_out.json")
+    idd = run_imagededup(root, CACHE / "imagededup_out.json", reuse=REUSE_INVENTORY)
     if "pairs" in idd:
         pairs = idd.pop("pairs")
         idd.update(pairset_scores(group, [Path(f).name for f in df["rel_path"]], pairs, small))
@@ -420,7 +420,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("quality", "dedup"), help="run one half (the other is kept from the last JSON)")
     ap.add_argument("--dedup-only", action="store_const", const="dedup", dest="only", help="= --only dedup")
     ap.add_argument("--reuse-inventory", action="store_true",
-                    help="reuse stage 1's output of the last run (when only quality/dedup code changed)")
+                    help="reuse stage 1's output and imagededup's answer of the last run (when only "
+                         "quality/dedup code changed)")
     args = ap.parse_args()
     global REUSE_INVENTORY
     REUSE_INVENTORY = args.reuse_inventory

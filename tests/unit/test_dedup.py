@@ -480,7 +480,7 @@ def _flip(h: int, bits: range) -> int:
 
 
 def test_no_chaining() -> None:
-    rp, rd = CFG.phash_radius, CFG.dhash_radius
+    rp, rd = CFG.strict_phash_radius, CFG.strict_dhash_radius  # rows without thumbnails: the strict rule
     a_p, a_d = 0x0123456789ABCDEF, 0x0F0F0F0F0F0F0F0F
     b_p, b_d = _flip(a_p, range(0, rp)), _flip(a_d, range(0, rd))  # at the radii from A
     c_p, c_d = _flip(b_p, range(20, 20 + rp)), _flip(b_d, range(20, 20 + rd))  # radii from B, 2x from A
@@ -603,7 +603,7 @@ def test_error_rows_and_missing_hashes() -> None:
 
 
 def test_earliest_shard_wins_and_earlier_outputs_are_untouched() -> None:
-    rp = CFG.phash_radius
+    rp = CFG.strict_phash_radius  # rows without thumbnails: the strict rule
     a_p, d = 0x0123456789ABCDEF, 0x0F0F0F0F0F0F0F0F
     b_p = _flip(a_p, range(0, 2 * rp))  # 2 radii from A: its own cluster in shard 1
     x_p = _flip(a_p, range(0, rp))  # within the radius of both A (shard 0) and B (shard 1)
