@@ -27,6 +27,7 @@ COPY curation/ curation/
 COPY orchestration/ orchestration/
 COPY partitions/ partitions/
 COPY resources/ resources/
+COPY demo/ demo/
 RUN set -eu; \
     if [ "$TORCH_VARIANT" = "cpu" ]; then \
       extra="--extra-index-url https://download.pytorch.org/whl/cpu"; \

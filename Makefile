@@ -9,7 +9,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_SHARD_SIZE ?= 2000
 DEMO_SOURCE := demo
 
-.PHONY: setup demo test dev bench bench-gpu clean-outputs lock
+.PHONY: setup demo test lint dev bench bench-gpu clean-outputs lock
 
 # deploy/constraints.txt pins every package to the set the tests ran with (the Docker images use it too)
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
@@ -34,7 +34,13 @@ demo: setup data/demo_corpus/.demo_version
 
 test: setup
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_redis.sh
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# ruff (lint + import order) and mypy (types) over the project; .ci/run runs it after the tests
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 dev: setup
 	$(VENV)/bin/dagster dev -w workspace.yaml

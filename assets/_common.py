@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 
@@ -137,27 +136,52 @@ def read_stage(context, corpus, stage: str, shard: str, columns: list[str] | Non
         ) from exc
 
 
-def make_config(cls, overrides: dict | None):
-    """Instantiate a library config dataclass with overrides, failing clearly on unknown keys."""
+def make_config(cls, cfg):
+    """The library config dataclass `cls` from typed settings (`resources.stages`, via
+    `to_library()`) or, for compatibility, a dict of overrides. A bad value or an unknown key fails
+    the step at once (never retried) with one line naming the setting."""
     import dataclasses
 
-    overrides = dict(overrides or {})
+    if hasattr(cfg, "to_library"):
+        lib = cfg.to_library()
+        if not isinstance(lib, cls):
+            raise TypeError(f"{type(cfg).__name__}.to_library() gives {type(lib).__name__}, not {cls.__name__}")
+        return lib
+    overrides = dict(cfg or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise dg.Failure(f"unknown {cls.__name__} setting(s) {unknown}; known: {sorted(known)}", allow_retries=False)
-    return dataclasses.replace(cls(), **overrides)
+    try:
+        return dataclasses.replace(cls(), **overrides)
+    except (TypeError, ValueError) as exc:
+        raise dg.Failure(f"{cls.__name__}({overrides}): {str(exc).splitlines()[0]}", allow_retries=False) from exc
 
 
-RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 OWNERS = ["team:data-curation"]
 
 
-# Backfills run several shards per run (Dagster's multi-run backfill policy): a 500-shard backfill is
-# 500 / CURATION_BACKFILL_SHARDS_PER_RUN runs instead of 500, each loading code and models once.
-# Sensor runs and single-partition launches still run one shard each.
-SHARDS_PER_BACKFILL_RUN = max(1, int(os.environ.get("CURATION_BACKFILL_SHARDS_PER_RUN", "10")))
-BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=SHARDS_PER_BACKFILL_RUN)
+def retry_policy(retry) -> dg.RetryPolicy | None:
+    """The Dagster retry policy of a registry `Retry` (curation.stages): exponential backoff, jitter."""
+    if retry.max_retries <= 0:
+        return None
+    return dg.RetryPolicy(max_retries=retry.max_retries, delay=retry.delay_s, backoff=dg.Backoff.EXPONENTIAL,
+                          jitter=dg.Jitter.PLUS_MINUS)
+
+
+def backfill_policy() -> dg.BackfillPolicy:
+    """Backfills run several shards per run (Dagster's multi-run backfill policy): a 500-shard backfill
+    is 500 / CURATION_BACKFILL_SHARDS_PER_RUN runs instead of 500, each loading code and models once.
+    Sensor runs and single-partition launches still run one shard each."""
+    from resources.environment import backfill_shards_per_run
+
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=backfill_shards_per_run())
+
+
+def __getattr__(name: str):
+    if name == "BACKFILL_POLICY":  # the policy the assets were built with (read when asked, not at import)
+        return backfill_policy()
+    raise AttributeError(name)
 
 
 def shards_of(context) -> list[str]:
@@ -167,31 +191,36 @@ def shards_of(context) -> list[str]:
     return sorted(context.partition_keys, key=shard_seq)
 
 
-def _summarise(per: list[tuple[str, dict]]) -> dict:
-    """Metadata of a multi-shard step: totals of the numeric fields and a per-shard table."""
-    numeric = [k for k, v in per[0][1].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    out: dict = {"shards": len(per), "first_shard": per[0][0], "last_shard": per[-1][0]}
-    for k in numeric:
-        vals = [m.get(k) for _, m in per if isinstance(m.get(k), (int, float))]
-        out[k] = round(sum(vals), 3) if k != "dagster/row_count" else int(sum(vals))
-    cols = [k for k in numeric if k != "dagster/row_count"][:8]
-    lines = ["| shard | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
-    lines += [f"| {s} | " + " | ".join(str(m.get(k, "")) for k in cols) + " |" for s, m in per]
-    out["per_shard"] = dg.MetadataValue.md("\n".join(lines))
-    return out
+def per_shard_outputs(context, fn, outputs: tuple[str, ...]) -> list[dg.MaterializeResult]:
+    """Run `fn(shard) -> {dataset: metadata}` for every shard of the step, in order, and return one
+    `MaterializeResult` per dataset in `outputs` that some shard wrote (a dataset missing from a
+    shard's dict was not written for it: skippable outputs).
+
+    Metadata is per partition: one shard's metadata goes on its own result; in a range (a
+    multi-shard backfill run) each shard's metadata is recorded for that partition only
+    (`add_asset_metadata(partition_key=...)`), since Dagster attaches a result's own metadata to
+    every partition of the range."""
+    keys = shards_of(context)
+    if len(keys) == 1:
+        per = fn(keys[0])
+        return [dg.MaterializeResult(asset_key=name, metadata=per[name]) for name in outputs if name in per]
+    written: set[str] = set()
+    for i, shard in enumerate(keys, 1):
+        context.log.info(f"shard {shard} ({i}/{len(keys)})")
+        per = fn(shard)
+        for name, metadata in per.items():
+            context.add_asset_metadata(metadata, asset_key=name, partition_key=shard)
+            written.add(name)
+    run_range = {"backfill_range": f"{keys[0]} .. {keys[-1]} ({len(keys)} shards in this run)"}
+    return [dg.MaterializeResult(asset_key=name, metadata=run_range) for name in outputs if name in written]
 
 
 def per_shard(context, fn) -> dg.MaterializeResult:
-    """Run `fn(shard) -> metadata` for every shard of the step, in order; one shard keeps its full
-    metadata, a range (backfill) gets totals and a per-shard table."""
-    keys = shards_of(context)
-    if len(keys) == 1:
-        return dg.MaterializeResult(metadata=fn(keys[0]))
-    per = []
-    for i, shard in enumerate(keys, 1):
-        context.log.info(f"shard {shard} ({i}/{len(keys)})")
-        per.append((shard, fn(shard)))
-    return dg.MaterializeResult(metadata=_summarise(per))
+    """Run `fn(shard) -> metadata` for every shard of a single-asset step, in order, recording each
+    shard's metadata on its own partition (see `per_shard_outputs`)."""
+    name = context.assets_def.key.to_user_string()
+    (result,) = per_shard_outputs(context, lambda shard: {name: fn(shard)}, (name,))
+    return result
 
 
 def check_per_shard(context, fn) -> dg.AssetCheckResult:

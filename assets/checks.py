@@ -9,6 +9,13 @@ import polars as pl
 
 from assets._common import check_per_shard
 from curation import storage
+from curation.stages import (
+    CURATED_IMAGES,
+    DEDUP_CLUSTERS,
+    IMAGE_CLASSIFICATIONS,
+    IMAGE_EMBEDDINGS,
+    RAW_INVENTORY,
+)
 from partitions.shards import SHARDS
 from resources.corpus import CorpusResource
 
@@ -25,7 +32,7 @@ def _dupes(df: pl.DataFrame) -> int:
     return int(len(df) - df["image_id"].n_unique())
 
 
-@dg.asset_check(asset="raw_inventory", blocking=True, partitions_def=SHARDS,
+@dg.asset_check(asset=RAW_INVENTORY, blocking=True, partitions_def=SHARDS,
                 description="One inventory row per manifest entry (never fewer), and no duplicate ids.")
 def inventory_matches_manifest(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _inventory_matches_manifest_one(corpus, shard))
@@ -33,7 +40,7 @@ def inventory_matches_manifest(context: dg.AssetCheckExecutionContext, corpus: C
 
 def _inventory_matches_manifest_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
     manifest = corpus.registry().manifest(shard)
-    inv = _read(corpus, "raw_inventory", shard, ["image_id", "error_code"])
+    inv = _read(corpus, RAW_INVENTORY, shard, ["image_id", "error_code"])
     missing = set(manifest["image_id"]) - set(inv["image_id"])
     return dg.AssetCheckResult(
         passed=len(inv) == len(manifest) and not missing and _dupes(inv) == 0,
@@ -42,14 +49,14 @@ def _inventory_matches_manifest_one(corpus: CorpusResource, shard: str) -> dg.As
     )
 
 
-@dg.asset_check(asset="dedup_clusters", blocking=True, partitions_def=SHARDS,
+@dg.asset_check(asset=DEDUP_CLUSTERS, blocking=True, partitions_def=SHARDS,
                 description="Every cluster's representative exists (in this shard or an earlier one) and ids are unique.")
 def dedup_representatives_exist(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _dedup_representatives_exist_one(corpus, shard))
 
 
 def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
-    df = _read(corpus, "dedup_clusters", shard)
+    df = _read(corpus, DEDUP_CLUSTERS, shard)
     local = df.filter(pl.col("rep_shard") == shard)
     reps_here = set(df.filter(pl.col("is_representative"))["image_id"])
     missing_local = set(local["cluster_id"]) - reps_here
@@ -57,7 +64,7 @@ def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.A
     missing_earlier = 0
     for rep_shard, group in earlier.group_by("rep_shard"):
         rep_shard = rep_shard[0]
-        uri = corpus.stage_uri("dedup_clusters", rep_shard)
+        uri = corpus.stage_uri(DEDUP_CLUSTERS, rep_shard)
         other = storage.read_parquet(uri, columns=["image_id", "is_representative"]).filter(pl.col("is_representative"))
         missing_earlier += len(set(group["cluster_id"]) - set(other["image_id"]))
     one_rep = df.filter(pl.col("is_representative")).group_by("cluster_id").len()["len"].max() or 0
@@ -68,15 +75,15 @@ def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.A
     )
 
 
-@dg.asset_check(asset="curated_images", blocking=True, partitions_def=SHARDS,
+@dg.asset_check(asset=CURATED_IMAGES, blocking=True, partitions_def=SHARDS,
                 description="Every inventory row has a decision; every reject has at least one reason; kept images are representatives.")
 def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _curated_decisions_complete_one(corpus, shard))
 
 
 def _curated_decisions_complete_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
-    cur = _read(corpus, "curated_images", shard)
-    inv = _read(corpus, "raw_inventory", shard, ["image_id"])
+    cur = _read(corpus, CURATED_IMAGES, shard)
+    inv = _read(corpus, RAW_INVENTORY, shard, ["image_id"])
     no_reason = int(cur.filter(~pl.col("keep") & (pl.col("reasons").list.len() == 0)).height)
     return dg.AssetCheckResult(
         passed=len(cur) == len(inv) and no_reason == 0 and _dupes(cur) == 0,
@@ -84,15 +91,15 @@ def _curated_decisions_complete_one(corpus: CorpusResource, shard: str) -> dg.As
     )
 
 
-@dg.asset_check(asset="image_embeddings", blocking=True, partitions_def=SHARDS,
+@dg.asset_check(asset=IMAGE_EMBEDDINGS, blocking=True, partitions_def=SHARDS,
                 description="Finite, unit-norm vectors of one dimension, at most one per kept image (kept images that failed to decode here carry an error instead).")
 def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _embeddings_valid_one(corpus, shard))
 
 
 def _embeddings_valid_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
-    emb = _read(corpus, "image_embeddings", shard).filter(pl.col("embedding").is_not_null())
-    kept = _read(corpus, "curated_images", shard, ["image_id", "keep"]).filter(pl.col("keep"))
+    emb = _read(corpus, IMAGE_EMBEDDINGS, shard).filter(pl.col("embedding").is_not_null())
+    kept = _read(corpus, CURATED_IMAGES, shard, ["image_id", "keep"]).filter(pl.col("keep"))
     if len(emb) == 0:
         return dg.AssetCheckResult(passed=len(kept) == 0, metadata={"rows": 0, "kept": len(kept)})
     mat = np.asarray(emb["embedding"].to_list(), dtype=np.float32)
@@ -107,14 +114,14 @@ def _embeddings_valid_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckRe
     )
 
 
-@dg.asset_check(asset="image_classifications", blocking=False, partitions_def=SHARDS,
+@dg.asset_check(asset=IMAGE_CLASSIFICATIONS, blocking=False, partitions_def=SHARDS,
                 description="Probabilities lie in [0, 1]; top-k probabilities sum to at most 1 (to 1 over all labels).")
 def classification_probabilities(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _classification_probabilities_one(corpus, shard))
 
 
 def _classification_probabilities_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
-    df = _read(corpus, "image_classifications", shard)
+    df = _read(corpus, IMAGE_CLASSIFICATIONS, shard)
     bad = 0
     if len(df) and df["zs_topk_probs"].null_count() < len(df):
         sums = df.select(pl.col("zs_topk_probs").list.sum()).to_series().drop_nulls()

@@ -2,44 +2,30 @@
 
 
 import time
+
 import dagster as dg
 import polars as pl
 
-from assets._common import BACKFILL_POLICY, OWNERS, Progress, RETRY, per_shard, read_stage, shard_source
-from assets.quality import curated_images
+from assets._common import Progress, per_shard, read_stage, shard_source
+from assets.factory import stage_asset
 from curation import storage
 from curation.imaging.policy import rgb_opener as image_opener  # uri -> RGB image under the open policy
-from orchestration.k8s import gpu_step_tags
-from partitions.shards import SHARDS
+from curation.stages import CURATED_IMAGES, IMAGE_EMBEDDINGS
 from resources.corpus import CorpusResource
 from resources.models import EmbedderResource
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=BACKFILL_POLICY,
-    deps=[curated_images],
-    group_name="ml",
-    kinds={"pytorch", "polars", "parquet"},
-    owners=OWNERS,
-    pool="gpu",
-    op_tags=gpu_step_tags(),
-    retry_policy=RETRY,
-    description=(
-        "L2-normalised image embeddings (float16 precision) of every kept image, written in chunks so a "
-        "killed step resumes after its last completed chunk. Model from the `embedder` resource."
-    ),
-)
+@stage_asset(IMAGE_EMBEDDINGS)
 def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource) -> dg.MaterializeResult:
     return per_shard(context, lambda shard: _image_embeddings_one(context, corpus, embedder, shard))
 
 
 def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource, shard: str) -> dict:
     from curation.embedding import embed_shard
-    from curation.reader import read_source
+    from curation.imaging.policy import source_reader
 
     t0 = time.monotonic()
-    curated = read_stage(context, corpus, "curated_images", shard, columns=["image_id", "uri", "keep"])
+    curated = read_stage(context, corpus, CURATED_IMAGES, shard, columns=["image_id", "uri", "keep"])
     items = curated.filter(pl.col("keep")).select("image_id", "uri")
     model = embedder.get_embedder()
     progress = Progress(context, "embeddings", len(items))
@@ -48,13 +34,13 @@ def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResou
         items,
         image_opener(root),
         model,
-        read_bytes=lambda uri: read_source(uri, root, max_bytes=512 * 1024 * 1024)[0],  # nvJPEG path on GPU
-        chunk_dir=corpus.stage_dir("image_embeddings_chunks", shard),
+        read_bytes=source_reader(root),  # raw bytes for the nvJPEG path on GPU, same limits as stage 1
+        chunk_dir=corpus.stage_dir(f"{IMAGE_EMBEDDINGS}_chunks", shard),
         shard=shard,
         chunk_size=embedder.chunk_size,
         progress=progress,
     )
-    uri = corpus.stage_uri("image_embeddings", shard)
+    uri = corpus.stage_uri(IMAGE_EMBEDDINGS, shard)
     storage.write_parquet(result, uri)
     failed = result.filter(pl.col("embedding").is_null())
     return {

@@ -6,11 +6,11 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import BACKFILL_POLICY, OWNERS, Progress, RETRY, counts_md, make_config, per_shard, shard_source
+from assets._common import Progress, counts_md, make_config, per_shard, shard_source
+from assets.factory import stage_asset
 from curation import storage
-from orchestration.k8s import cpu_step_tags
 from curation.schema import INVENTORY_SCHEMA
-from partitions.shards import SHARDS
+from curation.stages import RAW_INVENTORY
 from resources.corpus import CorpusResource, StageSettings
 
 
@@ -23,20 +23,7 @@ def build_inventory(manifest: pl.DataFrame, shard: str, root: str, cfg, workers:
     return pl.concat(batches, how="vertical")
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=BACKFILL_POLICY,
-    group_name="ingest",
-    kinds={"python", "polars", "parquet"},
-    owners=OWNERS,
-    op_tags=cpu_step_tags(cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi"),
-    retry_policy=RETRY,
-    description=(
-        "One row per file in the shard's manifest, never fewer: URI, bytes, mtime, sha256, format, "
-        "size after EXIF orientation, mode, aHash/dHash/pHash/wHash and quality metrics from ONE decode; "
-        "unreadable files get an error code and message, and the shard still succeeds."
-    ),
-)
+@stage_asset(RAW_INVENTORY)
 def raw_inventory(context: dg.AssetExecutionContext, corpus: CorpusResource, settings: StageSettings) -> dg.MaterializeResult:
     return per_shard(context, lambda shard: _raw_inventory_one(context, corpus, settings, shard))
 
@@ -52,7 +39,7 @@ def _raw_inventory_one(context: dg.AssetExecutionContext, corpus: CorpusResource
     df = build_inventory(manifest, shard, corpus.source_root(shard_source(shard)), cfg, workers, progress)
     if len(df) != len(manifest):
         raise dg.Failure(f"inventory has {len(df)} rows for {len(manifest)} manifest entries in {shard}")
-    uri = corpus.stage_uri("raw_inventory", shard)
+    uri = corpus.stage_uri(RAW_INVENTORY, shard)
     storage.write_parquet(df, uri)
     errors = df.filter(pl.col("error_code").is_not_null()).group_by("error_code").len().sort("error_code")
     formats = df.group_by("format").len().sort("len", descending=True)

@@ -6,18 +6,24 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import BACKFILL_POLICY, OWNERS, RETRY, frame_md, per_shard, read_stage
-from assets.classifications import image_classifications
-from assets.dedup import dedup_clusters
-from assets.embeddings import image_embeddings
-from assets.inventory import raw_inventory
-from assets.quality import curated_images
+from assets._common import frame_md, per_shard, read_stage
+from assets.factory import stage_asset
 from curation import storage
-from orchestration.k8s import cpu_step_tags
-from partitions.shards import SHARDS
+from curation.stages import (
+    CURATED_IMAGES,
+    CURATION_SUMMARY,
+    DEDUP_CLUSTERS,
+    IMAGE_CLASSIFICATIONS,
+    IMAGE_EMBEDDINGS,
+    RAW_INVENTORY,
+    REPORT_STAGES,
+    SEMANTIC_DUPLICATES,
+    SHARD_REPORT,
+)
 from resources.corpus import CorpusResource
 
-STAGE_ASSETS = ("raw_inventory", "dedup_clusters", "curated_images", "image_embeddings", "image_classifications")
+STAGE_ASSETS = REPORT_STAGES  # the report's time per stage, in stage order (curation/stages.py)
+REPORTS_DIR = "reports"
 
 
 def stage_timings(instance: dg.DagsterInstance, shard: str) -> dict[str, float]:
@@ -39,20 +45,7 @@ def _read_optional(context, corpus: CorpusResource, stage: str, shard: str) -> p
     return read_stage(context, corpus, stage, shard) if storage.exists(uri) else None
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=BACKFILL_POLICY,
-    deps=[raw_inventory, dedup_clusters, curated_images, image_embeddings, image_classifications],
-    group_name="reports",
-    kinds={"python", "html", "polars"},
-    owners=OWNERS,
-    op_tags=cpu_step_tags(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi"),
-    retry_policy=RETRY,
-    description=(
-        "What was kept, dropped and why for one shard: a self-contained HTML report (thumbnails, duplicate "
-        "strips, rejects per reason, classes, embedding map, time per stage) and summary.json."
-    ),
-)
+@stage_asset(SHARD_REPORT)
 def shard_report(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
     return per_shard(context, lambda shard: _shard_report_one(context, corpus, shard))
 
@@ -62,14 +55,14 @@ def _shard_report_one(context: dg.AssetExecutionContext, corpus: CorpusResource,
 
     t0 = time.monotonic()
     read = lambda stage: read_stage(context, corpus, stage, shard)  # noqa: E731
-    curated = read("curated_images")
-    out_dir = corpus.stage_dir("reports", "shards", shard)
+    curated = read(CURATED_IMAGES)
+    out_dir = corpus.stage_dir(REPORTS_DIR, "shards", shard)
     summary = build_shard_report(
-        shard, read("raw_inventory"), read("dedup_clusters"), curated,
-        _read_optional(context, corpus, "image_embeddings", shard),
-        _read_optional(context, corpus, "image_classifications", shard),
+        shard, read(RAW_INVENTORY), read(DEDUP_CLUSTERS), curated,
+        _read_optional(context, corpus, IMAGE_EMBEDDINGS, shard),
+        _read_optional(context, corpus, IMAGE_CLASSIFICATIONS, shard),
         out_dir, timings=stage_timings(context.instance, shard),
-        semantic=_read_optional(context, corpus, "semantic_duplicates", shard),
+        semantic=_read_optional(context, corpus, SEMANTIC_DUPLICATES, shard),
     )
     # Dagster renders Markdown metadata inline only below 1,000 characters, else behind a
     # "[Show Markdown]" button: keep the count tables (short) apart from the thumbnail strip (data URIs).
@@ -94,29 +87,20 @@ def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame
     if not uris:
         return None
     if storage.is_s3(corpus.output_root):
-        return pl.concat([storage.read_parquet(u) for u in uris], how="vertical_relaxed").lazy()
-    return pl.scan_parquet(uris)
+        return pl.concat([storage.read_parquet(u) for u in uris], how="diagonal_relaxed").lazy()
+    # shards written by different versions may differ in optional columns (e.g. ImageNet labels)
+    return pl.scan_parquet(uris, missing_columns="insert", extra_columns="ignore")
 
 
-@dg.asset(
-    deps=[shard_report],
-    group_name="reports",
-    kinds={"duckdb", "html", "polars"},
-    owners=OWNERS,
-    op_tags=cpu_step_tags(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi"),
-    description=(
-        "Every shard rolled up: per-shard stage counts from one duckdb query over the stage outputs, and the "
-        "corpus HTML report + summary.json (same sections as the shard reports, aggregated)."
-    ),
-)
+@stage_asset(CURATION_SUMMARY)
 def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
     import duckdb
 
     from curation.report import build_corpus_report, corpus_counts, markdown_preview
 
-    shards = [k for k in corpus.registry().keys() if storage.exists(corpus.stage_uri("curated_images", k))]
+    shards = [k for k in corpus.registry().keys() if storage.exists(corpus.stage_uri(CURATED_IMAGES, k))]
     if not shards:
-        raise dg.Failure("no shard has been curated yet: materialise curate_shard for at least one shard first")
+        raise dg.Failure("no shard has been curated yet: materialise the curate_shard job for at least one shard first")
     shard_counts = None
     if not storage.is_s3(corpus.output_root):
         with duckdb.connect() as con:
@@ -125,12 +109,12 @@ def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) 
     for s in shards:
         for k, v in stage_timings(context.instance, s).items():
             timings[k] = timings.get(k, 0.0) + v
-    out_dir = corpus.stage_dir("reports", "corpus")
+    out_dir = corpus.stage_dir(REPORTS_DIR, "corpus")
     summary = build_corpus_report(
-        _scan(corpus, "raw_inventory", shards), _scan(corpus, "dedup_clusters", shards),
-        _scan(corpus, "curated_images", shards), _scan(corpus, "image_embeddings", shards),
-        _scan(corpus, "image_classifications", shards), out_dir, timings=timings, shard_counts=shard_counts,
-        semantic=_scan(corpus, "semantic_duplicates", shards),
+        _scan(corpus, RAW_INVENTORY, shards), _scan(corpus, DEDUP_CLUSTERS, shards),
+        _scan(corpus, CURATED_IMAGES, shards), _scan(corpus, IMAGE_EMBEDDINGS, shards),
+        _scan(corpus, IMAGE_CLASSIFICATIONS, shards), out_dir, timings=timings, shard_counts=shard_counts,
+        semantic=_scan(corpus, SEMANTIC_DUPLICATES, shards),
     )
     md_counts = markdown_preview(summary, [])
     return dg.MaterializeResult(

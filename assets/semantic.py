@@ -9,13 +9,21 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets._common import BACKFILL_POLICY, OWNERS, check_per_shard, per_shard, read_stage
-from assets.dedup import WAIT_FOR_EARLIER
-from assets.embeddings import image_embeddings
+from assets._common import check_per_shard, per_shard_outputs, read_stage
+from assets.factory import stage_asset
 from curation import storage
-from orchestration.k8s import cpu_step_tags
+from curation.index_store import IndexStore, MissingEarlierIndexError
+from curation.stages import (
+    IMAGE_EMBEDDINGS,
+    SEMANTIC_CENTER,
+    SEMANTIC_DUPLICATES,
+    SEMANTIC_INDEX,
+    stage,
+)
 from partitions.shards import SHARDS, ShardRegistry
 from resources.corpus import CorpusResource
+
+STAGE = stage(SEMANTIC_DUPLICATES)
 
 _INDEX_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "keys", "vec"]
 
@@ -42,106 +50,105 @@ class SemanticDedupRunConfig(dg.Config):
                                    seed=self.seed)
 
 
-def earlier_semantic_indexes(corpus: CorpusResource, registry: ShardRegistry, shard: str, context=None) -> list[str]:
-    """The earlier shards' keys in registration order; fails (retryably) when any has no index yet."""
-    earlier = registry.earlier_keys(shard)
-    missing = [k for k in earlier if not storage.exists(corpus.stage_uri("semantic_index", k))]
-    if missing:
-        raise dg.Failure(
-            f"semantic dedup of {shard} compares against every earlier shard, but {len(missing)} earlier shard(s) "
-            f"have no semantic index yet: {missing[:10]}{'...' if len(missing) > 10 else ''}. Materialise "
-            "semantic_duplicates for them first (this step retries automatically in backfills)."
-        )
-    return list(earlier)
+def semantic_index_store(corpus: CorpusResource, context=None) -> IndexStore:
+    """The semantic pass's cross-shard index (`semantic_index/<shard>.parquet` and its block files)."""
+    read = ((lambda key: read_stage(context, corpus, SEMANTIC_INDEX, key, asset=STAGE.name))
+            if context is not None else None)
+    return IndexStore(SEMANTIC_INDEX, lambda key: corpus.stage_uri(SEMANTIC_INDEX, key),
+                      corpus.stage_dir(f"{SEMANTIC_INDEX}_blocks"), read)
 
 
 def hashing_center(context, corpus: CorpusResource, registry: ShardRegistry, shard: str, emb: pl.DataFrame):
-    """The corpus's LSH centre: fitted on the first registered shard's embeddings when that shard is
-    first materialised, persisted at semantic_center/<first shard>.parquet and reused by every shard
-    (re-materialising the first shard reuses it too, so earlier indexes stay valid)."""
+    """(centre, written now) for the corpus's LSH centre: fitted on the first registered shard's
+    embeddings when that shard is first materialised, persisted at semantic_center/<first shard>.parquet
+    and reused by every shard (re-materialising the first shard reuses it too, so earlier indexes
+    stay valid)."""
     import numpy as np
 
     from curation.semantic import fit_center
 
     first = registry.keys()[0] if registry.keys() else shard
-    uri = corpus.stage_uri("semantic_center", first)
+    uri = corpus.stage_uri(SEMANTIC_CENTER, first)
     if storage.exists(uri):
-        return read_stage(context, corpus, "semantic_center", first, asset="semantic_duplicates")["center"].to_numpy()[0]
+        return read_stage(context, corpus, SEMANTIC_CENTER, first, asset=STAGE.name)["center"].to_numpy()[0], False
     if shard != first:
         raise dg.Failure(f"semantic dedup of {shard} needs the hashing centre fitted on the first shard {first}; "
-                         "materialise semantic_duplicates for it first (this step retries automatically).")
+                         f"materialise {STAGE.name} for it first (this step retries automatically).")
     x = emb["embedding"].list.to_array(int(emb["embedding"].list.len()[0])).to_numpy() if emb.height else None
     if x is None:
         raise dg.Failure(f"the first shard {first} has no embeddings to fit the hashing centre on", allow_retries=False)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)
     center = fit_center(x)
     storage.write_parquet(pl.DataFrame({"center": pl.Series([center], dtype=pl.Array(pl.Float32, len(center)))}), uri)
-    return center
+    return center, True
 
 
-def _iter_indexes(context, corpus: CorpusResource, keys: list[str]) -> Iterator[pl.DataFrame]:
-    """One earlier shard's index at a time (representative rows only): memory bounded by one shard."""
-    for key in keys:
-        df = read_stage(context, corpus, "semantic_index", key, columns=_INDEX_COLS, asset="semantic_duplicates")
-        yield df.filter(pl.col("is_representative"))
+def _iter_representatives(store: IndexStore, keys: list[str], shard: str) -> Iterator[pl.DataFrame]:
+    """The earlier shards' index rows, one block file at a time, representatives only (memory bounded
+    by one block; the result does not depend on how rows are grouped, see curation.semantic.match_earlier)."""
+    for df in store.iter_earlier(keys, shard):
+        yield df.select(_INDEX_COLS).filter(pl.col("is_representative"))
 
 
-@dg.asset(
-    partitions_def=SHARDS,
-    backfill_policy=BACKFILL_POLICY,
-    deps=[image_embeddings],
-    group_name="dedup",
-    kinds={"python", "polars", "parquet"},
-    owners=OWNERS,
-    op_tags=cpu_step_tags(cpu="2", memory="4Gi"),
-    retry_policy=WAIT_FOR_EARLIER,
-    description=(
-        "Semantic (embedding cosine) near-duplicate clusters of the embedded images, within the shard and "
-        "against every earlier shard: catches crops and re-framings that perceptual hashes miss. Writes "
-        "semantic_duplicates/<shard>.parquet and the compact semantic_index/<shard>.parquet."
-    ),
-)
-def semantic_duplicates(context: dg.AssetExecutionContext, config: SemanticDedupRunConfig,
-                        corpus: CorpusResource) -> dg.MaterializeResult:
-    return per_shard(context, lambda shard: _semantic_duplicates_one(context, config, corpus, shard))
+@stage_asset(STAGE.name)
+def semantic_duplicates(context: dg.AssetExecutionContext, config: SemanticDedupRunConfig, corpus: CorpusResource):
+    yield from per_shard_outputs(context, lambda shard: _semantic_duplicates_one(context, config, corpus, shard),
+                             STAGE.outputs)
 
 
 def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: SemanticDedupRunConfig,
-                             corpus: CorpusResource, shard: str) -> dict:
+                             corpus: CorpusResource, shard: str) -> dict[str, dict]:
     from curation.semantic import semantic_dedup_shard
     from partitions.shards import shard_seq
 
     t0 = time.monotonic()
     cfg = config.to_library()
     registry = corpus.registry()
-    emb = read_stage(context, corpus, "image_embeddings", shard, columns=["image_id", "shard", "embedding"])
+    keys = registry.keys()
+    emb = read_stage(context, corpus, IMAGE_EMBEDDINGS, shard, columns=["image_id", "shard", "embedding"])
     skipped = int(emb["embedding"].null_count())
     emb = emb.filter(pl.col("embedding").is_not_null())
-    earlier_keys = earlier_semantic_indexes(corpus, registry, shard, context)
-    center = hashing_center(context, corpus, registry, shard, emb)
-    rows, index = semantic_dedup_shard(emb, _iter_indexes(context, corpus, earlier_keys), cfg,
-                                       shard_seq=shard_seq(shard), center=center)
-    uri = corpus.stage_uri("semantic_duplicates", shard)
+    store = semantic_index_store(corpus, context)
+    center, center_written = hashing_center(context, corpus, registry, shard, emb)
+    try:
+        rows, index = semantic_dedup_shard(emb, _iter_representatives(store, keys, shard), cfg,
+                                           shard_seq=shard_seq(shard), center=center)
+    except MissingEarlierIndexError as exc:
+        raise dg.Failure(f"semantic dedup of {exc}. Materialise {STAGE.name} for them first "
+                         "(this step retries automatically in backfills).") from exc
+    uri, index_uri = corpus.stage_uri(STAGE.name, shard), corpus.stage_uri(SEMANTIC_INDEX, shard)
     storage.write_parquet(rows, uri)
-    storage.write_parquet(index, corpus.stage_uri("semantic_index", shard))
+    storage.write_parquet(index, index_uri)
+    blocks = store.write_blocks(keys, shard)
     sizes = rows.group_by("cluster_id").len()
     cross = int((rows["rep_shard"] != rows["shard"]).fill_null(False).sum())
-    return {
-        "dagster/row_count": len(rows),
-        "path": dg.MetadataValue.path(uri),
-        "clusters": int(sizes.height),
-        "duplicates": int((~rows["is_representative"]).sum()),
-        "cross_shard_duplicates": cross,
-        "largest_cluster": int(sizes["len"].max() or 0),
-        "threshold": float(cfg.threshold),
-        "enabled": cfg.enabled,
-        "skipped_without_embedding": skipped,
-        "earlier_shards_compared": len(earlier_keys),
-        "elapsed_s": round(time.monotonic() - t0, 3),
+    out = {
+        STAGE.name: {
+            "dagster/row_count": len(rows),
+            "path": dg.MetadataValue.path(uri),
+            "clusters": int(sizes.height),
+            "duplicates": int((~rows["is_representative"]).sum()),
+            "cross_shard_duplicates": cross,
+            "largest_cluster": int(sizes["len"].max() or 0),
+            "threshold": float(cfg.threshold),
+            "enabled": cfg.enabled,
+            "skipped_without_embedding": skipped,
+            "earlier_shards_compared": len(registry.earlier_keys(shard)),
+            "elapsed_s": round(time.monotonic() - t0, 3),
+        },
+        SEMANTIC_INDEX: {
+            "dagster/row_count": len(index),
+            "path": dg.MetadataValue.path(index_uri),
+            "blocks_written": ", ".join(b.rsplit("/", 1)[-1] for b in blocks) or "none",
+        },
     }
+    if center_written:
+        out[SEMANTIC_CENTER] = {"path": dg.MetadataValue.path(corpus.stage_uri(SEMANTIC_CENTER, shard)),
+                                "dim": len(center), "fitted_on": shard}
+    return out
 
 
-@dg.asset_check(asset=semantic_duplicates, blocking=False, partitions_def=SHARDS,
+@dg.asset_check(asset=STAGE.name, blocking=False, partitions_def=SHARDS,
                 description="Every semantic cluster's representative exists (in this shard or an earlier one), "
                             "one representative per cluster, unique ids.")
 def semantic_representatives_exist(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
@@ -149,11 +156,11 @@ def semantic_representatives_exist(context: dg.AssetCheckExecutionContext, corpu
 
 
 def _semantic_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.AssetCheckResult:
-    df = storage.read_parquet(corpus.stage_uri("semantic_duplicates", shard))
+    df = storage.read_parquet(corpus.stage_uri(STAGE.name, shard))
     reps_here = set(df.filter(pl.col("is_representative"))["image_id"])
     missing = len(set(df.filter(pl.col("rep_shard") == shard)["cluster_id"]) - reps_here)
     for (rep_shard,), group in df.filter(pl.col("rep_shard") != shard).group_by("rep_shard"):
-        other = storage.read_parquet(corpus.stage_uri("semantic_duplicates", rep_shard),
+        other = storage.read_parquet(corpus.stage_uri(STAGE.name, rep_shard),
                                      columns=["image_id", "is_representative"]).filter(pl.col("is_representative"))
         missing += len(set(group["cluster_id"]) - set(other["image_id"]))
     dup_ids = int(len(df) - df["image_id"].n_unique())

@@ -112,6 +112,8 @@ def quality(root: Path) -> dict:
         right = fired.filter(~pl.col("clean") & pl.col("expect").list.contains(r)).height
         target = df.filter(pl.col("primary") == r)
         hit = target.filter(pl.col("reasons").list.set_intersection(pl.col("expect")).list.len() > 0).height
+        if not fired.height and not target.height:
+            continue  # an accepted alternative only (e.g. "upscaled"), neither fired nor labelled primary
         prec = right / fired.height if fired.height else None
         rec = hit / target.height if target.height else None
         per_reason[r] = {

@@ -4,18 +4,23 @@ Corpus: ~2,000 JPEGs at typical photo sizes (500x375 .. 1024x768) re-encoded fro
 (skimage.data photographs + arcade's CC0 backgrounds and sprites pasted on them), with random
 crops, flips, sizes and JPEG qualities for variety; cached under $TMPDIR/curation_bench_inventory.
 
-Measured in ONE run, on the same files:
-  * decode ceiling: one process, `Image.open(path).load()` (full-resolution bare decode)
-  * draft ceiling:  one process, `Image.open(path)`, `draft(None, (S, S))`, `load()` - the same
-    reduced-size decode the stage uses, so the stage/draft ratio shows the stage's own overhead
-  * the stage with workers=1 (in-process, one core) and workers=2 (process pool): images/s, and
-    scaling = rate(2 workers) / rate(1 worker)
-  * peak RSS (VmHWM) of the worker processes and the parent's RSS after shards of 1,000 / 5,000 /
-    20,000 rows (files repeated in the manifest), workers=2: flat numbers = constant memory.
-Rates are wall-clock images/s; the single-process runs also report images per CPU-second
-(`time.process_time`), which is robust to other load on a shared machine.
+PNG graphics: up to 1,000 files of Debian's openclipart-png (<= 2048 px a side).
 
-Usage: python bench/inventory.py [--n-files 2000] [--shard-sizes 1000,5000,20000] [--quick]
+Measured in ONE run, on the same files, in images per CPU-second of one core (time.process_time;
+for the pool, parent + reaped spawn workers), best of interleaved rounds:
+  * JPEG full decode:  `Image.open(path).load()`
+  * JPEG draft decode: `Image.open(path)`, `draft(None, (S, S))`, `load()` - the reduced-size
+    decode the stage itself performs: stage / draft is the stage's own overhead (target >= 0.80)
+  * PNG bare decode:   `Image.open(path).load()`; stage / bare decode (target >= 1.0)
+  * the stage, workers=1 (in-process: read, sha256, decode, analysis, dHash + pHash, batches),
+    and with `extra_hashes=True` (+ aHash, wHash)
+  * the 2-worker pool: images per CPU-second of parent + workers, the pool's fixed start-up CPU
+    (a 2-row run) subtracted; / the 1-worker rate = parallel efficiency in CPU terms (target
+    >= 0.85). Wall-clock 1 vs 2 workers is reported beside it (a shared machine distorts it).
+  * peak RSS (VmHWM) of the worker processes and the parent's RSS after shards of the given
+    sizes (files repeated), workers=2: flat numbers = constant memory.
+
+Usage: python bench/inventory.py [--n-files 2000] [--n-png 1000] [--shard-sizes 1000,5000,20000] [--quick]
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import json
 import os
 import platform
 import sys
+import resource
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -194,23 +201,109 @@ def bare_decode(paths: list[Path], draft_size: int | None) -> dict[str, float]:
     return {"img_per_s": len(paths) / wall, "img_per_cpu_s": len(paths) / cpu, "n": len(paths)}
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def stage(paths: list[Path], n_rows: int, workers: int, cfg: InventoryConfig,
           sampler: WorkerRssSampler | None = None) -> dict[str, float]:
+    """The stage over `n_rows` manifest rows (files repeated). CPU = this process + reaped
+    children (spawn workers are direct children, joined at close)."""
     m = manifest(paths, n_rows)
     errors_seen = 0
     rows = 0
-    t0, c0 = time.perf_counter(), time.process_time()
-    for batch in iter_inventory(m, "bench", str(paths[0].parent), cfg, workers=workers,
+    t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    for batch in iter_inventory(m, "bench", root, cfg, workers=workers,
                                 progress=(lambda _done: sampler.sample()) if sampler else None):
         rows += batch.height
         errors_seen += batch["error_code"].drop_nulls().len()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu, kids = time.perf_counter() - t0, time.process_time() - c0, _children_cpu() - k0
     assert rows == n_rows, (rows, n_rows)
-    out = {"img_per_s": n_rows / wall, "n": n_rows, "errors": errors_seen, "wall_s": wall}
+    out = {"img_per_s": n_rows / wall, "n": n_rows, "errors": errors_seen, "wall_s": wall,
+           "cpu_s": cpu + kids, "parent_cpu_s": cpu}
     if workers == 1:
         out["img_per_cpu_s"] = n_rows / cpu
     else:
         out["parent_cpu_ms_per_img"] = 1000.0 * cpu / n_rows  # collecting, hashing, batching
+    return out
+
+
+def pool_cpu_efficiency(paths: list[Path], n_rows: int, cfg: InventoryConfig) -> dict[str, float]:
+    """Images per CPU-second of the whole 2-worker pool (parent + workers, spawn start, the
+    fixed start-up cost measured on a 2-row run and subtracted): the parallel overhead in
+    CPU terms, which other jobs on a shared machine do not distort the way they distort wall
+    time."""
+    spawn = replace(cfg, start_method="spawn")
+    startup = stage(paths[:2], 2, 2, spawn)
+    full = stage(paths, n_rows, 2, spawn)
+    work = max(1e-9, full["cpu_s"] - startup["cpu_s"])
+    return {"img_per_cpu_s": (n_rows - 2) / work, "startup_cpu_s": startup["cpu_s"],
+            "img_per_s": full["img_per_s"]}
+
+
+def step_profile(paths: list[Path], cfg: InventoryConfig) -> dict[str, float]:
+    """CPU ms per image of each step of the stage, run step by step with the library's own
+    functions (the per-group functions of `curation.imaging.analyse`), in one process."""
+    from curation.imaging import analyse, hash_batch, hash_inputs
+    from curation.imaging.metrics import analysis_image
+    from curation.imaging.policy import pillow_guard
+    from curation.reader import read_source
+
+    a = cfg.analysis
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    acc: dict[str, float] = {}
+    hins = []
+
+    def tick(key: str, t: float) -> float:
+        now = time.process_time()
+        acc[key] = acc.get(key, 0.0) + now - t
+        return now
+
+    for p in paths:
+        t = time.process_time()
+        data, _ = read_source(str(p), root, max_bytes=cfg.max_bytes)
+        t = tick("read", t)
+        hashlib.sha256(data).hexdigest()
+        t = tick("sha256", t)
+        with pillow_guard(a.max_pixels):
+            img, header = analyse.decode_first_frame(data, a, {})
+            t = tick("decode (header, first frame, draft, EXIF)", t)
+            flat, _ = analyse.flatten_oriented(img, a, header["orientation"])
+            t = tick("8 bits, box reduce, composite, orient", t)
+            grey = analysis_image(flat, a.analysis_size)
+            t = tick("analysis resize (grey S x S)", t)
+            analyse.measure_grey(grey)
+            t = tick("grey metrics", t)
+            analyse.measure_colour(flat)
+            t = tick("colour means", t)
+            hins.append(hash_inputs(grey))
+            t = tick("hash image (64 x 64)", t)
+    x = np.stack(hins)
+    hash_batch(x[:2])  # imports scipy once, outside the timings
+    for k in ("dhash", "phash", "ahash", "whash"):
+        t = time.process_time()
+        hash_batch(x, (k,))
+        tick(f"{k} (batched)", t)
+    return {k: round(1000.0 * v / len(paths), 4) for k, v in acc.items()}
+
+
+def png_corpus(n: int) -> list[Path]:
+    """Real PNG graphics (openclipart-png, every k-th file, < 2 MB), or [] when not installed."""
+    root = Path("/usr/share/openclipart/png")
+    if not root.is_dir():
+        return []
+    pngs = sorted(root.rglob("*.png"))
+    step = max(1, len(pngs) // max(1, 2 * n))
+    out = []
+    for p in pngs[::step]:
+        if p.stat().st_size < 2_000_000:
+            with Image.open(p) as im:
+                if max(im.size) <= 2048:  # graphics at display sizes; huge renders are another bench
+                    out.append(p)
+        if len(out) == n:
+            break
     return out
 
 
@@ -236,49 +329,62 @@ def machine() -> dict[str, object]:
     }
 
 
+def _rounds(jobs: dict[str, object], n_rounds: int) -> dict[str, list[dict[str, float]]]:
+    """Run each job once per round, interleaved (so slow phases of a shared machine hit all)."""
+    out: dict[str, list[dict[str, float]]] = {k: [] for k in jobs}
+    for r in range(n_rounds):
+        for k, job in jobs.items():
+            out[k].append(job())  # type: ignore[operator]
+        print(f"round {r}: " + ", ".join(f"{k}={v[-1].get('img_per_cpu_s', v[-1]['img_per_s']):.0f} img/cpu-s" for k, v in out.items()),
+              f"load={os.getloadavg()[0]:.1f}", flush=True)
+    return out
+
+
+def _best(runs: list[dict[str, float]], key: str = "img_per_cpu_s") -> dict[str, float]:
+    return max(runs, key=lambda m: m[key])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-files", type=int, default=2000)
+    ap.add_argument("--n-png", type=int, default=1000)
     ap.add_argument("--shard-sizes", default="1000,5000,20000")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds (best kept)")
     ap.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "inventory.json"))
     args = ap.parse_args()
     n_files = 200 if args.quick else args.n_files
-    shard_sizes = [200, 400] if args.quick else [int(s) for s in args.shard_sizes.split(",")]
+    n_png = 100 if args.quick else args.n_png
+    shard_sizes = [200, 400] if args.quick else [int(s) for s in args.shard_sizes.split(",") if s]
 
     t_start = time.perf_counter()
     info = machine()
-    t0 = time.perf_counter()
     paths = build_corpus(n_files)
-    corpus_s = time.perf_counter() - t0
+    pngs = png_corpus(n_png)
     sizes = [Image.open(p).size for p in paths[:200]]
     cfg = InventoryConfig()
     S = cfg.analysis_size
-    print(f"corpus: {len(paths)} JPEGs (built/cached in {corpus_s:.1f}s), e.g. {sizes[:3]}", flush=True)
+    print(f"corpus: {len(paths)} JPEGs, {len(pngs)} PNG graphics, e.g. {sizes[:3]}", flush=True)
 
-    # warm the page cache and imports once; then interleaved rounds, best of each (the machine
-    # is shared: the best round is the least disturbed one)
-    bare_decode(paths[:100], None)
-    rounds: dict[str, list[dict[str, float]]] = {"full": [], "draft": [], "one": [], "two": []}
-    round_load: list[float] = []
-    stage_rows = 2 * len(paths)  # each file twice: amortises the worker pool's start-up
-    for r in range(args.rounds):
-        rounds["full"].append(bare_decode(paths, None))
-        rounds["draft"].append(bare_decode(paths, S))
-        rounds["one"].append(stage(paths, stage_rows, 1, cfg))
-        rounds["two"].append(stage(paths, stage_rows, 2, cfg))
-        round_load.append(round(os.getloadavg()[0], 2))
-        print(f"round {r}: " + ", ".join(f"{k}={v[-1]['img_per_s']:.1f} img/s" for k, v in rounds.items()),
-              f"load={round_load[-1]}", flush=True)
-
-    def best(key: str) -> dict[str, float]:
-        return max(rounds[key], key=lambda m: m["img_per_s"])
-
-    full, draft, one, two = best("full"), best("draft"), best("one"), best("two")
-    for key in ("full", "draft", "one"):  # per-CPU-second rates: best round as well
-        best_cpu = max(m["img_per_cpu_s"] for m in rounds[key])
-        {"full": full, "draft": draft, "one": one}[key]["img_per_cpu_s"] = best_cpu
+    bare_decode(paths[:100], None)  # warm the page cache and imports once
+    rows = 2 * len(paths)  # each file twice: amortises the pool's start-up
+    jobs = {
+        "jpeg_full_decode": lambda: bare_decode(paths, None),
+        "jpeg_draft_decode": lambda: bare_decode(paths, S),
+        "jpeg_stage_1_worker": lambda: stage(paths, rows, 1, cfg),
+        "jpeg_stage_2_workers_cpu": lambda: pool_cpu_efficiency(paths, rows, cfg),
+        "jpeg_stage_1_worker_extra_hashes": lambda: stage(paths, rows, 1, replace(cfg, extra_hashes=True)),
+    }
+    if pngs:
+        jobs["png_bare_decode"] = lambda: bare_decode(pngs, None)
+        jobs["png_stage_1_worker"] = lambda: stage(pngs, len(pngs), 1, cfg)
+    rounds = _rounds(jobs, args.rounds)
+    steps = {"jpeg": step_profile(paths, cfg), **({"png": step_profile(pngs, cfg)} if pngs else {})}
+    print(f"steps (CPU ms per image): {steps}", flush=True)
+    wall_rounds = _rounds({"one": lambda: stage(paths, rows, 1, cfg), "two": lambda: stage(paths, rows, 2, cfg)}, 1)
+    best = {k: _best(v) for k, v in rounds.items()}
+    cpu = {k: round(v["img_per_cpu_s"], 1) for k, v in best.items()}
+    one, two = _best(wall_rounds["one"], "img_per_s"), _best(wall_rounds["two"], "img_per_s")
 
     rss: dict[str, dict[str, float]] = {}
     for n in shard_sizes:
@@ -292,32 +398,45 @@ def main() -> None:
                        "workers_sampled": len(sampler.n_workers_seen)}
         print(f"shard {n}: {rss[str(n)]}", flush=True)
 
+    def ratio(a: str, b: str) -> float | None:
+        return round(cpu[a] / cpu[b], 3) if a in cpu and b in cpu else None
+
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": info,
-        "stage_rows_per_run": stage_rows,
-        "corpus": {"n_files": len(paths), "kind": "JPEG q75-95, 500x375..1024x768, real photos + sprites",
-                   "example_sizes": sizes[:5]},
+        "how": "every figure in images per CPU-second of one core (time.process_time, plus reaped "
+               "children for the pool), best of interleaved rounds in one run; wall rates are given "
+               "beside them but a shared machine distorts them",
+        "corpus": {"n_jpeg": len(paths), "jpeg": "q75-95, 500x375..1024x768, real photos + sprites",
+                   "jpeg_example_sizes": sizes[:5], "n_png": len(pngs),
+                   "png": "openclipart-png graphics <= 2048 px a side"},
         "config": {"analysis_size": S, "max_pixels": cfg.max_pixels, "chunk_size": cfg.chunk_size,
-                   "start_method": cfg.start_method},
-        "cpu_stage_img_per_s_per_core": round(one["img_per_s"], 1),
-        "cpu_stage_img_per_cpu_s": round(one["img_per_cpu_s"], 1),
-        "decode_ceiling_img_per_s_per_core": round(full["img_per_s"], 1),
-        "decode_ceiling_img_per_cpu_s": round(full["img_per_cpu_s"], 1),
-        "draft_decode_ceiling_img_per_s_per_core": round(draft["img_per_s"], 1),
-        "draft_decode_ceiling_img_per_cpu_s": round(draft["img_per_cpu_s"], 1),
-        "stage_vs_decode_ratio": round(one["img_per_s"] / full["img_per_s"], 3),
-        "stage_vs_decode_ratio_cpu": round(one["img_per_cpu_s"] / full["img_per_cpu_s"], 3),
-        "stage_vs_draft_decode_ratio": round(one["img_per_s"] / draft["img_per_s"], 3),
-        "stage_vs_draft_decode_ratio_cpu": round(one["img_per_cpu_s"] / draft["img_per_cpu_s"], 3),
-        "stage_2_workers_img_per_s": round(two["img_per_s"], 1),
-        "parent_cpu_ms_per_img_2_workers": round(two["parent_cpu_ms_per_img"], 3),
-        "scaling_2_workers": round(two["img_per_s"] / one["img_per_s"], 3),
+                   "start_method": cfg.start_method, "hash_columns": list(cfg.hash_columns)},
+        "img_per_cpu_s": cpu,
+        "steps_cpu_ms_per_image": steps,
+        "draft_decode_cpu_ms_per_image": round(1000.0 / cpu["jpeg_draft_decode"], 4),
+        "stage_vs_draft_decode_jpeg_cpu": ratio("jpeg_stage_1_worker", "jpeg_draft_decode"),
+        "target_stage_vs_draft_decode_jpeg": 0.80,
+        "stage_vs_full_decode_jpeg_cpu": ratio("jpeg_stage_1_worker", "jpeg_full_decode"),
+        "stage_extra_hashes_vs_draft_decode_jpeg_cpu": ratio("jpeg_stage_1_worker_extra_hashes", "jpeg_draft_decode"),
+        "stage_vs_bare_decode_png_cpu": ratio("png_stage_1_worker", "png_bare_decode"),
+        "target_stage_vs_bare_decode_png": 1.0,
+        "parallel_efficiency_2_workers_cpu": ratio("jpeg_stage_2_workers_cpu", "jpeg_stage_1_worker"),
+        "target_parallel_efficiency_2_workers": 0.85,
+        "pool_startup_cpu_s": round(best["jpeg_stage_2_workers_cpu"]["startup_cpu_s"], 2),
+        "wall": {"stage_1_worker_img_per_s": round(one["img_per_s"], 1),
+                 "stage_2_workers_img_per_s": round(two["img_per_s"], 1),
+                 "scaling_2_workers_wall": round(two["img_per_s"] / one["img_per_s"], 3),
+                 "parent_cpu_ms_per_img_2_workers": round(two["parent_cpu_ms_per_img"], 3)},
+        # bench/suite.py (merge, projection) reads these names; per CPU-second of one core
+        "cpu_stage_img_per_s_per_core": cpu["jpeg_stage_1_worker"],
+        "decode_ceiling_img_per_s_per_core": cpu["jpeg_full_decode"],
+        "stage_vs_decode_ratio": ratio("jpeg_stage_1_worker", "jpeg_full_decode"),
+        "stage_vs_draft_decode_ratio": ratio("jpeg_stage_1_worker", "jpeg_draft_decode"),
+        "scaling_2_workers": round(2 * cpu["jpeg_stage_2_workers_cpu"] / cpu["jpeg_stage_1_worker"], 3),
         "peak_rss_mb_by_shard_size": {k: v["worker_peak_rss_mb"] for k, v in rss.items()},
         "memory_by_shard_size": rss,
-        "stage_errors": {"workers_1": one["errors"], "workers_2": two["errors"]},
-        "rounds_img_per_s": {k: [round(m["img_per_s"], 1) for m in v] for k, v in rounds.items()},
-        "load_avg_1min_after_each_round": round_load,
+        "rounds_img_per_cpu_s": {k: [round(m["img_per_cpu_s"], 1) for m in v] for k, v in rounds.items()},
         "load_avg_at_end": os.getloadavg(),
         "bench_wall_s": round(time.perf_counter() - t_start, 1),
     }

@@ -12,6 +12,8 @@ Runs, in order (each writes its own JSON under bench/results/):
   bench/embeddings.py    the embedding stage vs the bare model and a naive end-to-end loop (CPU here;
                          the GPU figures come from bench/results/embeddings-nvidia-h100.json, run on the
                          lent H100 through the same script);
+  bench/peers.py         stage 1 (and stage 1 + dedup) beside imagehash, imagededup and fastdup, each
+                         in its own venv, on the same files: images per CPU-second, peak RSS, ratios;
   bench/overhead.py Dagster's own time per shard at the default shard size (10,000 images);
   bench/accuracy.py      the quality filter's per-reason precision/recall and false rejects of clean
                          graphics and photos, and the hash dedup's pairwise precision/recall (all and
@@ -102,6 +104,9 @@ def merge() -> dict:
         "cpu_stage_vs_decode_ratio": inv.get("stage_vs_decode_ratio"),
         "cpu_stage_vs_draft_decode_ratio": inv.get("stage_vs_draft_decode_ratio"),
         "cpu_stage_scaling_2_workers": inv.get("scaling_2_workers"),
+        "cpu_stage_vs_bare_decode_png": inv.get("stage_vs_bare_decode_png_cpu"),
+        "cpu_stage_parallel_efficiency_2_workers": inv.get("parallel_efficiency_2_workers_cpu"),
+        "peers": _load("peers.json").get("ratios"),
         "peak_rss_mb": inv.get("peak_rss_mb_by_shard_size"),
         "scaling_curve_by_shard_size": inv.get("memory_by_shard_size"),
         "dedup_5m_seconds": dedup.get("dedup_5m_seconds"),
@@ -179,6 +184,7 @@ def main() -> None:
     timings = {}
     if not args.merge_only:
         timings["inventory"] = _run("bench.inventory", "--shard-sizes", "1000,5000,20000,50000")
+        timings["peers"] = _run("bench.peers")
         timings["dedup"] = _run("bench.dedup")
         timings["embeddings_cpu"] = _run("bench.embeddings", "--device", "cpu")
         timings["overhead"] = _run("bench.overhead")

@@ -14,8 +14,9 @@ Execution model
     with chunks of `cfg.chunk_size` files, at most two chunks queued per worker. Each worker reads
     the file (`curation.reader.read_source`), hashes its bytes (sha256) and decodes/measures it
     (`curation.imaging.decode_and_measure`), sending one small result per file (measurements plus
-    the 4 KiB 64 x 64 hash image). The parent computes the four perceptual hashes per output batch
-    with the vectorised `imaging.hash_batch`.
+    the 4 KiB 64 x 64 hash image). The parent computes the perceptual hashes per output batch
+    with the vectorised `imaging.hash_batch`: pHash and dHash (what dedup reads), plus aHash and
+    wHash when `cfg.extra_hashes` (else those two columns are null).
   * Time bound: the parent knows which file each worker is on and since when; a file that takes
     longer than `cfg.decode_timeout_s` gets a TIMEOUT row, its worker is killed (SIGKILL) and
     replaced, and the rest of that worker's queued files are re-queued.
@@ -44,7 +45,9 @@ from curation import errors
 from curation.imaging import (
     BACKGROUND,
     DEFAULT_ANALYSIS_SIZE,
+    EXTRA_HASHES,
     HASH_COLUMNS,
+    KEPT_HASHES,
     MAX_BYTES,
     MAX_PIXELS,
     MEASURE_COLUMNS,
@@ -68,14 +71,16 @@ class InventoryConfig:
     """Limits and analysis settings of the inventory stage.
 
     max_pixels: declared width*height above which a file is a DECOMPRESSION_BOMB without being
-        decoded (default `curation.imaging.limits.MAX_PIXELS`, 150 M pixels, the limit of every
-        stage; it bounds a worker's decode memory to about 600 MB).
+        decoded (default `curation.imaging.limits.MAX_PIXELS`, 256 Mi pixels, the limit of every
+        stage; the memory it allows a worker is documented there).
     max_bytes: files larger than this are TOO_LARGE_FILE without being read (default
         `curation.imaging.limits.MAX_BYTES`, 256 MiB).
     decode_timeout_s: wall-clock bound per file (read + decode + measure) -> TIMEOUT.
     analysis_size / background: see `curation.imaging.analyse` (128 x 128 grey analysis image, white).
     chunk_size: files per message to a worker (two chunks are queued per worker).
     start_method: multiprocessing start method for workers ("forkserver" or "spawn").
+    extra_hashes: also compute aHash and wHash (default off: nothing downstream reads them and
+        wHash is most of the hashing time; their columns stay in the schema, null when off).
     """
 
     max_pixels: int = MAX_PIXELS
@@ -85,6 +90,7 @@ class InventoryConfig:
     background: tuple[int, int, int] = BACKGROUND
     chunk_size: int = 4
     start_method: str = "forkserver"
+    extra_hashes: bool = False
 
     def __post_init__(self) -> None:
         if self.decode_timeout_s <= 0:
@@ -97,6 +103,11 @@ class InventoryConfig:
     def analysis(self) -> AnalysisConfig:
         return AnalysisConfig(max_pixels=self.max_pixels, analysis_size=self.analysis_size,
                               background=tuple(self.background))
+
+    @property
+    def hash_columns(self) -> tuple[str, ...]:
+        """The hash columns this configuration computes (the others stay null)."""
+        return (*KEPT_HASHES, *EXTRA_HASHES) if self.extra_hashes else KEPT_HASHES
 
     @property
     def pool(self) -> PoolSettings:
@@ -133,7 +144,8 @@ def process_file(uri: str, root: str, cfg: InventoryConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ batches
 
 
-def _build_batch(manifest: pl.DataFrame, start: int, results: list[dict[str, Any]], shard: str) -> pl.DataFrame:
+def _build_batch(manifest: pl.DataFrame, start: int, results: list[dict[str, Any]], shard: str,
+                 hash_columns: tuple[str, ...] = KEPT_HASHES) -> pl.DataFrame:
     n = len(results)
     ids = manifest.slice(start, n)
     cols: dict[str, Any] = {
@@ -147,8 +159,8 @@ def _build_batch(manifest: pl.DataFrame, start: int, results: list[dict[str, Any
     ok = [i for i, r in enumerate(results) if r.get("hash_input") is not None]
     hashes: dict[str, list[int | None]] = {k: [None] * n for k in HASH_COLUMNS}
     if ok:
-        computed = hash_batch(np.stack([results[i]["hash_input"] for i in ok]))
-        for k in HASH_COLUMNS:
+        computed = hash_batch(np.stack([results[i]["hash_input"] for i in ok]), hash_columns)
+        for k in hash_columns:
             values = computed[k].tolist()
             column = hashes[k]
             for j, i in enumerate(ok):
@@ -219,7 +231,7 @@ def iter_inventory(
             while contiguous - emitted >= batch_size or (contiguous == n and emitted < n):
                 size = min(batch_size, contiguous - emitted)
                 batch = [done.pop(i) for i in range(emitted, emitted + size)]
-                df = _build_batch(manifest, emitted, batch, shard)
+                df = _build_batch(manifest, emitted, batch, shard, cfg.hash_columns)
                 emitted += size
                 if progress is not None:
                     progress(emitted)

@@ -85,8 +85,10 @@ CLASSIFICATION_COLUMNS = (
     "zs_prob",
     "zs_topk_labels",
     "zs_topk_probs",
-    "fs_label",  # few-shot (linear probe) label, null when no probe is configured
-    "fs_prob",
+    "fs_label",  # few-shot (linear probe) label or "unknown", null when no probe is configured
+    "fs_prob",  # calibrated probability of the probe's arg-max class
+    "fs_reason",  # why fs_label is "unknown": "out_of_distribution" | "low_confidence"; null otherwise
+    "fs_ood_score",  # distance to the few-shot examples (1 - mean cosine to the 5 nearest); null without OOD rule
 )
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import random
+import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -180,6 +181,27 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, uri)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def upload_file_atomic(local_path: str, uri: str) -> None:
+    """Move (local) or upload (S3) the finished file `local_path` to `uri` atomically: a local target
+    appears by rename, an S3 object only when its (multipart) upload completes. `local_path` is left
+    for the caller to delete on S3, and is gone after a local move."""
+    if is_s3(uri):
+        fs = filesystem(uri)
+        with_retries(lambda: fs.put_file(local_path, _strip(uri)), uri)
+        return
+    directory = os.path.dirname(uri) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(uri)}.{uuid.uuid4().hex}.tmp")
+    try:
+        shutil.copyfile(local_path, tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, uri)
     finally:

@@ -1,13 +1,20 @@
 """`curate`: the path for users without the daemon.
 
-    python -m orchestration.cli run [--source NAME=URI ...] [--shard-size N] [--output-root DIR]
+    curate run [--source NAME=URI ...] [--shard-size N] [--output-root DIR]   (= python -m orchestration.cli)
 
 registers every file of each source that is in no shard yet (shards of --shard-size), adds the
 shards as Dagster dynamic partitions in the instance at $DAGSTER_HOME, materialises every stage for
 every shard whose report is not materialised yet (in shard order, so cross-shard dedup sees every
-earlier shard), then trains the few-shot probe and writes the corpus summary. Runs go through Dagster
+earlier shard; the few-shot probe is trained first when examples are configured and no probe is
+stored yet, or with --force / --retrain-probe), then writes the corpus summary. Runs go through Dagster
 in the real instance: they appear in `dagster dev` / the UI with their logs, metadata and checks.
 Re-running resumes: finished shards are skipped (use --force to redo them).
+
+Flags win over the environment (`resources.environment`); the CLI builds the resources from both
+and gives them to every run as run config (recorded on the run), never by changing os.environ. A
+bad setting (flag or environment variable, a source folder that is missing or unreadable, an
+unknown model name, no DAGSTER_HOME) prints one line naming the setting, the value and what is
+allowed, and exits with status 2 before anything is registered or run.
 """
 
 from __future__ import annotations
@@ -17,44 +24,92 @@ import os
 import sys
 import time
 
+from curation.stages import (
+    CURATE,
+    CURATION_SUMMARY,
+    FEW_SHOT,
+    FEW_SHOT_PROBE,
+    SEMANTIC,
+    SEMANTIC_DUPLICATES,
+    SHARD_STAGES,
+    SUMMARY,
+)
+
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="curate", description="Register sources as shards and materialise every stage.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="register new files and materialise all stages for every shard")
     run.add_argument("--source", action="append", default=[], help="NAME=URI (local folder or s3://bucket/prefix); repeatable")
-    run.add_argument("--shard-size", type=int, default=None, help="files per shard (default 10,000 or $CURATION_SHARD_SIZE)")
+    run.add_argument("--shard-size", default=None, help="files per shard, >= 1 (default 10,000 or $CURATION_SHARD_SIZE)")
     run.add_argument("--output-root", default=None, help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT or ./data/outputs)")
     run.add_argument("--force", action="store_true", help="re-materialise shards that are already done")
-    run.add_argument("--no-summary", action="store_true", help="skip the few-shot probe and corpus summary")
+    run.add_argument("--retrain-probe", action="store_true",
+                     help="retrain the few-shot probe before the shards (after the examples changed)")
+    run.add_argument("--no-summary", action="store_true", help="skip the corpus summary")
     run.add_argument("--semantic", action="store_true",
                      help="also run the optional semantic (embedding) dedup pass on every shard")
     reg = sub.add_parser("register", help="only register new files as shards (no runs)")
     for p in (reg,):
         p.add_argument("--source", action="append", default=[])
-        p.add_argument("--shard-size", type=int, default=None)
+        p.add_argument("--shard-size", default=None)
         p.add_argument("--output-root", default=None)
     return ap.parse_args(argv)
 
 
-def _apply_env(args: argparse.Namespace) -> None:
-    if args.source:
-        os.environ["CURATION_SOURCES"] = ",".join(args.source)
-    if args.shard_size:
-        os.environ["CURATION_SHARD_SIZE"] = str(args.shard_size)
-    if args.output_root:
-        os.environ["CURATION_OUTPUT_ROOT"] = os.path.abspath(args.output_root) if "://" not in args.output_root else args.output_root
+def build_resources(args: argparse.Namespace, environ=None) -> dict:
+    """The run's resources from the flags, and from the environment where a flag is not given
+    (`resources.environment`). Raises `SettingError` (one line) for the first bad value; checks
+    that every source can be listed and, for open_clip, that the model name exists."""
+    from resources import environment as env
+    from resources.classifier import ClassifierSettings
+    from resources.corpus import CorpusResource, StageSettings
+    from resources.models import EmbedderResource
+
+    sources = env.parse_sources(",".join(args.source), "--source") if args.source else env.sources(environ)
+    if args.output_root is not None:
+        output_root = env.location("--output-root", args.output_root)
+        output_root = output_root if "://" in output_root else os.path.abspath(output_root)
+    else:
+        output_root = env.output_root(environ)
+    shard_size = (env.positive_int("--shard-size", args.shard_size) if args.shard_size is not None
+                  else env.shard_size(environ))
+    env.check(["CURATION_DEPLOYMENT", "CURATION_BACKFILL_SHARDS_PER_RUN"], environ)
+    corpus = CorpusResource(output_root=output_root, sources=sources, shard_size=shard_size, environment_errors=[])
+    for name, uri in sorted(sources.items()):
+        env.check_source(name, uri, "--source" if args.source else "CURATION_SOURCES")
+    embedder_fields = env.embedder_settings(environ, strict=True)
+    env.check_model_name("EMBEDDER_MODEL", embedder_fields["kind"], embedder_fields["model_name"], deep=True)
+    return {
+        "corpus": corpus,
+        "settings": StageSettings(),
+        "embedder": EmbedderResource(**embedder_fields, environment_errors=[]),
+        "classifier": ClassifierSettings(fewshot_uri=env.fewshot_uri(environ), environment_errors=[]),
+    }
+
+
+def run_config_for(resources: dict) -> dict:
+    """Run config that gives every run these resources' values (recorded on the run, shown in the UI)."""
+    def value(v):
+        return v.model_dump() if hasattr(v, "model_dump") else v
+
+    return {"resources": {key: {"config": {name: value(getattr(res, name)) for name in type(res).model_fields}}
+                          for key, res in resources.items()}}
 
 
 def register_all(instance, corpus) -> list[str]:
     """Register new files of every source; make sure every registered shard is a Dagster partition."""
-    from partitions.discovery import discover_all
+    from curation.sources import ListingSkips
+    from partitions.discovery import TickResult, discover_all
     from partitions.shards import SHARDS
 
     registry = corpus.registry()
     for name, uri in sorted(corpus.sources.items()):
-        new = discover_all(registry, name, uri, shard_size=corpus.shard_size, page_size=corpus.page_size)
-        print(f"source {name}: {len(new)} new shard(s) {[s.key for s in new]}", flush=True)
+        skipped = ListingSkips()
+        new = discover_all(registry, name, uri, shard_size=corpus.shard_size, page_size=corpus.page_size,
+                           skipped=skipped)
+        note = TickResult(skipped=skipped).skipped_note()
+        print(f"source {name}: {len(new)} new shard(s) {[s.key for s in new]}{'; ' + note if note else ''}", flush=True)
     keys = registry.keys()
     known = set(instance.get_dynamic_partitions(SHARDS.name))
     missing = [k for k in keys if k not in known]
@@ -105,34 +160,52 @@ def shards_done(instance, keys: list[str], stages=None) -> set[str]:
     import dagster as dg
     from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
-    from orchestration.jobs import PARTITIONED_STAGES
     from partitions.shards import SHARDS
 
     done = set(keys)
-    for stage in stages or PARTITIONED_STAGES:
+    for stage in stages or SHARD_STAGES:
         status = instance.get_status_by_partition(dg.AssetKey(stage), list(keys), SHARDS) or {}
         done &= {k for k, st in status.items() if st == AssetPartitionStatus.MATERIALIZED}
     return done
 
 
+def _probe_ready(instance, corpus, classifier, retrain: bool) -> bool:
+    """True when no probe is wanted (few-shot disabled) or one is stored and materialised in this
+    instance (and no retraining was asked for)."""
+    import dagster as dg
+
+    from assets.classifications import probe_uri
+    from curation import storage
+
+    if not classifier.fewshot_uri:
+        return True
+    if retrain or not storage.exists(probe_uri(corpus)):
+        return False
+    return instance.get_latest_materialization_event(dg.AssetKey(FEW_SHOT_PROBE)) is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    _apply_env(args)
-    if not os.environ.get("DAGSTER_HOME"):
-        print("DAGSTER_HOME is not set: point it at a folder holding dagster.yaml (make demo sets ./dagster_home)", file=sys.stderr)
+    from resources import environment as env
+
+    try:
+        env.dagster_home()
+        resources = build_resources(args)
+    except env.SettingError as exc:
+        print(f"curate: {exc}", file=sys.stderr)
         return 2
+    import socket
+
     import dagster as dg
     from tqdm import tqdm
 
     from orchestration.definitions import defs
-
-    import socket
+    from orchestration.jobs import JOB_OF
 
     instance = dg.DagsterInstance.get()
     reap_dead_cli_runs(instance)
-    from resources.corpus import CorpusResource
-
-    corpus = CorpusResource()  # the same settings the Definitions resolve (env-driven)
+    corpus = resources["corpus"]
+    run_config = run_config_for(resources)
     keys = register_all(instance, corpus)
     if args.cmd == "register":
         print(f"{len(keys)} shard(s) registered")
@@ -140,39 +213,42 @@ def main(argv: list[str] | None = None) -> int:
     done = shards_done(instance, keys)
     todo = [k for k in keys if args.force or k not in done]
     print(f"{len(keys)} shard(s); {len(todo)} to materialise", flush=True)
-    job = defs.resolve_job_def("curate_shard")
+    job = defs.resolve_job_def(JOB_OF[CURATE])
     failed = []
     t0 = time.monotonic()
+    cli_tags = {"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
+                "curation/cli_host": socket.gethostname()}
+    if not _probe_ready(instance, corpus, resources["classifier"], args.force or args.retrain_probe):
+        # image_classifications reads the stored probe and never trains it: train it first
+        print(f"training {FEW_SHOT_PROBE} on {resources['classifier'].fewshot_uri}", flush=True)
+        result = defs.resolve_job_def(JOB_OF[FEW_SHOT]).execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags)
+        if not result.success:
+            print(f"{FEW_SHOT_PROBE}: run {result.run_id} FAILED (see the run in the UI); no shard was run",
+                  flush=True)
+            return 1
     for key in tqdm(todo, desc="shards", unit="shard", file=sys.stdout, disable=None):
-        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                        tags={"curation/shard": key, "curation/launched_by": "cli",
-                                              "curation/cli_pid": str(os.getpid()),
-                                              "curation/cli_host": socket.gethostname()})
+        result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key,
+                                        raise_on_error=False, tags={"curation/shard": key, **cli_tags})
         if not result.success:
             failed.append(key)
             print(f"shard {key}: run {result.run_id} FAILED (see the run in the UI)", flush=True)
         elif not sys.stdout.isatty():  # the bar is hidden when output is piped: one line per shard
             print(f"shard {key} done ({todo.index(key) + 1}/{len(todo)}, {time.monotonic() - t0:.0f} s so far)",
                   flush=True)
-    cli_tags = {"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
-                "curation/cli_host": socket.gethostname()}
     if args.semantic and not failed:
-        sem_done = shards_done(instance, keys, stages=["semantic_duplicates"])
-        sem_job = defs.resolve_job_def("semantic_dedup")
+        sem_done = shards_done(instance, keys, stages=[SEMANTIC_DUPLICATES])
+        sem_job = defs.resolve_job_def(JOB_OF[SEMANTIC])
         for key in [k for k in keys if args.force or k not in sem_done]:  # in order: each needs the earlier ones
-            if not sem_job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                              tags={**cli_tags, "curation/shard": key}).success:
-                failed.append(f"semantic_duplicates[{key}]")
+            if not sem_job.execute_in_process(run_config=run_config, instance=instance, partition_key=key,
+                                              raise_on_error=False, tags={**cli_tags, "curation/shard": key}).success:
+                failed.append(f"{SEMANTIC_DUPLICATES}[{key}]")
                 break
     if not args.no_summary and not failed:
-        from resources.classifier import ClassifierSettings
-
-        # without few-shot examples (CURATION_FEWSHOT_URI='') there is no probe to train
-        selection = None if ClassifierSettings().fewshot_uri else [dg.AssetKey("curation_summary")]
-        result = defs.resolve_job_def("curation_summary_job").execute_in_process(
-            instance=instance, raise_on_error=False, tags=cli_tags, asset_selection=selection)
+        result = defs.resolve_job_def(JOB_OF[SUMMARY]).execute_in_process(
+            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags)
         if not result.success:
-            failed.append("curation_summary")
+            failed.append(CURATION_SUMMARY)
     print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")
     report = os.path.join(corpus.output_root, "reports", "corpus", "report.html")
     print(f"corpus report: {report}")

@@ -1,16 +1,18 @@
 """Kubernetes settings for step pods: the per-asset `dagster-k8s/config` tags and the k8s executor.
 
-Used only when the code location runs with `CURATION_DEPLOYMENT=k8s` (the executor) and read by
-dagster-k8s from each asset's op tags in every deployment (the tags are inert without it).
+Used only when the code location runs with `CURATION_DEPLOYMENT=k8s` (the executor).
 
-- `gpu_step_tags()` — for the embedding/classification steps: requests `nvidia.com/gpu`, schedules
+- `per_step_k8s_config()` — the executor's `per_step_k8s_config`: for every stage of the registry
+  (curation/stages.py), the pod config of its abstract compute profile (`pod_config`). Assets carry
+  only the profile (op tag `curation/compute`, `pool="gpu"`), never Kubernetes settings.
+- `gpu_step_tags()` — the pod config of a GPU step (as `dagster-k8s/config` op tags): requests `nvidia.com/gpu`, schedules
   onto the GPU node pool (node selector + tolerations for the GPU taint), bounds the step with
   `activeDeadlineSeconds`, and marks the pod `cluster-autoscaler.kubernetes.io/safe-to-evict:
   "false"` so the autoscaler does not drain a GPU node under a long step.
-- `cpu_step_tags()` — for the CPU stages: requests/limits, deadline, no GPU, no GPU toleration.
+- `cpu_step_tags()` — the same for a CPU step: requests/limits, deadline, no GPU, no GPU toleration.
 - `k8s_executor()` — `k8s_job_executor.configured(...)`: one Kubernetes Job per step with a non-root,
-  read-only-root-filesystem container (writable `/tmp` emptyDir), a per-run step concurrency cap
-  and `step_k8s_config` defaults that the per-asset tags deep-merge over.
+  read-only-root-filesystem container (writable `/tmp` emptyDir), a per-run step concurrency cap,
+  `step_k8s_config` defaults and the per-step configs deep-merged over them.
 
 The GPU pool's label and taint differ by cluster, so they come from the environment of the code
 server (set by the Helm chart, `helm/image-curation/values.yaml` `gpu.*`):
@@ -30,6 +32,8 @@ import json
 import os
 from collections.abc import Mapping
 from typing import Any
+
+from curation.stages import COMPUTE_TAG  # the op tag of every stage: cpu/gpu
 
 USER_DEFINED_K8S_CONFIG_KEY = "dagster-k8s/config"  # == dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
@@ -114,23 +118,32 @@ def gpu_tolerations() -> list[dict[str, Any]]:
     return tol
 
 
-STAGE_KIND_TAG = "curation/stage-kind"
+STAGE_KIND_TAG = "curation/stage-kind"  # pod label (and tag of the *_step_tags forms)
 
 
 def _tags(cfg: Mapping[str, Any], kind: str) -> dict[str, str]:
-    # The plain tag lets the executor's tag_concurrency_limits (and the UI) tell GPU steps apart.
     return {USER_DEFINED_K8S_CONFIG_KEY: json.dumps(cfg, sort_keys=True), STAGE_KIND_TAG: kind}
 
 
-def gpu_step_tags(
+def gpu_step_tags(*args, **kwargs) -> dict[str, str]:
+    """`op_tags` form (`dagster-k8s/config`) of `gpu_pod_config`."""
+    return _tags(gpu_pod_config(*args, **kwargs), "gpu")
+
+
+def cpu_step_tags(*args, **kwargs) -> dict[str, str]:
+    """`op_tags` form (`dagster-k8s/config`) of `cpu_pod_config`."""
+    return _tags(cpu_pod_config(*args, **kwargs), "cpu")
+
+
+def gpu_pod_config(
     gpus: int = 1,
     cpu: str = "4",
     memory: str = "24Gi",
     cpu_limit: str | None = "8",
     memory_limit: str | None = "32Gi",
     deadline_seconds: int | None = None,
-) -> dict[str, str]:
-    """`op_tags` for a GPU step: GPU request = limit (extended resources cannot overcommit), the GPU
+) -> dict[str, Any]:
+    """Pod config of a GPU step: GPU request = limit (extended resources cannot overcommit), the GPU
     node pool's selector and tolerations, a hard deadline and no autoscaler eviction."""
     if gpus < 1:
         raise ValueError("a GPU step requests at least one GPU")
@@ -142,7 +155,7 @@ def gpu_step_tags(
         limits["cpu"] = cpu_limit
     if memory_limit:
         limits["memory"] = memory_limit
-    return _tags({
+    return {
         "container_config": {
             "resources": {"requests": {"cpu": cpu, "memory": memory, gpu: str(gpus)}, "limits": limits},
         },
@@ -157,17 +170,17 @@ def gpu_step_tags(
         },
         # The Job-level deadline covers retries of the pod too; the pod-level one bounds one attempt.
         "job_spec_config": {"active_deadline_seconds": deadline, "backoff_limit": 0},
-    }, "gpu")
+    }
 
 
-def cpu_step_tags(
+def cpu_pod_config(
     cpu: str = "2",
     memory: str = "8Gi",
     cpu_limit: str | None = "4",
     memory_limit: str | None = "16Gi",
     deadline_seconds: int | None = None,
-) -> dict[str, str]:
-    """`op_tags` for a CPU step: requests/limits and a deadline; evictable, any (non-GPU) node."""
+) -> dict[str, Any]:
+    """Pod config of a CPU step: requests/limits and a deadline; evictable, any (non-GPU) node."""
     deadline = deadline_seconds if deadline_seconds is not None else _env_int(
         "CURATION_K8S_CPU_DEADLINE_S", DEFAULT_CPU_DEADLINE_S)
     limits: dict[str, str] = {}
@@ -175,12 +188,29 @@ def cpu_step_tags(
         limits["cpu"] = cpu_limit
     if memory_limit:
         limits["memory"] = memory_limit
-    return _tags({
+    return {
         "container_config": {"resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}},
         "pod_spec_config": {"active_deadline_seconds": deadline},
         "pod_template_spec_metadata": {"labels": {STAGE_KIND_TAG: "cpu"}},
         "job_spec_config": {"active_deadline_seconds": deadline, "backoff_limit": 0},
-    }, "cpu")
+    }
+
+
+def pod_config(compute) -> dict[str, Any]:
+    """The pod config of a registry compute profile (`curation.stages.Compute`)."""
+    if compute.kind == "gpu":
+        return gpu_pod_config(gpus=compute.gpus, cpu=compute.cpu, memory=compute.memory,
+                              cpu_limit=compute.cpu_limit, memory_limit=compute.memory_limit)
+    return cpu_pod_config(cpu=compute.cpu, memory=compute.memory, cpu_limit=compute.cpu_limit,
+                          memory_limit=compute.memory_limit)
+
+
+def per_step_k8s_config() -> dict[str, dict[str, Any]]:
+    """{op name: pod config} for every stage of the registry (op name = stage name); asset checks'
+    steps get the `step_k8s_config` defaults."""
+    from curation.stages import STAGES
+
+    return {s.name: pod_config(s.compute) for s in STAGES}
 
 
 def step_k8s_config() -> dict[str, Any]:
@@ -210,10 +240,11 @@ def executor_config() -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "max_concurrent": _env_int("CURATION_K8S_MAX_CONCURRENT", 8),
         "step_k8s_config": step_k8s_config(),
+        "per_step_k8s_config": per_step_k8s_config(),
         # A step that fails under its asset's RetryPolicy is re-launched as a new Job.
         "retries": {"enabled": {}},
         # At most one GPU step pod per run at a time; the `gpu` pool bounds them across runs.
-        "tag_concurrency_limits": [{"key": STAGE_KIND_TAG, "value": "gpu", "limit": 1}],
+        "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": 1}],
     }
     ns = os.environ.get("CURATION_K8S_JOB_NAMESPACE", "").strip()
     if ns:

@@ -8,6 +8,7 @@ import dagster as dg
 
 from partitions.discovery import SourceCursor, discover_page
 from partitions.shards import SHARDS
+from resources import environment
 from resources.corpus import CorpusResource
 
 # Stop listing new pages well inside Dagster's default 60 s sensor evaluation limit.
@@ -23,6 +24,8 @@ def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResour
 
     Registered-but-unknown shards (e.g. the registry was written but the tick that did so crashed
     before its result was committed) are added and requested too, so nothing registered is lost.
+    A source that does not exist or cannot be listed fails the tick with one line naming it, unless
+    other sources produced runs this tick (then it is logged as an error and the runs go ahead).
     """
     state = json.loads(context.cursor) if context.cursor else {}
     cursors = {name: SourceCursor.from_json(state.get(name)) for name in corpus.sources}
@@ -32,21 +35,28 @@ def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResour
     missing = [k for k in registered if k not in known]
     new_keys: list[str] = list(missing)
     started = time.monotonic()
-    notes = []
+    notes: list[str] = []
+    failed: list[str] = []
     for name, uri in sorted(corpus.sources.items()):
         if time.monotonic() - started > TICK_BUDGET_S:
             notes.append(f"{name}: skipped this tick (time budget)")
             continue
         try:
+            environment.check_source(name, uri, "CorpusResource.sources")
             res = discover_page(registry, name, uri, cursors[name], shard_size=corpus.shard_size, page_size=corpus.page_size)
-        except FileNotFoundError as exc:
-            notes.append(f"{name}: {exc}")
+        except (environment.SettingError, FileNotFoundError) as exc:
+            failed.append(str(exc))
             continue
         cursors[name] = res.cursor
         new_keys.extend(s.key for s in res.shards)
-        notes.append(f"{name}: listed {res.listed}, new {res.new_files}, shards {[s.key for s in res.shards]}")
+        excluded = f", {res.skipped_note()}" if res.skipped.total else ""
+        notes.append(f"{name}: listed {res.listed}, new {res.new_files}, shards {[s.key for s in res.shards]}{excluded}")
     cursor = json.dumps({k: c.to_json() for k, c in cursors.items()}, sort_keys=True)
     context.log.info("; ".join(notes) or "no sources configured")
+    if failed:
+        context.log.error("; ".join(failed))
+        if not new_keys:  # a source that cannot be listed fails the tick (red in the UI), not a grey skip
+            raise dg.Failure("; ".join(failed), allow_retries=False)
     if not new_keys:
         return dg.SensorResult(skip_reason="no new files: " + "; ".join(notes), cursor=cursor)
     return dg.SensorResult(

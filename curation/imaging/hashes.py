@@ -2,13 +2,15 @@
 
 Bit order = row-major, first bit most significant, i.e. the integer value of imagehash's hex
 string. The input of every hash is the 64 x 64 grey hash image of `curation.imaging.metrics`
-(`HASH_INPUT_LEN` = 4,096 bytes per image). `hash_batch` computes the four hashes for N images at
+(`HASH_INPUT_LEN` = 4,096 bytes per image). `hash_batch` computes the four hashes (or those asked for) for N images at
 once, exactly like imagehash: LANCZOS to 8x8 (aHash), 9x8 (dHash), 32x32 (pHash) as batched matrix
 products reproducing Pillow's fixed-point resampler (`curation.imaging.lanczos`), a batched DCT
 via scipy.fftpack over an (N, 32, 32) array, and the Haar steps of wHash (`image_scale=64`, with
 imagehash's default removal of the lowest LL band) on (N, 64, 64) with pywt's exact floating-point
 operations (`haar_dwt2` / `haar_idwt2`). Results equal `imagehash.average_hash / dhash / phash /
 whash(image_scale=64)` applied to the hash image (tests/unit/test_imaging.py checks this).
+Downstream (dedup) reads pHash and dHash only (`KEPT_HASHES`); aHash and wHash (`EXTRA_HASHES`,
+wHash being ~0.25 ms of the ~0.35 ms the four cost per image) are computed on request.
 """
 
 from __future__ import annotations
@@ -124,22 +126,33 @@ def whash_batch(pixels: np.ndarray) -> np.ndarray:
     return pack_bits(low > med[:, None])
 
 
-def hash_batch(inputs: np.ndarray | Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """The four hashes of N hash images ((N, 64, 64) or (N, HASH_INPUT_LEN) uint8), computed
-    like imagehash: LANCZOS to 8x8 / 9x8 / 32x32 for aHash / dHash / pHash (batched, exact),
-    the 64 x 64 image itself for wHash(image_scale=64)."""
+# What downstream stages read (dedup: pHash + dHash); aHash and wHash are opt-in extras.
+KEPT_HASHES = ("dhash", "phash")
+EXTRA_HASHES = ("ahash", "whash")
+
+_HASHERS = {
+    "ahash": lambda x: ahash_batch(lanczos_resize_batch(x, 8, 8)),
+    "dhash": lambda x: dhash_batch(lanczos_resize_batch(x, 9, 8)),
+    "phash": lambda x: phash_batch(lanczos_resize_batch(x, 32, 32)),
+    "whash": whash_batch,
+}
+
+
+def hash_batch(inputs: np.ndarray | Sequence[np.ndarray],
+               columns: Sequence[str] = HASH_COLUMNS) -> dict[str, np.ndarray]:
+    """The hashes named in `columns` (default all four) of N hash images ((N, 64, 64) or
+    (N, HASH_INPUT_LEN) uint8), computed like imagehash: LANCZOS to 8x8 / 9x8 / 32x32 for
+    aHash / dHash / pHash (batched, exact), the 64 x 64 image itself for wHash(image_scale=64)."""
+    unknown = [c for c in columns if c not in _HASHERS]
+    if unknown:
+        raise ValueError(f"hash columns must be among {HASH_COLUMNS}, got {unknown}")
     x = np.asarray(inputs, dtype=np.uint8).reshape(-1, WHASH_IMAGE_SCALE, WHASH_IMAGE_SCALE)
     if len(x) == 0:
-        empty = np.zeros(0, dtype=np.uint64)
-        return {k: empty for k in HASH_COLUMNS}
-    return {
-        "ahash": ahash_batch(lanczos_resize_batch(x, 8, 8)),
-        "dhash": dhash_batch(lanczos_resize_batch(x, 9, 8)),
-        "phash": phash_batch(lanczos_resize_batch(x, 32, 32)),
-        "whash": whash_batch(x),
-    }
+        return {k: np.zeros(0, dtype=np.uint64) for k in columns}
+    return {k: _HASHERS[k](x) for k in columns}
 
 
 def hamming(a: int, b: int) -> int:
     """Number of differing bits of two 64-bit hashes."""
     return int(bin((int(a) ^ int(b)) & 0xFFFFFFFFFFFFFFFF).count("1"))
+

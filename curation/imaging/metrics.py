@@ -11,7 +11,7 @@ to a square). Every grey metric and every hash comes from this one array (`grey_
                measures detail at thumbnail scale: strong blur is detected, a 1-pixel defocus of a
                4000-pixel photo is not.
 Colour means (`color_means`) are exact means of the composited (not resized) image's R, G, B
-bands, from its per-band histograms (grey images: R = G = B).
+bands, from integer sums (grey images: R = G = B).
 THE hash image (`hash_image`): the analysis image reduced to 64 x 64 (a 2x2 box average at the
 default S = 128, LANCZOS for other sizes); `hash_inputs` flattens it for `hashes.hash_batch`.
 
@@ -41,12 +41,18 @@ _LEVELS = np.arange(256, dtype=np.float64)
 
 
 def color_means(flat: Image.Image) -> tuple[float, float, float]:
-    """Mean R, G, B (0..255) of a flattened (L or RGB) image, from its per-band histograms."""
-    hist = np.asarray(flat.histogram(), dtype=np.float64).reshape(-1, 256)
-    means = (hist @ _LEVELS) / hist.sum(axis=1)
-    if len(means) == 1:
-        return float(means[0]), float(means[0]), float(means[0])
-    return float(means[0]), float(means[1]), float(means[2])
+    """Mean R, G, B (0..255) of a flattened (L or RGB) image: exact integer sums (column sums
+    first, uint32 per column, then uint64), about half the cost of per-band histograms."""
+    arr = np.asarray(flat)
+    n = arr.shape[0] * arr.shape[1]
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    cols = arr.reshape(arr.shape[0], -1).sum(axis=0, dtype=np.uint32)
+    if arr.ndim == 2:
+        mean = int(cols.sum(dtype=np.uint64)) / n
+        return mean, mean, mean
+    r, g, b = (int(v) for v in cols.reshape(-1, arr.shape[2]).sum(axis=0, dtype=np.uint64)[:3])
+    return r / n, g / n, b / n
 
 
 def grey_metrics(grey: np.ndarray) -> dict[str, float]:

@@ -33,6 +33,10 @@ Sections (both reports, in this order; the HTML ids are in `SECTIONS`):
 ``classes``       class distribution (bar chart + table) and, per class, the top-scoring and the
                   lowest-confidence examples. Labels come from the few-shot probe (`fs_*`) when any
                   image has one, else from zero-shot (`zs_*`, "unknown" ignored).
+``imagenet-classes``  only when images carry ImageNet labels (the offline model's head): the top-1
+                  ImageNet-1k class distribution (bar chart of the largest + table with the mean top-1
+                  probability), from the classifications' ``in_label`` or the embeddings'
+                  ``in_topk_labels``; left out of the page otherwise (`IMAGENET_SECTION`).
 ``embedding-map`` a 2-D PCA projection (numpy SVD of the L2-normalised, centred embeddings, at most
                   `max_map_points` images, a deterministic sample) coloured by class, or by the
                   top-level folder of `rel_path` when there are no labels.
@@ -64,6 +68,7 @@ from curation.report.markdown import markdown_preview, preview_thumbs
 from curation.report.spec import (
     DEFAULT_MAX_MAP_POINTS,
     DEFAULT_MAX_THUMBS,
+    IMAGENET_SECTION,
     PREVIEW_PX,
     SECTIONS,
     SEMANTIC_COLUMNS,
@@ -80,6 +85,7 @@ from curation.report.thumbnails import Thumb, Thumbnailer, encode_image, open_im
 __all__ = [
     "DEFAULT_MAX_MAP_POINTS",
     "DEFAULT_MAX_THUMBS",
+    "IMAGENET_SECTION",
     "PREVIEW_PX",
     "SECTIONS",
     "SEMANTIC_COLUMNS",

@@ -4,9 +4,13 @@ Inputs are the stage frames (DataFrame or LazyFrame, schemas of `curation.schema
 columns a section needs are collected, and at most `max_map_points` embeddings. The result holds
 the collected frames, the JSON summary (`summary`, written as `summary.json`: counts per stage,
 rejects by reason, decode errors, duplicate and semantic-duplicate statistics, class counts, the
-embedding map's model and explained variance, timings with throughput) and the 2-D PCA points of
-the embedding map. Labels come from the few-shot probe (`fs_*`) when any image has one, else from
-zero-shot (`zs_*`, "unknown" ignored). Nothing here renders or writes anything.
+embedding map's model and explained variance, timings with throughput, the ImageNet top-1 class
+counts) and the 2-D PCA points of the embedding map. Labels come from the few-shot probe (`fs_*`)
+when any image has one, else from zero-shot (`zs_*`, "unknown" ignored). ImageNet labels (the
+offline model's classifier head, `curation.embedding.imagenet`) come from the classifications'
+``in_label``/``in_prob`` when that frame has them, else from the embeddings' ``in_topk_labels`` /
+``in_topk_probs`` (first entry); without either the summary says ``available: false``. Nothing
+here renders or writes anything.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ReportData:
     map_colour_by: str = ""
     map_note: str = ""
     sem: pl.DataFrame | None = None  # semantic_duplicates rows (None: the optional pass was not run)
+    imagenet: pl.DataFrame | None = None  # image_id, label, prob: ImageNet top-1 (None: no such columns)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +107,38 @@ def _semantic_stats(sem: pl.DataFrame | None) -> tuple[dict[str, Any], pl.DataFr
     return stats, multi
 
 
+def _imagenet_top1(embeddings: Frame | None, classifications: Frame | None) -> tuple[pl.DataFrame | None, str | None]:
+    """(image_id, label, prob of each image's ImageNet top-1, the frame it came from), or (None,
+    None) when neither frame has an ImageNet label."""
+    for frame, source, label, prob in ((classifications, "image_classifications", "in_label", "in_prob"),
+                                       (embeddings, "image_embeddings", "in_topk_labels", "in_topk_probs")):
+        if frame is None:
+            continue
+        lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+        if not {label, prob} <= set(lf.collect_schema().names()):
+            continue
+        lab, p = pl.col(label), pl.col(prob)
+        if label == "in_topk_labels":
+            lab, p = lab.list.first(), p.list.first()
+        df = lf.select(pl.col("image_id"), lab.cast(pl.String).alias("label"), p.cast(pl.Float64).alias("prob")) \
+            .filter(pl.col("label").is_not_null()).unique("image_id", keep="first").collect()
+        if df.height:  # columns of a model without a head are all null: nothing to show
+            return df, source
+    return None, None
+
+
+def _imagenet_stats(top1: pl.DataFrame | None, source: str | None) -> dict[str, Any]:
+    """Summary of the ImageNet labels: images labelled, classes, count and mean probability per
+    top-1 class (largest first)."""
+    if top1 is None:
+        return {"available": False, "source": None, "images": 0, "counts": {}, "mean_prob": {}}
+    per = top1.group_by("label").agg(pl.len().alias("n"), pl.col("prob").mean().alias("p")).sort(
+        ["n", "label"], descending=[True, False])
+    return {"available": True, "source": source, "images": int(top1.height),
+            "counts": {str(k): int(n) for k, n, _ in per.iter_rows()},
+            "mean_prob": {str(k): round(float(p), 4) for k, _, p in per.iter_rows() if p is not None}}
+
+
 def _timing_rows(timings: Mapping[str, float] | None, counts: Mapping[str, int | None]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for stage, seconds in (timings or {}).items():
@@ -147,6 +184,7 @@ def analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame,
     decode_errors = {str(k): int(v) for k, v in errs.iter_rows()}
     dup, multi = _dup_stats(clu, inv["image_id"])
     sem_stats, sem_multi = _semantic_stats(sem)
+    in_top1, in_source = _imagenet_top1(embeddings, classifications)
 
     label_source = _label_source(cls)
     class_counts: dict[str, int] = {}
@@ -157,7 +195,7 @@ def analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame,
             class_counts[str(k)] = int(v)
 
     data = ReportData(scope=scope, title="", summary={}, per_shard=per_shard, inv=inv, clu=clu, cur=cur, cls=cls,
-                 label_source=label_source, sem=sem)
+                 label_source=label_source, sem=sem, imagenet=in_top1)
     data.extras["multi_clusters"] = multi
     data.extras["semantic_clusters"] = sem_multi
     emb_info = embedding_map(data, embeddings, max_map_points)
@@ -176,6 +214,7 @@ def analyse(*, scope: str, shard: str | None, inventory: Frame, clusters: Frame,
         "duplicates": dup,
         "semantic": sem_stats,
         "classes": {"source": label_source, "counts": class_counts},
+        "imagenet": _imagenet_stats(in_top1, in_source),
         "embedding": emb_info,
         "timings": _timing_rows(timings, counts),
     }

@@ -2,7 +2,7 @@
 
 `render_html(data, thumbnailer)` fills `templates/page.html` with the sections of `SECTIONS` in
 page order (each from `templates/<section>.html` with the context `curation.report.sections`
-builds). Autoescaping is on for every template: each value written into the page is escaped
+builds), plus `IMAGENET_SECTION` after the classes when any image has an ImageNet label. Autoescaping is on for every template: each value written into the page is escaped
 (text and attributes; `None` renders as nothing), so file names, labels, messages and error codes
 can never become markup. Line breaks and the indentation after them are removed from `.html`
 templates when they are loaded, so the templates stay readable and the page stays compact.
@@ -26,7 +26,7 @@ from markupsafe import Markup
 from curation import storage
 from curation.report import sections
 from curation.report.data import ReportData
-from curation.report.spec import SECTIONS
+from curation.report.spec import IMAGENET_SECTION, SECTIONS
 from curation.report.thumbnails import Thumbnailer
 
 # section id -> its template; the order of `SECTIONS` is the page order
@@ -40,6 +40,7 @@ _SECTION_TEMPLATES = {
     "embedding-map": "embedding_map.html",
     "timings": "timings.html",
     "decode-errors": "decode_errors.html",
+    IMAGENET_SECTION["id"]: "imagenet.html",
 }
 
 
@@ -87,12 +88,18 @@ def render_html(d: ReportData, th: Thumbnailer) -> str:
         "timings": sections.timings(d),
         "decode-errors": sections.decode_errors(d),
     }
+    order = list(SECTIONS.items())
+    imagenet = sections.imagenet(d)
+    if imagenet is not None:
+        contexts[IMAGENET_SECTION["id"]] = imagenet
+        at = [sid for sid, _ in order].index(IMAGENET_SECTION["after"]) + 1
+        order.insert(at, (IMAGENET_SECTION["id"], IMAGENET_SECTION["title"]))
     s = d.summary
     return ENV.get_template("page.html").render(
         title=d.title, generated_at=s["generated_at"], n_shards=s["n_shards"] if s["scope"] == "corpus" else None,
         kpis=sections.kpis(d), rendered=th.rendered, placeholders=th.placeholders,
         sections=[{"id": sid, "title": title, "template": _SECTION_TEMPLATES[sid], "c": contexts[sid]}
-                  for sid, title in SECTIONS.items()],
+                  for sid, title in order],
     )
 
 

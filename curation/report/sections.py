@@ -21,7 +21,13 @@ import polars as pl
 from curation.report.charts import bar_chart, scatter
 from curation.report.data import ReportData
 from curation.report.formatting import basename, fmt, pct, rate
-from curation.report.spec import MAX_CLASSES_SHOWN, MAX_ERROR_FILES_PER_CODE, STAGE_DEFINITIONS, STAGES
+from curation.report.spec import (
+    MAX_CLASSES_SHOWN,
+    MAX_ERROR_FILES_PER_CODE,
+    MAX_IMAGENET_CHARTED,
+    STAGE_DEFINITIONS,
+    STAGES,
+)
 from curation.report.thumbnails import Thumb, Thumbnailer
 
 Context = dict[str, Any]
@@ -284,6 +290,29 @@ def classes(d: ReportData, th: Thumbnailer, budget: int, per_side: int = 4) -> C
                 groups.append({"part": part, "figures": figures})
         out["classes"].append({"name": name, "count": fmt(counts_[name]), "groups": groups})
     return out
+
+
+def imagenet(d: ReportData) -> Context | None:
+    """The ImageNet-1k top-1 class distribution (chart of the largest, table of all with the mean
+    top-1 probability); None when no image has an ImageNet label (the section is left out)."""
+    im = d.summary["imagenet"]
+    if not im["available"]:
+        return None
+    counts_, total = im["counts"], im["images"]
+    names = list(counts_)
+    embedded = d.summary["counts"]["embedded"]
+    mean_p = im["mean_prob"]
+    return {
+        "total": fmt(total), "embedded": fmt(embedded) if embedded is not None else None, "n": fmt(len(names)),
+        "charted_top": MAX_IMAGENET_CHARTED if len(names) > MAX_IMAGENET_CHARTED else None,
+        "collapse": len(names) > 15,
+        "source": im["source"],
+        "chart": bar_chart(names[:MAX_IMAGENET_CHARTED], [counts_[n] for n in names[:MAX_IMAGENET_CHARTED]],
+                           xlabel="images (top-1 label)", colour="#76b7b2"),
+        "table": table(["ImageNet class", "images", "share", "mean top-1 p"],
+                       [(n, fmt(v), pct(v, total), "—" if n not in mean_p else f"{mean_p[n]:.2f}")
+                        for n, v in counts_.items()], [False, True, True, True]),
+    }
 
 
 def embedding_map(d: ReportData) -> Context:

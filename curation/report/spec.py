@@ -1,7 +1,8 @@
 """What a report contains: its stages, sections, size limits and the stage output folders.
 
 Constants only (no I/O), shared by the modules of `curation.report`: `STAGES` and
-`STAGE_DEFINITIONS` (the counts table), `SECTIONS` (HTML ids and titles, in page order),
+`STAGE_DEFINITIONS` (the counts table), `SECTIONS` (HTML ids and titles, in page order, of the
+sections every report has), `IMAGENET_SECTION` (the optional one, when ImageNet labels exist),
 `STAGE_ITEMS` (which count a timing entry's throughput is computed from), `STAGE_DIRS` (stage
 output folders under the output root, as `CorpusResource.stage_uri` writes them), thumbnail sizes
 and budgets, and the `Frame` / `ImageLoader` types of the public functions.
@@ -45,6 +46,9 @@ SECTIONS: dict[str, str] = {
     "timings": "Time per stage",
     "decode-errors": "Decode errors",
 }
+# A section shown only when its data is present (inserted after `after` in the page order).
+IMAGENET_SECTION = {"id": "imagenet-classes", "title": "ImageNet classes", "after": "classes"}
+MAX_IMAGENET_CHARTED = 30  # bars of the ImageNet chart; its table lists every class
 # Which stage count a timing entry processed (for throughput); unknown stage names use "listed".
 STAGE_ITEMS: dict[str, str] = {
     "raw_inventory": "listed",

@@ -72,6 +72,12 @@ def test_one_run_over_a_range_of_shards(tmp_path):
         row = cl3.filter(pl.col("image_id") == copy_id).row(0, named=True)
         orig_id = inv1.filter(pl.col("rel_path") == f"a00{sprites[0].suffix}")["image_id"][0]
         assert row["rep_shard"] == "r-000001" and row["cluster_id"] == orig_id and row["dup_kind"] == "exact"
+        # few-shot is off (no examples): recorded as unavailable with the reason, never trained here
+        for r in instance.fetch_materializations(dg.AssetKey("image_classifications"), limit=10).records:
+            assert r.asset_materialization.metadata["few_shot"].value.startswith("unavailable: few-shot is disabled")
+        cls = pl.read_parquet(out / "image_classifications" / "r-000001.parquet")
+        assert cls.height > 0 and cls["fs_label"].null_count() == cls.height
+        assert not (out / "models" / "few_shot_probe.json").exists()
 
 
 def test_dedup_reads_earlier_indexes_as_blocks_and_results_do_not_depend_on_them(tmp_path):
@@ -108,3 +114,46 @@ def test_dedup_reads_earlier_indexes_as_blocks_and_results_do_not_depend_on_them
         # re-materialising shard 2 drops the blocks that contain it, and closes its own again
         assert dg.materialize([dedup_clusters], partition_key=keys[1], instance=instance, resources=resources).success
         assert sorted(p.name for p in blocks.iterdir()) == [f"{keys[0]}__{keys[1]}.parquet", f"{keys[2]}__{keys[3]}.parquet"]
+
+
+def test_multi_shard_run_records_each_shards_own_metadata(tmp_path):
+    """A run over a range of shards records, for every partition, that shard's own row count and
+    time, not the range's totals (Dagster would attach a step's metadata to every partition)."""
+    from assets.dedup import dedup_clusters
+    from assets.inventory import raw_inventory
+    from assets.reports import stage_timings
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    sprites = arcade_sprites()[::25][:9]
+    for i, p in enumerate(sprites):
+        shutil.copyfile(p, src / f"a{i:02d}{p.suffix}")
+    corpus = CorpusResource(output_root=str(out), sources={"m": str(src)}, shard_size=4)
+    keys = [s.key for s in discover_all(corpus.registry(), "m", str(src), shard_size=4)]
+    assert len(keys) == 3
+    resources = {"corpus": corpus, "settings": StageSettings(inventory_workers=1)}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(SHARDS.name, keys)
+        res = dg.materialize([raw_inventory, dedup_clusters], instance=instance, resources=resources,
+                             tags={"dagster/asset_partition_range_start": keys[0],
+                                   "dagster/asset_partition_range_end": keys[-1]})
+        assert res.success
+        for asset in ("raw_inventory", "dedup_clusters"):
+            mats = {r.partition_key: r.asset_materialization
+                    for r in instance.fetch_materializations(dg.AssetKey(asset), limit=10).records}
+            assert sorted(mats) == keys, asset
+            for k in keys:
+                rows = pl.read_parquet(out / asset / f"{k}.parquet").height
+                md = mats[k].metadata
+                assert md["dagster/row_count"].value == rows, (asset, k)
+                assert md["path"].value == str(out / asset / f"{k}.parquet"), (asset, k)
+        sizes = [pl.read_parquet(out / "raw_inventory" / f"{k}.parquet").height for k in keys]
+        assert sizes == [4, 4, 1]
+        inv = {r.partition_key: r.asset_materialization.metadata
+               for r in instance.fetch_materializations(dg.AssetKey("raw_inventory"), limit=10).records}
+        assert [inv[k]["decoded"].value + inv[k]["errors"].value for k in keys] == sizes
+        # the report's time per stage is the shard's own time, not the range's total
+        for k in keys:
+            assert stage_timings(instance, k)["raw_inventory"] == inv[k]["elapsed_s"].value
+        total = sum(inv[k]["elapsed_s"].value for k in keys)
+        assert all(inv[k]["elapsed_s"].value < total for k in keys)

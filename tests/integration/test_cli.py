@@ -80,3 +80,145 @@ def test_materialise_raw_inventory_of_one_demo_shard(cli_env, tmp_path, monkeypa
                    "--partition", "demo-999999", env=cli_env)
     assert proc.returncode != 0
     assert "demo-999999" in proc.stdout + proc.stderr
+
+
+# --- `curate` (orchestration/cli.py): settings checked once, one line, exit status 2 -----------------
+
+
+def test_bad_env_does_not_stop_the_code_location_loading(cli_env):
+    """CURATION_SHARD_SIZE=abc used to take the code location down with a bare ValueError; now it
+    loads and every run or tick reports the setting (tests/unit/test_settings.py)."""
+    proc = dagster("definitions", "validate", "-m", "orchestration.definitions",
+                   env={**cli_env, "CURATION_SHARD_SIZE": "abc", "EMBEDDER_BATCH_SIZE": "0"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture
+def curate_env(tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(ROOT / "dagster.yaml", home / "dagster.yaml")
+    for k in list(os.environ):
+        if k.startswith(("CURATION_", "DAGSTER_", "EMBEDDER_")):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("CURATION_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    src = tmp_path / "src"
+    build_photo_corpus(src)
+    return monkeypatch, src
+
+
+def curate(capsys, *args: str) -> tuple[int, str, str]:
+    from orchestration import cli
+
+    rc = cli.main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("case", ["zero", "negative", "non-numeric", "env-zero", "env-non-numeric", "missing-folder",
+                                  "not-a-folder", "unreadable-folder", "bad-s3-uri", "bad-source-name",
+                                  "unknown-model", "unknown-kind", "no-dagster-home", "bad-dagster-home"])
+def test_bad_setting_is_one_line_and_exit_2(case, curate_env, capsys, tmp_path):
+    mp, src = curate_env
+    args = ["run", "--source", f"t={src}"]
+    expect = {
+        "zero": (["--shard-size", "0"], "--shard-size='0': a whole number >= 1"),
+        "negative": (["--shard-size", "-3"], "--shard-size='-3': a whole number >= 1"),
+        "non-numeric": (["--shard-size", "abc"], "--shard-size='abc': a whole number >= 1"),
+        "env-zero": ([], "CURATION_SHARD_SIZE='0': a whole number >= 1"),
+        "env-non-numeric": ([], "CURATION_SHARD_SIZE='abc': a whole number >= 1"),
+        "missing-folder": ([], f"--source[gone]='{tmp_path / 'nope'}': an existing folder"),
+        "not-a-folder": ([], "--source[file]="),
+        "unreadable-folder": ([], f"--source[t]='{src}': a folder this process can list (Permission denied)"),
+        "bad-s3-uri": ([], "--source='s3:/bucket/raw': a local folder or s3://bucket/prefix with a valid S3 bucket"),
+        "bad-source-name": ([], "--source='Cam': a source name"),
+        "unknown-model": ([], "EMBEDDER_MODEL='ViT-Nope': an open_clip architecture"),
+        "unknown-kind": ([], "EMBEDDER_KIND='resnet': one of 'open_clip', 'efficientnet_lite0'"),
+        "no-dagster-home": ([], "DAGSTER_HOME='': a folder holding dagster.yaml"),
+        "bad-dagster-home": ([], f"DAGSTER_HOME='{tmp_path / 'nohome'}': an existing folder"),
+    }
+    extra, line = expect[case]
+    if case == "env-zero":
+        mp.setenv("CURATION_SHARD_SIZE", "0")
+    elif case == "env-non-numeric":
+        mp.setenv("CURATION_SHARD_SIZE", "abc")
+    elif case == "missing-folder":
+        args += ["--source", f"gone={tmp_path / 'nope'}"]
+    elif case == "not-a-folder":
+        (tmp_path / "f.png").write_bytes(b"x")
+        args += ["--source", f"file={tmp_path / 'f.png'}"]
+    elif case == "unreadable-folder":
+        real = os.scandir
+        # as root, chmod 0 does not stop reading: refuse as the kernel does for another user
+        mp.setattr(os, "scandir", lambda p: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                   if Path(p) == src else real(p))
+        src.chmod(0)
+    elif case == "bad-s3-uri":
+        args += ["--source", "s3=s3:/bucket/raw"]
+    elif case == "bad-source-name":
+        args += ["--source", "Cam=/data"]
+    elif case == "unknown-model":
+        mp.setenv("EMBEDDER_KIND", "open_clip")
+        mp.setenv("EMBEDDER_MODEL", "ViT-Nope")
+    elif case == "unknown-kind":
+        mp.setenv("EMBEDDER_KIND", "resnet")
+    elif case == "no-dagster-home":
+        mp.delenv("DAGSTER_HOME")
+    elif case == "bad-dagster-home":
+        mp.setenv("DAGSTER_HOME", str(tmp_path / "nohome"))
+    try:
+        rc, out, err = curate(capsys, *args, *extra)
+    finally:
+        src.chmod(0o755)
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("curate: ") and line in err, err
+    assert not out  # nothing registered, nothing run
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_bad_setting_in_a_real_process_is_one_line(cli_env):
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--shard-size", "0"], cwd=ROOT,
+                          env=cli_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "curate: --shard-size='0': a whole number >= 1\n" and proc.stdout == ""
+
+
+def test_cli_builds_resources_and_leaves_the_environment_alone(curate_env, capsys, tmp_path):
+    import math
+
+    from orchestration.cli import build_resources, run_config_for, _parse_args
+    from orchestration.definitions import defs
+    from partitions.shards import ShardRegistry
+
+    _, src = curate_env
+    out = tmp_path / "elsewhere"
+    before = dict(os.environ)
+    rc, stdout, err = curate(capsys, "register", "--source", f"t={src}", "--shard-size", "4", "--output-root", str(out))
+    assert rc == 0, err
+    assert dict(os.environ) == before
+    n = sum(1 for p in src.rglob("*") if p.is_file())
+    keys = ShardRegistry(str(out)).keys()
+    assert len(keys) == math.ceil(n / 4) and f"{len(keys)} shard(s) registered" in stdout
+    with dg.DagsterInstance.get() as instance:
+        assert sorted(instance.get_dynamic_partitions("shards")) == sorted(keys)
+
+    # the resources every run gets: the flags' values, accepted by each job's config schema
+    resources = build_resources(_parse_args(["run", "--source", f"t={src}", "--shard-size", "4",
+                                             "--output-root", str(out)]))
+    run_config = run_config_for(resources)
+    for job in ("curate_shard", "semantic_dedup", "curation_summary_job"):
+        resolved = dg.validate_run_config(defs.resolve_job_def(job), run_config)
+        corpus = resolved["resources"]["corpus"]["config"]
+        assert corpus["shard_size"] == 4 and corpus["output_root"] == str(out) and corpus["sources"] == {"t": str(src)}
+    assert dict(os.environ) == before
+
+
+def test_curate_console_script_is_declared():
+    import tomllib
+
+    from orchestration import cli
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["curate"].split(":")
+    assert module == "orchestration.cli" and getattr(cli, func) is cli.main

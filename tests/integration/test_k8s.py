@@ -222,3 +222,31 @@ def test_k8s_deployment_puts_the_k8s_executor_on_the_definitions():
     assert executor_for("local").name == "in_process"
     with pytest.raises(ValueError):
         executor_for("kubernetes")
+
+
+def test_assets_carry_an_abstract_compute_profile_and_the_executor_maps_it():
+    """Assets know cpu/gpu only (op tag + the gpu pool); the pod specs live in orchestration/k8s.py,
+    keyed by stage, and no asset module imports orchestration/."""
+    import ast
+
+    from curation.stages import COMPUTE_TAG, STAGES
+    from orchestration import k8s
+    from orchestration.definitions import defs
+
+    per_step = k8s.executor_config()["per_step_k8s_config"]
+    assert set(per_step) == {s.name for s in STAGES}
+    for node in defs.resolve_asset_graph().asset_nodes:
+        assets_def = node.assets_def
+        tags = assets_def.node_def.tags
+        assert "dagster-k8s/config" not in tags, node.key
+        kind = tags[COMPUTE_TAG]
+        assert kind in ("cpu", "gpu"), node.key
+        assert (assets_def.node_def.pool == "gpu") == (kind == "gpu"), node.key
+        cfg = per_step[assets_def.node_def.name]
+        requests = cfg["container_config"]["resources"]["requests"]
+        assert ("nvidia.com/gpu" in requests) == (kind == "gpu"), node.key
+    for path in (ROOT / "assets").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + \
+               [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in mods if m and m.split(".")[0] == "orchestration"], path

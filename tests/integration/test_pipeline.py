@@ -120,7 +120,9 @@ def test_two_shards_end_to_end(tmp_path):
             mat = np.asarray(emb["embedding"].to_list())
             assert np.allclose(np.linalg.norm(mat, axis=1), 1.0, atol=1e-2)
             cls = read("image_classifications", key)
-            assert cls.height == emb.height and cls["fs_label"].is_in(["0", "1", "7"]).all()
+            # photos and sprites against digit examples: the open-set probe calls every one unknown
+            assert cls.height == emb.height and cls["fs_label"].is_in(["0", "1", "7", "unknown"]).all()
+            assert (cls["fs_label"] == "unknown").all() and (cls["fs_reason"] == "out_of_distribution").all()
             assert (out / "reports" / "shards" / key / "report.html").exists()
         corpus_summary = json.loads((out / "reports" / "corpus" / "summary.json").read_text())
         assert corpus_summary["counts"]["listed"] == 19
@@ -149,7 +151,13 @@ def test_assets_called_directly_with_build_asset_context(tmp_path):
         ctx = dg.build_asset_context(partition_key=first.key, instance=instance)
         inv = raw_inventory(ctx, corpus=corpus, settings=settings)
         assert inv.metadata["dagster/row_count"] == 12 and inv.metadata["errors"] == 0
-        cl = dedup_clusters(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)
+        # dedup_clusters' step writes two datasets (a multi-asset): one result each
+        out = {r.asset_key.to_user_string(): r for r in dedup_clusters(
+            dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)}
+        assert sorted(out) == ["dedup_clusters", "dedup_index"]
+        cl = out["dedup_clusters"]
+        assert out["dedup_index"].metadata["dagster/row_count"] == pl.read_parquet(out_index := out["dedup_index"].metadata["path"].path).height
+        assert out_index == str(tmp_path / "out" / "dedup_index" / f"{first.key}.parquet")
         assert cl.metadata["dagster/row_count"] == 12 and cl.metadata["earlier_shards_compared"] == 0
         cur = curated_images(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus, settings=settings)
         assert cur.metadata["kept"] + cur.metadata["rejected"] == 12
@@ -157,3 +165,21 @@ def test_assets_called_directly_with_build_asset_context(tmp_path):
         with pytest.raises(dg.Failure, match="no_such_threshold"):
             curated_images(dg.build_asset_context(partition_key=first.key, instance=instance), corpus=corpus,
                            settings=StageSettings(quality={"no_such_threshold": 1}))
+
+
+def test_classifications_use_only_a_stored_probe_of_the_current_model(tmp_path):
+    """image_classifications never trains the probe: no probe, or one of another model, leaves the
+    few-shot columns null and says why."""
+    from assets.classifications import probe_uri, stored_probe
+    from curation.classify import Probe, save_probe
+
+    corpus = CorpusResource(output_root=str(tmp_path / "out"), sources={}, shard_size=12)
+    on = ClassifierSettings(fewshot_uri=str(tmp_path / "fewshot"))
+    assert stored_probe(corpus, ClassifierSettings(fewshot_uri=""), "m1") == (None, "few-shot is disabled (classifier.fewshot_uri is empty)")
+    probe, reason = stored_probe(corpus, on, "m1")
+    assert probe is None and reason.startswith("no few-shot probe stored at") and "few_shot_probe" in reason
+    save_probe(Probe(["a", "b"], np.eye(2, 4, dtype=np.float32), np.zeros(2, dtype=np.float32), "m0"), probe_uri(corpus))
+    probe, reason = stored_probe(corpus, on, "m1")
+    assert probe is None and "trained on 'm0'" in reason and "re-materialise few_shot_probe" in reason
+    probe, reason = stored_probe(corpus, on, "m0")
+    assert reason is None and probe.classes == ["a", "b"] and probe.model == "m0"

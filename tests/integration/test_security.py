@@ -217,11 +217,16 @@ def _real_run(s3_server, tmp_path: Path, monkeypatch):  # noqa: F811
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("shards", [shard.key])
     run_ids = []
+    # the probe first: image_classifications applies the stored probe, it never trains one
+    with dg.execute_job(repo.get_reconstructable_job("few_shot_probe_job"), instance) as result:
+        assert result.success, "few_shot_probe_job"
+        probe_run = result.run_id
     for job, tags in (("curate_shard", {"dagster/partition": shard.key}), ("semantic_dedup", {"dagster/partition": shard.key}),
                       ("curation_summary_job", {})):
         with dg.execute_job(repo.get_reconstructable_job(job), instance, tags=tags) as result:
             assert result.success, job
             run_ids.append(result.run_id)
+    run_ids.append(probe_run)
     signed = {r.access_key for r in s3.proxy.ops() if r.status == 200}
     yield dict(instance=instance, run_ids=run_ids, home=home, out=out, key_id=key_id, secret=secret,
                token=os.environ["AWS_SESSION_TOKEN"], signed=signed, shard=shard.key)

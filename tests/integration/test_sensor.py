@@ -77,7 +77,17 @@ def test_registered_shards_missing_from_instance_are_reconciled(tmp_path, instan
     assert sorted(rr.partition_key for rr in r.run_requests) == ["cam-000001", "cam-000002"]
 
 
-def test_missing_source_is_reported_not_raised(tmp_path, instance):
+def test_missing_source_fails_the_tick_with_one_line(tmp_path, instance):
     corpus = CorpusResource(output_root=str(tmp_path / "out"), sources={"gone": str(tmp_path / "nope")})
+    with pytest.raises(dg.Failure, match=r"CorpusResource.sources\[gone\]=.*an existing folder") as exc:
+        tick(instance, corpus)
+    assert "\n" not in str(exc.value.description)
+
+
+def test_a_missing_source_does_not_stop_the_others(tmp_path, instance):
+    src = tmp_path / "src"
+    write_real_images(src, 3)
+    corpus = CorpusResource(output_root=str(tmp_path / "out"), shard_size=10,
+                            sources={"cam": str(src), "gone": str(tmp_path / "nope")})
     r = tick(instance, corpus)
-    assert not r.run_requests and "not a directory" in r.skip_reason.skip_message
+    assert [rr.partition_key for rr in r.run_requests] == ["cam-000001"]

@@ -80,14 +80,14 @@ def test_probe_matches_sklearn_and_roundtrips_as_json(tmp_path):
     assert probe.val_accuracy is not None and probe.val_accuracy > 0.9
     assert probe.n_val == 18 and probe.n_train == 72 and probe.classes == ["blue", "green", "red"]
     clf = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(x, np.asarray(y, dtype=object))
-    labels, p = apply_probe(probe, x)
+    labels, p = apply_probe(probe, x, calibrated=False)  # the raw probe is sklearn's model
     assert labels == list(clf.predict(x))
     np.testing.assert_allclose(p, clf.predict_proba(x).max(1), atol=1e-4)
 
     uri = str(tmp_path / "probe.json")
     save_probe(probe, uri)
     raw = json.load(open(uri))  # plain JSON, no pickle
-    assert raw["format"] == "linear-probe/v1" and len(raw["coef"]) == 3
+    assert raw["format"] == "linear-probe/v2" and len(raw["coef"]) == 3
     loaded = load_probe(uri)
     assert apply_probe(loaded, x)[0] == labels and loaded.val_accuracy == probe.val_accuracy
 

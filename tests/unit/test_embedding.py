@@ -37,6 +37,7 @@ from curation.embedding import (  # noqa: E402
     read_image_uri,
     split_errors,
 )
+from curation.embedding.spec import RANDOM_INIT  # noqa: E402
 from curation.schema import EMBEDDING_COLUMNS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -482,6 +483,21 @@ def test_nvjpeg_path_matches_cpu_path(tiny_config, tmp_path):
     assert cos.min() > 0.99
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvjpeg_path_writes_the_imagenet_labels(effnet, tmp_path):
+    gpu = EfficientNetLite0Embedder(device="cuda", precision="fp16", batch_size=8)
+    items = _photo_items(tmp_path, ["chelsea", "coffee", "camera", "rocket"])  # 2 JPEG (nvJPEG), 2 PNG (CPU)
+    from curation.embedding import read_bytes_uri
+
+    a = embed_shard(items, read_image_uri, gpu, str(tmp_path / "a"), "s", chunk_size=3, read_bytes=read_bytes_uri)
+    b = embed_shard(items, read_image_uri, effnet, str(tmp_path / "b"), "s", chunk_size=3)
+    assert a["in_topk_labels"].null_count() == 0 and set(a["in_topk_labels"].list.len()) == {5}
+    assert a["in_topk_labels"].list.first().to_list() == b["in_topk_labels"].list.first().to_list()
+    np.testing.assert_allclose(a["in_topk_probs"].list.first().to_numpy(), b["in_topk_probs"].list.first().to_numpy(),
+                               atol=0.05)
+
+
 def test_reader_errors_keep_their_code_at_the_embedding_stage():
     from curation import errors
     from curation.embedding.errors import format_image_error as _fmt_error
@@ -490,3 +506,141 @@ def test_reader_errors_keep_their_code_at_the_embedding_stage():
     assert _fmt_error(InputError(errors.SYMLINK_OUTSIDE_ROOT, "link escapes")).startswith("symlink_outside_root: ")
     assert _fmt_error(FileNotFoundError("gone")).startswith("not_found: ")
     assert _fmt_error(ValueError("bug")).startswith("internal_error: ")
+
+
+# --- ImageNet labels from the EfficientNet-Lite0 head ----------------------------------------------
+
+CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}  # indices 281-285
+
+
+def _photo_items(tmp_path, names: list[str]) -> pl.DataFrame:
+    from skimage import data
+
+    d = tmp_path / "photos"
+    d.mkdir(exist_ok=True)
+    uris = []
+    for i, name in enumerate(names):
+        p = d / f"{name}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(p)
+        uris.append(str(p))
+    return pl.DataFrame({"image_id": names, "uri": uris})
+
+
+def test_imagenet_top5_of_real_photos_through_embed_shard(effnet, tmp_path):
+    """The packaged weights label real photos: chelsea is a cat, coffee an espresso, the cameraman
+    stands at a tripod, the rocket is a missile / projectile / space shuttle."""
+    import timm
+
+    names = ["chelsea", "coffee", "camera", "rocket"]
+    items = _photo_items(tmp_path, names)
+    items = pl.concat([items, pl.DataFrame({"image_id": ["gone"], "uri": [str(tmp_path / "missing.png")]})])
+    out = embed_shard(items, read_image_uri, effnet, str(tmp_path / "chunks"), "s", chunk_size=3, num_workers=2)
+    assert out.schema == pl.Schema(EMBED_OUTPUT_SCHEMA)
+    top = {r["image_id"]: r for r in out.iter_rows(named=True)}
+    assert top["gone"]["in_topk_labels"] is None and top["gone"]["in_topk_probs"] is None
+    for name in names:
+        labels, probs = top[name]["in_topk_labels"], top[name]["in_topk_probs"]
+        assert len(labels) == len(probs) == 5 and len(set(labels)) == 5
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-5
+    assert top["chelsea"]["in_topk_labels"][0] in CAT_CLASSES
+    assert len(CAT_CLASSES & set(top["chelsea"]["in_topk_labels"])) >= 2
+    assert top["coffee"]["in_topk_labels"][0] == "espresso" and top["coffee"]["in_topk_probs"][0] > 0.5
+    assert "tripod" in top["camera"]["in_topk_labels"]
+    assert {"missile", "projectile", "space shuttle"} & set(top["rocket"]["in_topk_labels"])
+    # the head gives what the full timm classifier gives (no second pass: same pooled features)
+    sd = torch.load(packaged_efficientnet_lite0_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    model.load_state_dict(map_lukemelas_state_dict(sd, model.state_dict()), strict=True)
+    px = torch.stack([effnet.pil_to_uint8(read_image_uri(u)) for u in items["uri"][:4]])
+    with torch.inference_mode():
+        ref = torch.softmax(model(effnet.normalize(px)), dim=-1).topk(5)
+    for i, name in enumerate(names):
+        assert top[name]["in_topk_labels"] == [effnet.class_names[j] for j in ref.indices[i].tolist()]
+        np.testing.assert_allclose(top[name]["in_topk_probs"], ref.values[i].numpy(), atol=1e-4)
+    # and the embedding is still the L2-normalised pooled features
+    np.testing.assert_allclose(embeddings_to_numpy(out.head(4)), _reference(effnet, items.head(4)), atol=2e-3)
+
+
+def test_imagenet_class_names_from_timm():
+    from timm.data import ImageNetInfo
+
+    from curation.embedding import imagenet_class_names
+    from curation.embedding.imagenet import short_class_names
+
+    names = imagenet_class_names()
+    info = ImageNetInfo()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[1] == "goldfish" and names[967] == "espresso" and names[281] == "tabby"
+    assert info.index_to_description(1) == "goldfish, Carassius auratus"
+    assert names[134] == f"crane ({info.index_to_label_name(134)})" and names[517].startswith("crane (n")
+    with pytest.raises(ValueError, match="synsets"):
+        short_class_names(["a"], [])
+
+
+def test_models_without_a_head_write_null_imagenet_columns(tiny, tmp_path):
+    items = _images(tmp_path, 5)
+    out = embed_shard(items, read_image_uri, tiny, str(tmp_path / "c"), "s", chunk_size=2, num_workers=1)
+    assert out.schema == pl.Schema(EMBED_OUTPUT_SCHEMA) and not tiny.has_head
+    assert out["in_topk_labels"].null_count() == out["in_topk_probs"].null_count() == 5
+    rand = EfficientNetLite0Embedder(RANDOM_INIT, device="cpu", batch_size=4)  # a random head labels nothing
+    assert not rand.has_head and rand.info()["imagenet_topk"] == 0
+    assert rand.embed_images_topk([read_image_uri(items["uri"][0])]).topk_idx is None
+
+
+def _drop_imagenet_columns(cdir: str) -> list[str]:
+    """Rewrite every chunk of `cdir` as written before the ImageNet columns existed."""
+    paths = sorted(os.path.join(cdir, f) for f in os.listdir(cdir) if f.startswith("chunk-"))
+    for p in paths:
+        storage.write_parquet(storage.read_parquet(p).drop("in_topk_labels", "in_topk_probs"), p)
+    return paths
+
+
+def test_resume_from_chunks_without_imagenet_columns(tiny, effnet, tmp_path):
+    # open_clip (no head): old chunks are reused, their ImageNet columns null
+    items = _images(tmp_path, 7)
+    cdir = str(tmp_path / "clip")
+    first = embed_shard(items, read_image_uri, tiny, cdir, "s", chunk_size=3, num_workers=1)
+    _drop_imagenet_columns(cdir)
+    counter = CountingForward(tiny)
+    again = embed_shard(items, read_image_uri, tiny, cdir, "s", chunk_size=3, num_workers=1)
+    assert counter.calls == 0 and again.equals(first)
+    # EfficientNet (with a head): old chunks lack the labels, so they are recomputed
+    photos = _photo_items(tmp_path, ["chelsea", "coffee", "astronaut"])
+    edir = str(tmp_path / "eff")
+    ref = embed_shard(photos, read_image_uri, effnet, edir, "s", chunk_size=2, num_workers=1)
+    _drop_imagenet_columns(edir)
+    counter = CountingForward(effnet)
+    try:
+        out = embed_shard(photos, read_image_uri, effnet, edir, "s", chunk_size=2, num_workers=1)
+        assert counter.calls == 2 and out.equals(ref)
+        assert out["in_topk_labels"].null_count() == 0
+        # a different top-k never reuses chunks of another
+        effnet.topk = 3
+        calls = counter.calls
+        out3 = embed_shard(photos, read_image_uri, effnet, edir, "s", chunk_size=2, num_workers=1)
+        assert counter.calls == calls + 2 and set(out3["in_topk_labels"].list.len()) == {3}
+        assert out3["in_topk_labels"].list.first().to_list() == ref["in_topk_labels"].list.first().to_list()
+    finally:
+        effnet.topk = 5
+        effnet._forward_images = counter.inner
+
+
+def test_imagenet_columns_for_classification_rows(effnet, tmp_path):
+    from curation.embedding import IMAGENET_COLUMNS, add_imagenet_columns, imagenet_columns
+
+    photos = _photo_items(tmp_path, ["chelsea", "coffee"])
+    photos = pl.concat([photos, pl.DataFrame({"image_id": ["gone"], "uri": [str(tmp_path / "nope.png")]})])
+    emb = embed_shard(photos, read_image_uri, effnet, str(tmp_path / "c"), "s", num_workers=1)
+    cols = imagenet_columns(emb)
+    assert cols.schema == pl.Schema(IMAGENET_COLUMNS)
+    assert cols["image_id"].to_list() == ["chelsea", "coffee"]  # embedded rows only
+    assert cols["in_label"].to_list() == emb["in_topk_labels"].list.first().to_list()[:2]
+    assert cols["in_prob"].to_list() == emb["in_topk_probs"].list.first().to_list()[:2]
+    cls = pl.DataFrame({"image_id": ["coffee", "chelsea", "other"], "zs_label": ["a", "b", "c"]})
+    joined = add_imagenet_columns(cls, emb)
+    assert joined["image_id"].to_list() == ["coffee", "chelsea", "other"]
+    assert joined["in_label"][0] == "espresso" and joined["in_label"][1] in CAT_CLASSES
+    assert joined["in_label"][2] is None and joined.columns == ["image_id", "zs_label", *list(IMAGENET_COLUMNS)[1:]]
+    # embeddings written before the ImageNet columns existed: nulls, not an error
+    legacy = imagenet_columns(emb.drop("in_topk_labels", "in_topk_probs"))
+    assert legacy.schema == pl.Schema(IMAGENET_COLUMNS) and legacy["in_label"].null_count() == 2

@@ -66,8 +66,8 @@ def test_one_pixel_limit_and_one_byte_limit_for_every_stage(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     # just above the pixel limit, from the header alone (never decoded): refused by every path
-    (src / "bomb.png").write_bytes(png_bomb(12_500, 12_001))
-    assert 12_500 * 12_001 > limits.MAX_PIXELS
+    (src / "bomb.png").write_bytes(png_bomb(16_385, 16_384))
+    assert 16_385 * 16_384 > limits.MAX_PIXELS
     rec = process_file(str(src / "bomb.png"), str(src), InventoryConfig())
     assert rec["error_code"] == errors.DECOMPRESSION_BOMB
     with pytest.raises(DecodeError) as refused:
@@ -140,7 +140,7 @@ def test_pillow_guard_nests_and_turns_warnings_as_errors_into_codes():
             Image.open(io.BytesIO(_corrupt_exif_jpeg())).getexif()  # would raise without the guard
         assert list(warnings.filters) == inner_before
         # a refused bomb in Pillow's warning band is a code, not an exception, under -W error
-        rec = decode_and_measure(png_bomb(20_000, 10_000))
+        rec = decode_and_measure(png_bomb(20_000, 14_000))
         assert rec["error_code"] == errors.DECOMPRESSION_BOMB
     assert list(warnings.filters) == before
 

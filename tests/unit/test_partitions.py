@@ -23,6 +23,8 @@ def test_shard_keys_are_ui_safe_and_ordered():
 
 
 def test_listing_is_sorted_paged_and_skips_dirs_and_hidden(tmp_path):
+    # every regular file is listed (notes.txt too: the stage records it as not_an_image);
+    # hidden files are excluded (and counted: tests/unit/test_sources.py)
     root = tmp_path / "src"
     write_real_images(root / "b", 3)
     write_real_images(root / "a", 2)
@@ -31,7 +33,8 @@ def test_listing_is_sorted_paged_and_skips_dirs_and_hidden(tmp_path):
     (root / "notes.txt").write_text("not an image")
     files, exhausted = list_source(str(root))
     rels = [f.rel_path for f in files]
-    assert exhausted and rels == sorted(rels, key=lambda r: r.split("/")) and len(rels) == 5
+    assert exhausted and rels == sorted(rels, key=lambda r: r.split("/")) and len(rels) == 6
+    assert "notes.txt" in rels and "a/.hidden.png" not in rels
     page1, ex1 = list_source(str(root), limit=2)
     page2, ex2 = list_source(str(root), after=page1[-1].rel_path, limit=10)
     assert not ex1 and ex2 and [f.rel_path for f in page1 + page2] == rels
@@ -96,3 +99,19 @@ def test_sparse_new_files_never_stall(tmp_path):
         res = discover_page(reg, "s", str(src), cursor, shard_size=100, page_size=10)
         cursor, found = res.cursor, res.shards
     assert [s.n_files for s in found] == [1]
+
+
+def test_excluded_entries_are_counted_and_named_not_dropped_silently(tmp_path):
+    from curation.sources import ListingSkips
+    from partitions.discovery import TickResult, discover_all
+    from tests.conftest import write_real_images
+
+    write_real_images(tmp_path / "src", 3)
+    (tmp_path / "src" / ".DS_Store").write_text("x")
+    (tmp_path / "src" / "notes").write_text("no extension: listed, the stage sniffs it")
+    skipped = ListingSkips()
+    shards = discover_all(ShardRegistry(str(tmp_path / "out")), "cam", str(tmp_path / "src"), shard_size=10,
+                          skipped=skipped)
+    assert len(shards) == 1 and shards[0].n_files == 4
+    assert skipped.counts == {"hidden_file": 1}
+    assert TickResult(skipped=skipped).skipped_note() == "excluded 1 (hidden_file: 1, e.g. .DS_Store)"

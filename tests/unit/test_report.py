@@ -784,3 +784,92 @@ def test_hostile_file_name_label_and_message_are_escaped(corpus, tmp_path):
     assert "&lt;script&gt;alert(2)&lt;/script&gt; cannot identify image file" in page  # decode errors
     evil_tiles = re.findall(r'<figure [^>]*data-image-id="' + kept["image_id"] + r'"[^>]*>', page)
     assert evil_tiles and all('data-thumb="image"' in t for t in evil_tiles)  # the file itself was shown
+
+
+# ------------------------------------------------------------------------------ ImageNet labels
+
+HOSTILE_CLASS = '<img src=x onerror="y">'
+
+
+def _with_imagenet(emb: pl.DataFrame, curated: pl.DataFrame) -> pl.DataFrame:
+    """Embedding rows with ImageNet top-3 columns: the top-1 class named after the file's folder
+    (a hostile name for about half the photos), probabilities from the image's own 8x8 features."""
+    folder = dict(zip(curated["image_id"], curated["rel_path"].str.split("/").list.first()))
+    rows = []
+    for image_id, vec in zip(emb["image_id"].to_list(), emb["embedding"].to_list()):
+        top = HOSTILE_CLASS if folder[image_id] == "photos" and int(image_id, 16) % 2 else folder[image_id]
+        p1 = float(0.4 + 0.5 * np.tanh(3 * np.std(vec)))
+        rows.append(([top, "window screen", "web site"], [p1, (1 - p1) * 0.6, (1 - p1) * 0.3]))
+    return emb.with_columns(pl.Series("in_topk_labels", [r[0] for r in rows], dtype=pl.List(pl.String)),
+                            pl.Series("in_topk_probs", [r[1] for r in rows], dtype=pl.List(pl.Float32)))
+
+
+def test_imagenet_section_from_embedding_labels(corpus, tmp_path):
+    f = _shard_frames(corpus, SHARD)
+    emb = _with_imagenet(f["embeddings"], f["curated"])
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], emb, f["classifications"],
+                                  str(tmp_path), max_thumbs=10)
+    expected = Counter(r[0] for r in emb["in_topk_labels"].to_list())
+    im = s["imagenet"]
+    assert im["available"] and im["source"] == "image_embeddings" and im["images"] == emb.height
+    assert im["counts"] == dict(expected) and list(im["counts"].values()) == sorted(expected.values(), reverse=True)
+    pairs = list(zip(emb["in_topk_labels"].to_list(), emb["in_topk_probs"].to_list()))
+    probs = {k: np.mean([p[0] for lab, p in pairs if lab[0] == k]) for k in expected}
+    assert im["mean_prob"] == pytest.approx(probs, abs=1e-4)
+    page = (tmp_path / "report.html").read_text()
+    sid, title = report.IMAGENET_SECTION["id"], report.IMAGENET_SECTION["title"]
+    assert f'<section id="{sid}"><h2>{title}</h2>' in page and f'href="#{sid}"' in page
+    assert page.index('<section id="classes">') < page.index(f'<section id="{sid}">') < page.index(
+        '<section id="embedding-map">')
+    assert 'alt="ImageNet class distribution"' in page
+    section = page[page.index(f'<section id="{sid}">'):page.index('<section id="embedding-map">')]
+    for label, n in expected.items():
+        assert f"<td class=\"\">{html.escape(label, quote=True)}</td><td class=\"n\">{n}</td>" in section
+    assert HOSTILE_CLASS not in page and html.escape(HOSTILE_CLASS, quote=True) in section
+    assert f"{emb.height} labelled images of {emb.height} embedded in {len(expected)} classes" in section
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["imagenet"] == json.loads(json.dumps(im))
+
+
+def test_no_imagenet_section_without_labels(shard_report, corpus, tmp_path):
+    sid = report.IMAGENET_SECTION["id"]
+    assert shard_report["summary"]["imagenet"]["available"] is False
+    assert sid not in shard_report["html"]
+    # an open_clip model writes the columns, all null: still no section
+    f = _shard_frames(corpus, SHARD)
+    emb = f["embeddings"].with_columns(pl.lit(None, pl.List(pl.String)).alias("in_topk_labels"),
+                                       pl.lit(None, pl.List(pl.Float32)).alias("in_topk_probs"))
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], emb, f["classifications"],
+                                  str(tmp_path), max_thumbs=0)
+    assert s["imagenet"]["available"] is False and sid not in (tmp_path / "report.html").read_text()
+
+
+def test_imagenet_labels_of_classifications_come_first(corpus, tmp_path):
+    f = _shard_frames(corpus, SHARD)
+    emb = _with_imagenet(f["embeddings"], f["curated"])
+    cls = f["classifications"].with_columns(
+        pl.when(pl.col("fs_label") == "photo").then(pl.lit("tabby")).otherwise(pl.lit("espresso")).alias("in_label"),
+        pl.col("fs_prob").cast(pl.Float32).alias("in_prob"))
+    s = report.build_shard_report(SHARD, f["inventory"], f["clusters"], f["curated"], emb, cls, str(tmp_path),
+                                  max_thumbs=0)
+    assert s["imagenet"]["source"] == "image_classifications"
+    assert s["imagenet"]["counts"] == dict(Counter(cls["in_label"].to_list()))
+
+
+def test_corpus_report_imagenet_section_over_shards(corpus, tmp_path):
+    from curation import storage
+
+    root = tmp_path / "outputs"
+    shards = sorted(corpus["inventory"]["shard"].unique())
+    total: Counter = Counter()
+    for shard in shards:
+        f = _shard_frames(corpus, shard)
+        f["embeddings"] = _with_imagenet(f["embeddings"], f["curated"])
+        total.update(r[0] for r in f["embeddings"]["in_topk_labels"].to_list())
+        for key, stage in report.STAGE_DIRS.items():
+            storage.write_parquet(f[key], str(root / stage / f"{shard}.parquet"))
+    lazy = {k: pl.scan_parquet(str(root / v / "*.parquet")) for k, v in report.STAGE_DIRS.items()}
+    s = report.build_corpus_report(lazy["inventory"], lazy["clusters"], lazy["curated"], lazy["embeddings"],
+                                   lazy["classifications"], str(tmp_path / "r"), max_thumbs=0)
+    assert s["imagenet"]["counts"] == dict(total) and len(total) >= 3
+    assert f'<section id="{report.IMAGENET_SECTION["id"]}">' in (tmp_path / "r" / "report.html").read_text()

@@ -1,0 +1,145 @@
+"""Typed per-stage settings: one `dg.Config` class per library config dataclass.
+
+Each class mirrors the fields and defaults of its library dataclass (`curation.inventory.
+InventoryConfig`, `curation.dedup.DedupConfig`, `curation.quality.QualityConfig`), so the launchpad
+shows every knob with its default and Dagster checks types when a run is launched. Values are
+checked when the config is built (at launch from the launchpad's run config, at definition time in
+Python): a bad value raises `resources.environment.SettingError`, one line ``StageSettings.
+<stage>.<field>=VALUE: what is allowed``, never retried; an unknown key names the known ones.
+`to_library()` returns the library dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import dagster as dg
+from pydantic import Field, model_validator
+
+from curation.dedup import DedupConfig
+from curation.inventory import InventoryConfig
+from curation.quality import QualityConfig
+from resources.environment import SettingError
+
+Rule = tuple[Callable[[Any], bool], str]
+POSITIVE: Rule = (lambda v: v > 0, "a number > 0")
+NON_NEGATIVE: Rule = (lambda v: v >= 0, "a number >= 0")
+GREY_LEVEL: Rule = (lambda v: 0 <= v <= 255, "a grey level in [0, 255]")
+
+
+class StageConfig(dg.Config):
+    """Base of the stage settings: unknown keys and rule violations raise one-line SettingErrors."""
+
+    library: ClassVar[type]
+    section: ClassVar[str]
+    rules: ClassVar[dict[str, Rule]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise SettingError(cls.section, {k: data[k] for k in unknown},
+                                   f"known {cls.library.__name__} settings: {sorted(cls.model_fields)}")
+        return data
+
+    def model_post_init(self, context: Any) -> None:
+        for name, (ok, allowed) in self.rules.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise SettingError(f"{self.section}.{name}", value, allowed)
+        try:
+            self.to_library()
+        except (TypeError, ValueError) as exc:  # the library's own checks, as one line
+            raise SettingError(self.section, self.model_dump(), str(exc).splitlines()[0]) from exc
+
+    def to_library(self) -> Any:
+        values = self.model_dump()
+        types = {f.name: f.type for f in dataclasses.fields(self.library)}
+        for name, value in values.items():
+            if isinstance(value, list) and "tuple" in str(types.get(name, "")):
+                values[name] = tuple(value)
+        return self.library(**values)
+
+
+_INV, _DEDUP, _QUALITY = InventoryConfig(), DedupConfig(), QualityConfig()
+
+
+class InventorySettings(StageConfig):
+    """curation.inventory.InventoryConfig: per-file limits and the analysis image."""
+
+    library: ClassVar[type] = InventoryConfig
+    section: ClassVar[str] = "StageSettings.inventory"
+    rules: ClassVar[dict[str, Rule]] = {
+        "max_pixels": POSITIVE, "max_bytes": POSITIVE, "decode_timeout_s": POSITIVE, "chunk_size": POSITIVE,
+        # curation.imaging.WHASH_IMAGE_SCALE: the wavelet hash needs at least a 64 x 64 analysis image
+        "analysis_size": (lambda v: v >= 64, "a whole number of pixels >= 64"),
+        "background": (lambda v: len(v) == 3 and all(0 <= c <= 255 for c in v), "three channel values in [0, 255]"),
+        "start_method": (lambda v: v in ("forkserver", "spawn"), "'forkserver' or 'spawn'"),
+    }
+
+    max_pixels: int = Field(default=_INV.max_pixels,
+                            description="declared width*height above which a file is DECOMPRESSION_BOMB, undecoded")
+    max_bytes: int = Field(default=_INV.max_bytes, description="files larger than this are TOO_LARGE_FILE, unread")
+    decode_timeout_s: float = Field(default=_INV.decode_timeout_s, description="wall-clock bound per file -> TIMEOUT")
+    analysis_size: int = Field(default=_INV.analysis_size, description="side of the grey analysis image (px)")
+    background: list[int] = Field(default=list(_INV.background),
+                                  description="RGB that transparency is composited on")
+    chunk_size: int = Field(default=_INV.chunk_size, description="files per message to a worker")
+    start_method: str = Field(default=_INV.start_method, description="worker start method: 'forkserver' or 'spawn'")
+
+
+class DedupSettings(StageConfig):
+    """curation.dedup.DedupConfig: near-duplicate rules (see its docstring for why these defaults)."""
+
+    library: ClassVar[type] = DedupConfig
+    section: ClassVar[str] = "StageSettings.dedup"
+    rules: ClassVar[dict[str, Rule]] = {
+        "phash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
+        "dhash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
+        "max_chroma_diff": NON_NEGATIVE, "min_contrast": NON_NEGATIVE, "min_entropy": NON_NEGATIVE,
+        "pair_batch": POSITIVE, "index_batch": POSITIVE,
+    }
+
+    phash_radius: int = Field(default=_DEDUP.phash_radius, description="max pHash Hamming distance of a duplicate")
+    dhash_radius: int = Field(default=_DEDUP.dhash_radius, description="max dHash Hamming distance of a duplicate")
+    max_chroma_diff: float = Field(default=_DEDUP.max_chroma_diff, description="max chromaticity difference per channel")
+    min_contrast: float = Field(default=_DEDUP.min_contrast, description="grey std below which an image is not hashed")
+    min_entropy: float = Field(default=_DEDUP.min_entropy, description="grey entropy (bits) below which it is not hashed")
+    pair_batch: int = Field(default=_DEDUP.pair_batch, description="candidate pairs verified per batch")
+    index_batch: int = Field(default=_DEDUP.index_batch, description="index rows streamed per batch")
+
+
+class QualitySettings(StageConfig):
+    """curation.quality.QualityConfig: thresholds of the quality filter."""
+
+    library: ClassVar[type] = QualityConfig
+    section: ClassVar[str] = "StageSettings.quality"
+    rules: ClassVar[dict[str, Rule]] = {
+        "min_side": (lambda v: v >= 1, "a whole number of pixels >= 1"),
+        "max_aspect_ratio": (lambda v: v >= 1, "a ratio >= 1 (long side / short side)"),
+        "min_brightness": GREY_LEVEL, "max_brightness": GREY_LEVEL,
+        "min_contrast": NON_NEGATIVE, "min_entropy": NON_NEGATIVE, "min_sharpness": NON_NEGATIVE,
+    }
+
+    min_side: int = Field(default=_QUALITY.min_side, description="shorter side below this (px) is rejected")
+    max_aspect_ratio: float = Field(default=_QUALITY.max_aspect_ratio, description="long/short side above this is rejected")
+    min_brightness: float = Field(default=_QUALITY.min_brightness, description="mean grey below this is rejected")
+    max_brightness: float = Field(default=_QUALITY.max_brightness, description="mean grey above this is rejected")
+    min_contrast: float = Field(default=_QUALITY.min_contrast, description="grey std below this is rejected")
+    min_entropy: float = Field(default=_QUALITY.min_entropy, description="grey entropy (bits) below this is rejected")
+    min_sharpness: float = Field(default=_QUALITY.min_sharpness, description="Laplacian variance below this is rejected")
+    reject_duplicates: bool = Field(default=_QUALITY.reject_duplicates,
+                                    description="only a duplicate cluster's representative is kept")
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        if self.min_brightness > self.max_brightness:
+            raise SettingError(f"{self.section}.min_brightness", self.min_brightness,
+                               f"a grey level <= max_brightness ({self.max_brightness})")
+
+
+STAGE_CONFIGS: tuple[type[StageConfig], ...] = (InventorySettings, DedupSettings, QualitySettings)
