@@ -64,7 +64,8 @@ class DedupConfig:
         (imagehash sets exactly 32 bits), so 5 is the same as 4. On their own these radii link
         look-alikes (hue shifts, card suits, animation frames: 759 false pairs on the set); the
         thumbnail check removes almost all of them. Cost: 5 x 9 block combinations with ~20-bit
-        composite keys (bench/dedup.py: 5M hashes well under 2 minutes on 2 cores); 6/10 would hold
+        composite keys (bench/dedup.py: 5M uniform hashes in 43 CPU-seconds, one core; radii 2/4:
+        ~1 s); 6/10 would hold
         94% but needs 77 combinations with ~15-bit keys, far too slow at 5M.
     max_thumb_diff: 70 levels, the largest allowed difference of any cell and channel of the two
         8x8 RGB thumbnails (white-composited, box-filtered). Copies differ by < 40 in almost every
