@@ -47,7 +47,7 @@ from bench.accuracy_peers import (
 )
 from bench.accuracy_sets import CACHE, SET_VERSION, build_sets, describe
 from bench.common import REPO, machine, today
-from curation.dedup import DedupConfig, dedup_shard
+from curation.dedup import DedupConfig, corpus_keep, dedup_shard, supersede_records
 from curation.inventory import InventoryConfig, iter_inventory
 from curation.quality import QualityConfig, evaluate
 
@@ -260,6 +260,26 @@ def kept_largest(df: pl.DataFrame, out: pl.DataFrame) -> dict:
     return {"clusters": agg.height, "kept_largest": _r(ok / agg.height if agg.height else 1.0)}
 
 
+def kept_largest_corpus(df: pl.DataFrame, out: pl.DataFrame, index: pl.DataFrame) -> dict:
+    """kept_largest of the corpus-level view (`curation.dedup.corpus_keep` with every image
+    acceptable: representatives kept, members rejected only as duplicates): of clusters with 2+
+    members, the fraction whose one kept image has the most pixels of the cluster."""
+    cur = out.select("image_id", "cluster_id", pl.col("is_representative").alias("keep"),
+                     pl.when(pl.col("is_representative")).then(pl.lit([], pl.List(pl.String)))
+                     .otherwise(pl.lit(["duplicate"])).alias("reasons"))
+    records = supersede_records(index)
+    view = corpus_keep(cur, records)
+    px = df.select("image_id", (pl.col("width").cast(pl.Int64) * pl.col("height")).alias("px"))
+    j = view.join(px, on="image_id")
+    agg = j.group_by("cluster_id").agg(pl.len().alias("n"), pl.col("px").max().alias("max_px"),
+                                       pl.col("px").filter(pl.col("keep")).max().alias("kept_px"),
+                                       pl.col("keep").sum().alias("kept"))
+    agg = agg.filter(pl.col("n") > 1)
+    ok = agg.filter((pl.col("kept") == 1) & (pl.col("kept_px") >= pl.col("max_px"))).height
+    return {"clusters": agg.height, "kept_largest": _r(ok / agg.height if agg.height else 1.0),
+            "supersede_records": records.height}
+
+
 def dedup(root: Path) -> dict:
     labels = pl.read_parquet(root / "labels.parquet")
     inv = run_inventory(root, labels, "s0")
@@ -267,8 +287,7 @@ def dedup(root: Path) -> dict:
     group = df["group"].to_numpy()
     small = df.select((pl.max_horizontal("width", "height") <= 48).fill_null(False))["width"].to_numpy()
     cfg = DedupConfig()
-    res: dict = {"config": {k: getattr(cfg, k) for k in ("phash_radius", "dhash_radius", "max_chroma_diff",
-                                                         "min_contrast", "min_entropy")},
+    res: dict = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if not k.endswith("_batch")},
                  "images": df.height, "groups": int(labels["group"].n_unique()),
                  "small_images": int(small.sum()), "by_kind": describe(labels, "kind")}
     inv_cols = list(inv.columns)
@@ -284,10 +303,12 @@ def dedup(root: Path) -> dict:
     a = df.filter(pl.Series(first)).with_columns(pl.lit("a").alias("shard"))
     b = df.filter(pl.Series(~first)).with_columns(pl.lit("b").alias("shard"))
     oa, ia = dedup_shard(a.select(inv_cols), None, cfg)
-    ob, _ = dedup_shard(b.select(inv_cols), ia, cfg)
-    two = pl.concat([oa, ob]).select("image_id", "cluster_id")
-    two = df.select("image_id").join(two, on="image_id", maintain_order="left")
-    res["pipeline_two_shards"] = {**pair_scores(group, two["cluster_id"].to_numpy(), small), **kept_largest(df, two),
+    ob, ib = dedup_shard(b.select(inv_cols), ia, cfg)
+    both = pl.concat([oa, ob])
+    two = df.select("image_id").join(both.select("image_id", "cluster_id"), on="image_id", maintain_order="left")
+    res["pipeline_two_shards"] = {**pair_scores(group, two["cluster_id"].to_numpy(), small),
+                                  "kept_largest_shard_level": kept_largest(df, two)["kept_largest"],
+                                  **kept_largest_corpus(df, both, pl.concat([ia, ib])),
                                   "shard_a_images": a.height, "shard_b_images": b.height}
     # peers on the same files
     t0 = time.perf_counter()
@@ -295,22 +316,25 @@ def dedup(root: Path) -> dict:
     D = distance_matrix(ph)
     iu = np.triu_indices(len(ph), 1)
     sweep = []
+    sweep_labels = {}
     for r in range(13):
         sel = D[iu] <= r
         lab = components(len(ph), iu[0][sel], iu[1][sel])
+        sweep_labels[r] = lab
         sweep.append({"radius": r, **pair_scores(group, lab, small)})
     best = max(sweep, key=lambda s: s["f1"])
     res["imagehash_phash_white"] = {"best_radius": best["radius"], **best, "sweep": [
         {k: s[k] for k in ("radius", "precision", "recall", "f1", "recall_small", "f1_small")} for s in sweep],
         "seconds": _r(time.perf_counter() - t0, 1), "grouping": "connected components of pairs within the radius"}
-    idd = run_imagededup(root, CACHE / "imagededup_out.json")
+    idd = run_imagededup(root, CACHE / "imagededup_out.json", reuse=REUSE_INVENTORY)
     if "pairs" in idd:
         pairs = idd.pop("pairs")
         idd.update(pairset_scores(group, [Path(f).name for f in df["rel_path"]], pairs, small))
         idd["grouping"] = "the duplicate lists find_duplicates returns, as pairs"
     res["imagededup_phash_defaults"] = idd
     res["analysis"] = dedup_analysis(df, group, one["cluster_id"].to_numpy(), D, small)
-    res["experiment_two_stage"] = two_stage_experiment(root, df, group, small)
+    res["halves"] = halves(df, group, small, {"pipeline_one_shard": one["cluster_id"].to_numpy(),
+                                              "pipeline_two_shards": two["cluster_id"].to_numpy()}, sweep_labels)
     p1 = res["pipeline_one_shard"]
     res["met"] = {
         "precision": p1["precision"] >= TARGETS["dedup_precision"], "recall": p1["recall"] >= TARGETS["dedup_recall"],
@@ -320,6 +344,26 @@ def dedup(root: Path) -> dict:
         "f1_above_imagededup": p1["f1"] > idd["f1"] if "f1" in idd else None,
     }
     return res
+
+
+def halves(df: pl.DataFrame, group: np.ndarray, small: np.ndarray, ours: dict[str, np.ndarray],
+           imagehash_by_radius: dict[int, np.ndarray]) -> dict:
+    """Scores on two halves of the set split by source (crc32 of `source` mod 2: a source's copies,
+    hue shifts and look-alikes stay together). The pipeline's defaults were tuned on half 0, so half
+    1 is held out; imagehash's radius is chosen on half 0 and scored on both."""
+    import zlib
+
+    half = np.array([zlib.crc32(s.encode()) % 2 for s in df["source"].to_list()])
+    keys = ("precision", "recall", "f1", "recall_small")
+    out: dict = {"definition": " ".join(halves.__doc__.split()), "images": [int((half == h).sum()) for h in (0, 1)]}
+    for name, lab in ours.items():
+        out[name] = [{k: pair_scores(group[half == h], lab[half == h], small[half == h])[k] for k in keys} for h in (0, 1)]
+    tuned = max(imagehash_by_radius, key=lambda r: pair_scores(group[half == 0], imagehash_by_radius[r][half == 0],
+                                                               small[half == 0])["f1"])
+    lab = imagehash_by_radius[tuned]
+    out["imagehash_phash_white"] = {"radius": tuned, "halves": [
+        {k: pair_scores(group[half == h], lab[half == h], small[half == h])[k] for k in keys} for h in (0, 1)]}
+    return out
 
 
 def dedup_analysis(df: pl.DataFrame, group: np.ndarray, cluster: np.ndarray, D_white: np.ndarray, small: np.ndarray) -> dict:
@@ -377,65 +421,6 @@ def dedup_analysis(df: pl.DataFrame, group: np.ndarray, cluster: np.ndarray, D_w
     return out
 
 
-def thumbnail(path: Path, side: int = 16) -> np.ndarray:
-    """side x side RGB of the image composited on white (box filter), float32."""
-    from PIL import Image
-
-    img = Image.open(path)
-    img.load()
-    rgba = img.convert("RGBA")
-    flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return np.asarray(flat.resize((side, side), Image.BOX), np.float32)
-
-
-def leaders(n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """No-chaining leader clustering like the pipeline's: in rank order, an unassigned image leads
-    and takes its unassigned neighbours; returns the leader index of every image."""
-    adj: list[list[int]] = [[] for _ in range(n)]
-    for a, b in zip(i.tolist(), j.tolist()):
-        adj[a].append(b)
-        adj[b].append(a)
-    lab = np.full(n, -1, np.int64)
-    for v in np.argsort(rank, kind="stable").tolist():
-        if lab[v] < 0:
-            lab[v] = v
-            for u in adj[v]:
-                if lab[u] < 0:
-                    lab[u] = v
-    return lab
-
-
-def two_stage_experiment(root: Path, df: pl.DataFrame, group: np.ndarray, small: np.ndarray) -> dict:
-    """Not the pipeline: what issue 11's "wide candidates, strict verification" would give on these
-    files. Candidates = pairs within stage-1 pHash radius rp AND dHash radius rd (both images with
-    grey contrast >= 5, aspect ratios within 10%); verified when the 16x16 RGB thumbnails on white
-    differ by at most t levels (mean absolute difference; t = null: no verification); clusters by
-    leader clustering, largest pixel count first (no chaining, like dedup_shard)."""
-    P = df["phash"].fill_null(0).to_numpy().astype(np.uint64)
-    Dh = df["dhash"].fill_null(0).to_numpy().astype(np.uint64)
-    ok = (df["contrast"].fill_null(0) >= 5).to_numpy()
-    th = np.stack([thumbnail(root / f).reshape(-1) for f in df["rel_path"]])
-    ar = np.log((df["width"].cast(pl.Float64) / df["height"]).fill_null(1.0).to_numpy())
-    rank = np.argsort(np.argsort(-(df["width"].cast(pl.Int64) * df["height"]).fill_null(0).to_numpy(), kind="stable"))
-    iu0, iu1 = np.triu_indices(len(P), 1)
-    pd_ = np.bitwise_count(P[iu0] ^ P[iu1])
-    dd = np.bitwise_count(Dh[iu0] ^ Dh[iu1])
-    rows = []
-    for rp, rd in ((2, 4), (4, 8), (6, 10), (8, 12), (10, 14)):
-        cand = np.flatnonzero((pd_ <= rp) & (dd <= rd) & ok[iu0] & ok[iu1] & (np.abs(ar[iu0] - ar[iu1]) <= 0.1))
-        a, b = iu0[cand], iu1[cand]
-        diff = np.concatenate([np.abs(th[a[k:k + 20_000]] - th[b[k:k + 20_000]]).mean(axis=1)
-                               for k in range(0, len(a), 20_000)] or [np.zeros(0, np.float32)])
-        for t in (4, 6, 8, 10, 12, None):
-            sel = diff <= (t if t is not None else np.inf)
-            lab = leaders(len(P), a[sel], b[sel], rank)
-            rows.append({"phash_radius": rp, "dhash_radius": rd, "thumb_mad_max": t, "candidates": len(cand),
-                         **{k: v for k, v in pair_scores(group, lab, small).items() if not k.endswith("pairs")
-                            and not k.endswith("pairs_small")}})
-    best = max(rows, key=lambda r: r["f1"])
-    return {"definition": " ".join(two_stage_experiment.__doc__.split()), "best": best, "sweep": rows}
-
-
 # ------------------------------------------------------------------------------ main
 
 
@@ -456,11 +441,6 @@ def summary(res: dict) -> str:
         extra = f" (radius {v['best_radius']})" if "best_radius" in v else ""
         lines.append(f"  {name:24s} {v['precision']!s:>6s} {v['recall']!s:>6s} {v['f1']!s:>6s} {v['recall_small']!s:>8s}"
                      f"  {v.get('kept_largest', '')!s:>8s}{extra}")
-    b = d.get("experiment_two_stage", {}).get("best")
-    if b:
-        lines.append(f"  experiment (not the pipeline): pHash<={b['phash_radius']} & dHash<={b['dhash_radius']} + 16x16 RGB "
-                     f"thumbnail MAD<={b['thumb_mad_max']}, leader clustering: P {b['precision']} R {b['recall']} "
-                     f"F1 {b['f1']} R<=48px {b['recall_small']}")
     return "\n".join(lines)
 
 
@@ -468,8 +448,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rebuild-sets", action="store_true", help="rebuild the cached labelled sets")
     ap.add_argument("--only", choices=("quality", "dedup"), help="run one half (the other is kept from the last JSON)")
+    ap.add_argument("--dedup-only", action="store_const", const="dedup", dest="only", help="= --only dedup")
     ap.add_argument("--reuse-inventory", action="store_true",
-                    help="reuse stage 1's output of the last run (when only quality/dedup code changed)")
+                    help="reuse stage 1's output and imagededup's answer of the last run (when only "
+                         "quality/dedup code changed)")
     args = ap.parse_args()
     global REUSE_INVENTORY
     REUSE_INVENTORY = args.reuse_inventory

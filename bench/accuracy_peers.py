@@ -84,15 +84,17 @@ def ensure_imagededup() -> tuple[Path | None, str | None]:
     return py, None
 
 
-def run_imagededup(root: Path, out: Path) -> dict:
-    """imagededup's defaults on every image under root: {"pairs": set of (name, name), ...} or an error."""
-    py, why = ensure_imagededup()
-    if py is None:
-        return {"error": why}
-    r = subprocess.run(["nice", "-n", "10", str(py), "-c", _RUNNER, str(root), str(out)],
-                       capture_output=True, text=True, timeout=1800, check=False)
-    if r.returncode:
-        return {"error": f"imagededup run failed: {r.stderr.strip()[-600:]}"}
+def run_imagededup(root: Path, out: Path, reuse: bool = False) -> dict:
+    """imagededup's defaults on every image under root: {"pairs": set of (name, name), ...} or an
+    error. reuse: read `out` from the last run when it exists (the files have not changed)."""
+    if not (reuse and out.exists()):
+        py, why = ensure_imagededup()
+        if py is None:
+            return {"error": why}
+        r = subprocess.run(["nice", "-n", "10", str(py), "-c", _RUNNER, str(root), str(out)],
+                           capture_output=True, text=True, timeout=1800, check=False)
+        if r.returncode:
+            return {"error": f"imagededup run failed: {r.stderr.strip()[-600:]}"}
     res = json.loads(out.read_text())
     pairs = set()
     for a, dups in res.pop("duplicates").items():

@@ -3,8 +3,9 @@
 Measured in one run:
   * clustering time of 1M and 5M synthetic uniform 64-bit pHash/dHash pairs with `cluster_hashes`
     (the engine of `dedup_shard`), and of 5M *skewed* hashes (every hash a real corpus hash with
-    0-10 random bit flips, so ~20k dense modes instead of a uniform spread, ~8% of images within
-    the radii of another: leader clustering on a realistic number of links);
+    0-10 random bit flips, so ~20k dense modes instead of a uniform spread: leader clustering on a
+    realistic number of links), with one 8x8 RGB thumbnail per mode so every candidate takes the
+    thumbnail verification;
   * bytes per image: tracemalloc peak of the clustering call (numpy allocations are traced) plus
     its inputs (19 bytes per image) and outputs, divided by n;
   * recall of the multi-index search against brute force on ~20k REAL hashes (skimage photos and
@@ -45,6 +46,7 @@ from bench.common import machine  # noqa: E402
 from curation.dedup import (  # noqa: E402
     INDEX_SCHEMA,
     DedupConfig,
+    VerifyFeatures,
     chromaticity,
     cluster_hashes,
     dedup_shard,
@@ -99,8 +101,11 @@ def search_recall(df: pl.DataFrame, cfg: DedupConfig) -> dict:
     C = chromaticity(df["color_mean_r"].to_numpy(), df["color_mean_g"].to_numpy(), df["color_mean_b"].to_numpy())[el]
     lim = int(np.floor(cfg.max_chroma_diff * 255 + 1e-9))
     res = {"n_real_hashes": int(len(P))}
-    for tag, c in (("default", cfg), ("r4", DedupConfig(phash_radius=4, dhash_radius=4)),
-                   ("r8", DedupConfig(phash_radius=8, dhash_radius=8))):
+    # chroma only (no thumbnails): every pair takes the strict rule, set equal to the candidate
+    # radii here, so the search is checked against brute force at those radii
+    for tag, c in (("default", DedupConfig(strict_phash_radius=cfg.phash_radius, strict_dhash_radius=cfg.dhash_radius)),
+                   ("r4", DedupConfig(phash_radius=4, dhash_radius=4, strict_phash_radius=4, strict_dhash_radius=4)),
+                   ("r8", DedupConfig(phash_radius=8, dhash_radius=8, strict_phash_radius=8, strict_dhash_radius=8))):
         t0 = time.perf_counter()
         truth = brute_pairs(P, D, C, c.phash_radius, c.dhash_radius, lim)
         t1 = time.perf_counter()
@@ -118,21 +123,25 @@ def search_recall(df: pl.DataFrame, cfg: DedupConfig) -> dict:
     return res
 
 
-def time_cluster(P: np.ndarray, D: np.ndarray, cfg: DedupConfig, label: str) -> dict:
+def time_cluster(P: np.ndarray, D: np.ndarray, cfg: DedupConfig, label: str, thumbs: np.ndarray | None = None) -> dict:
+    """Clustering time; with `thumbs` ((n, 192) uint8) every candidate takes the thumbnail check."""
     n = len(P)
     C = np.full((n, 3), 85, np.uint8)
+    if thumbs is not None:
+        C = VerifyFeatures(C, thumbs, np.ones(n, bool), np.zeros(n, np.float32))
     rank = np.arange(n, dtype=np.int64)
     gc.collect()
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     leader, dist = cluster_hashes(P, D, C, rank, cfg)
-    sec = time.perf_counter() - t0
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    inputs = P.nbytes + D.nbytes + C.nbytes
+    inputs = P.nbytes + D.nbytes + (C.nbytes if thumbs is None else C.chroma.nbytes + thumbs.nbytes + 5 * n)
     sizes = np.bincount(leader)
     out = {
-        "n": n, "seconds": round(sec, 2), "peak_traced_bytes_per_image_excl_inputs": round(peak / n, 1),
+        "n": n, "seconds": round(sec, 2), "cpu_seconds": round(cpu, 2), "load_avg_1min": round(os.getloadavg()[0], 1),
+        "peak_traced_bytes_per_image_excl_inputs": round(peak / n, 1),
         "bytes_per_image": round((peak + inputs) / n, 1),
         "clusters": int((sizes > 0).sum()), "largest_cluster": int(sizes.max()),
         "members": int((leader != np.arange(n)).sum()),
@@ -233,7 +242,13 @@ def labelled_quality(df: pl.DataFrame, cfg: DedupConfig) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small corpus, 1M instead of 5M")
+    ap.add_argument("--clustering-only", action="store_true",
+                    help="only the 1M/5M clustering timings (skewed modes from the quick corpus); updates those "
+                         "keys of bench/results/dedup.json and keeps the rest")
     args = ap.parse_args()
+    if args.clustering_only:
+        clustering_only()
+        return
     cfg = DedupConfig()
     t_start = time.perf_counter()
     result: dict = {
@@ -261,27 +276,9 @@ def main() -> None:
         result[f"largest_cluster_{tag}"] = q["largest_cluster"]
         result[f"images_{tag}"] = q["n_images"]
 
-    rng = np.random.default_rng(0)
-    runs = {}
-    for n in ([1_000_000] if args.quick else [1_000_000, 5_000_000]):
-        P = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
-        D = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
-        runs[f"uniform_{n}"] = time_cluster(P, D, cfg, f"uniform {n}")
-        del P, D
-    # skewed: real hashes as modes, 0-10 random bit flips in each hash
     n = 1_000_000 if args.quick else 5_000_000
-    real_p = df["phash"].to_numpy()
-    real_d = df["dhash"].to_numpy()
-    base = rng.integers(0, len(real_p), n)
-    P = real_p[base].copy()
-    D = real_d[base].copy()
-    for H in (P, D):
-        k = rng.integers(0, 11, n)
-        for t in range(10):
-            bit = np.uint64(1) << rng.integers(0, 64, n).astype(np.uint64)
-            H ^= np.where(t < k, bit, np.uint64(0))
-    runs[f"skewed_{n}"] = time_cluster(P, D, cfg, f"skewed {n}")
-    del P, D, base
+    runs = clustering_runs(cfg, df["phash"].to_numpy(), df["dhash"].to_numpy(),
+                           [1_000_000] if args.quick else [1_000_000, 5_000_000], n)
     result["clustering"] = runs
     result["dedup_1m_seconds"] = runs["uniform_1000000"]["seconds"]
     if not args.quick:
@@ -324,6 +321,51 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}, indent=2))
+
+
+def clustering_runs(cfg: DedupConfig, real_p: np.ndarray, real_d: np.ndarray, sizes: list[int], n_skewed: int) -> dict:
+    """Uniform runs of `sizes` and one skewed run of `n_skewed` hashes (modes: the real hashes)."""
+    rng = np.random.default_rng(0)
+    runs = {}
+    for n in sizes:
+        P = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+        D = rng.integers(0, 2**64 - 1, n, dtype=np.uint64, endpoint=True)
+        runs[f"uniform_{n}"] = time_cluster(P, D, cfg, f"uniform {n}")
+        del P, D
+    n = n_skewed
+    base = rng.integers(0, len(real_p), n)
+    P = real_p[base].copy()
+    D = real_d[base].copy()
+    for H in (P, D):
+        k = rng.integers(0, 11, n)
+        for t in range(10):
+            bit = np.uint64(1) << rng.integers(0, 64, n).astype(np.uint64)
+            H ^= np.where(t < k, bit, np.uint64(0))
+    thumbs = np.random.default_rng(1).integers(0, 256, (len(real_p), 192), dtype=np.uint8)[base]
+    runs[f"skewed_{n}"] = time_cluster(P, D, cfg, f"skewed {n}", thumbs)
+    return runs
+
+
+def clustering_only() -> None:
+    cfg = DedupConfig()
+    df = labelled_corpus(quick=True)
+    runs = clustering_runs(cfg, df["phash"].to_numpy(), df["dhash"].to_numpy(), [5_000_000], 5_000_000)
+    out = REPO / "bench" / "results" / "dedup.json"
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update({
+        "clustering": runs,
+        "dedup_5m_seconds": runs["uniform_5000000"]["seconds"],
+        "dedup_5m_skewed_seconds": runs["skewed_5000000"]["seconds"],
+        "dedup_bytes_per_image": runs["uniform_5000000"]["bytes_per_image"],
+        "dedup_bytes_per_image_skewed": runs["skewed_5000000"]["bytes_per_image"],
+        "clustering_rerun": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                             "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+                             "machine": machine() | {"load_avg_at_start": list(os.getloadavg())},
+                             "note": "--clustering-only: skewed modes from the quick corpus; the other keys are "
+                                     "from the last full run (its config)"},
+    })
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps({k: v["seconds"] for k, v in runs.items()}))
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ class IndexStore:
         n_missing = len(missing)
         parts = self._load(keys, start, mid, missing) + self._load(keys, mid + 1, end, missing)
         if len(missing) == n_missing and parts:
-            storage.write_parquet(pl.concat(parts, how="vertical_relaxed"), uri)
+            storage.write_parquet(pl.concat(parts, how="diagonal_relaxed"), uri)
         return parts
 
     def iter_earlier(self, keys: Sequence[str], shard: str) -> Iterator[pl.DataFrame]:
@@ -112,14 +112,14 @@ class IndexStore:
         for start, end in earlier_blocks(list(keys).index(shard) + 1):
             parts = self._load(keys, start, end, missing)
             if parts:
-                yield parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical_relaxed")
+                yield parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
         if missing:
             raise MissingEarlierIndexError(self.dataset, shard, missing)
 
     def load_earlier(self, keys: Sequence[str], shard: str) -> pl.DataFrame | None:
         """All index rows of the shards before `shard` as one frame (None for the first shard)."""
         frames = list(self.iter_earlier(keys, shard))
-        return pl.concat(frames, how="vertical_relaxed") if frames else None
+        return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
     def write_blocks(self, keys: Sequence[str], shard: str) -> list[str]:
         """After `shard` wrote its index: drop block files that contain it (they may hold an older

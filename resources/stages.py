@@ -104,6 +104,10 @@ class DedupSettings(StageConfig):
         "dhash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
         "max_chroma_diff": NON_NEGATIVE, "min_contrast": NON_NEGATIVE, "min_entropy": NON_NEGATIVE,
         "pair_batch": POSITIVE, "index_batch": POSITIVE,
+        "max_thumb_diff": (lambda v: 0 <= v <= 255, "a channel difference in [0, 255]"),
+        "max_aspect_diff": NON_NEGATIVE,
+        "strict_phash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
+        "strict_dhash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
     }
 
     phash_radius: int = Field(default=_DEDUP.phash_radius, description="max pHash Hamming distance of a duplicate")
@@ -113,6 +117,14 @@ class DedupSettings(StageConfig):
     min_entropy: float = Field(default=_DEDUP.min_entropy, description="grey entropy (bits) below which it is not hashed")
     pair_batch: int = Field(default=_DEDUP.pair_batch, description="candidate pairs verified per batch")
     index_batch: int = Field(default=_DEDUP.index_batch, description="index rows streamed per batch")
+    max_thumb_diff: int = Field(default=_DEDUP.max_thumb_diff,
+                                description="verification: max difference of any 8x8 RGB thumbnail cell/channel")
+    max_aspect_diff: float = Field(default=_DEDUP.max_aspect_diff,
+                                   description="verification: max |log(w/h)| difference of a duplicate pair")
+    strict_phash_radius: int = Field(default=_DEDUP.strict_phash_radius,
+                                     description="pHash radius for rows without a stored thumbnail (old inventories)")
+    strict_dhash_radius: int = Field(default=_DEDUP.strict_dhash_radius,
+                                     description="dHash radius for rows without a stored thumbnail")
 
 
 class QualitySettings(StageConfig):

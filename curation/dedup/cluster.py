@@ -12,6 +12,7 @@ import numpy as np
 
 from curation.dedup.config import DedupConfig
 from curation.dedup.search import near_pairs_packed
+from curation.dedup.verify import VerifyFeatures, as_features
 
 __all__ = ["cluster_hashes", "leader_clusters", "leader_from_packed"]
 
@@ -152,14 +153,15 @@ def _leader_rounds(n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray) -> np
 def cluster_hashes(
     phash: np.ndarray,
     dhash: np.ndarray,
-    chroma: np.ndarray,
+    chroma: np.ndarray | VerifyFeatures,
     rank: np.ndarray,
     cfg: DedupConfig,
     eligible: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Near-duplicate leader clustering of n hashes; the engine under `dedup_shard` and the bench.
 
-    phash, dhash: uint64 (n,); chroma: uint8 (n, 3) from `chromaticity`; rank: representative
+    phash, dhash: uint64 (n,); chroma: `VerifyFeatures` (or a bare uint8 (n, 3) `chromaticity`
+    array: no thumbnails, strict rule); rank: representative
     priority per item (lower = better, ties broken by position); eligible: bool mask of items allowed
     to near-match (others stay singletons). Returns (leader index per item, pHash distance to the
     leader as int16, 0 for leaders). Exact (pigeonhole) candidate search, star clusters: every
@@ -176,7 +178,7 @@ def cluster_hashes(
         leader = leader_from_packed(n, holder, rank, None)
     else:
         sub = np.flatnonzero(np.asarray(eligible, dtype=bool))
-        holder = [near_pairs_packed(phash[sub], dhash[sub], np.asarray(chroma)[sub], cfg)]
+        holder = [near_pairs_packed(phash[sub], dhash[sub], as_features(chroma).take(sub), cfg)]
         leader = leader_from_packed(n, holder, rank, sub)
     dist = np.zeros(n, dtype=np.int16)
     mem = np.flatnonzero(leader != np.arange(n))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-__all__ = ["FLAG_ELIGIBLE", "FLAG_REP", "FLAG_SAME_BYTES", "INDEX_SCHEMA", "DedupConfig"]
+__all__ = ["FLAG_ELIGIBLE", "FLAG_REP", "FLAG_SAME_BYTES", "FLAG_SUPERSEDES", "INDEX_SCHEMA", "DedupConfig"]
 
 
 INDEX_SCHEMA: dict[str, pl.DataType] = {
@@ -30,44 +30,58 @@ INDEX_SCHEMA: dict[str, pl.DataType] = {
     "chroma_r": pl.UInt8,  # chromaticity (channel mean / sum of channel means) * 255
     "chroma_g": pl.UInt8,
     "chroma_b": pl.UInt8,
-    "flags": pl.UInt8,  # FLAG_ELIGIBLE | FLAG_REP | FLAG_SAME_BYTES
+    "flags": pl.UInt8,  # FLAG_ELIGIBLE | FLAG_REP | FLAG_SAME_BYTES | FLAG_SUPERSEDES
+    "width": pl.Int32,  # pixel size and file size: aspect check, and which copy is the best one
+    "height": pl.Int32,
+    "bytes": pl.Int64,
+    "thumb_rgb": pl.Binary,  # stage 1's 8x8 RGB thumbnail (null for rows analysed before it existed)
+    "supersedes": pl.String,  # FLAG_SUPERSEDES rows: image_id of the cluster's previous best copy
+    "superseded_shard": pl.String,  # ...and its shard
 }
 
 FLAG_ELIGIBLE = 1  # may take part in near-duplicate matching
 FLAG_REP = 2  # representative of its cluster (the only rows later shards near-match against)
 FLAG_SAME_BYTES = 4  # byte-identical to its representative (representatives themselves included)
+FLAG_SUPERSEDES = 8  # joined an earlier cluster and is a better copy than its best copy so far
 
 
 @dataclass(frozen=True)
 class DedupConfig:
-    """Near-duplicate rules. Defaults were chosen on real labelled groups (skimage photos and tiles,
-    LFW faces, MNIST digits, arcade sprites; each original plus resize, JPEG re-encode, 2-5% crop and
-    brightness change), where ~0.35% of *unrelated* pairs lie within pHash distance 10 (mostly
-    look-alike digits and sprites), a rate that turns into billions of false links at 5M images.
+    """Near-duplicate rules. Look-alike images (digits, icons, sprites, cards) are what breaks
+    precision, and their number grows with the square of the corpus (~0.35% of unrelated pairs of
+    real photos, digits and sprites lie within pHash distance 10).
 
-    phash_radius: 2. pHash (DCT of a 32x32 grey image, 64 bits) survives resizing, re-encoding and
-        brightness changes with distance 0-2 in ~90% of cases; 2-5% crops move it by ~6 (median), so
-        crops are out of reach of any radius that keeps precision (the embedding stage is the place
-        for them). imagehash's pHash sets exactly the 32 bits above the median, so distances are
-        even: 3 is the same as 2, 5 the same as 4. Radius 10 links 0.35% of unrelated pairs, 8
-        links 0.15%. On 20k labelled images (3,000 MNIST digits as hard negatives), pHash <= 2 with
-        dHash <= 4 gave precision 0.979 / recall 0.722; pHash <= 4 with dHash <= 4 0.949 / 0.735.
-        Look-alike images (digits, icons, sprites) are what breaks precision, and their number grows
-        with the square of the corpus, so the tight radius is the default for 5M images.
-    dhash_radius: 4. dHash (horizontal gradient signs of a 9x8 grey image) fails differently from
-        pHash (local and sign-based versus global and frequency-based), so requiring both cuts
-        unrelated links several-fold at the same recall. On the 20k set with pHash <= 2: dHash <= 3
-        precision 0.986 / recall 0.711, <= 4 0.979 / 0.722, <= 5 0.972 / 0.729, <= 6 0.963 / 0.731;
-        4 keeps recall on resize / JPEG / brightness copies at ~0.9 or more on every corpus tried.
-        The search cost is set by both radii: 3 x 5 block combinations, 32-bit composite keys.
-    max_chroma_diff: 0.02. Both hashes are computed on the grey image, so images that differ only in
-        colour (a recoloured sprite, a channel swap) hash alike. Chromaticity (channel mean divided
-        by the sum of the channel means, after +8 to stabilise dark images) ignores brightness and
-        contrast changes, which are legitimate duplicate transforms: 99% of true pairs differ by
-        < 0.01, while swapping red and blue of a colourful image moves it by 0.09 (median). 0.02
-        in every channel is the limit. Limitation: stage 1 only provides global channel means, so a
-        recoloured *small* object on a large plain background (a red vs a green gem sprite on
-        white) moves the means too little to be told apart.
+    Two stages: the search finds every pair within the *candidate* radii (pHash and dHash), then
+    each candidate is verified on stage 1's 8x8 RGB thumbnail (`curation.dedup.verify`). Measured on
+    the accuracy bench's labelled set (bench/accuracy.py: 3,722 real images, 781 groups: clip art
+    re-rendered from SVG at 24-256 px, resizes over 8x, re-encodes, <= 48 px images, hue shifts,
+    recoloured sprites, playing cards and animation frames as look-alike negatives), tuned on one
+    half of the sources and checked on the other.
+
+    phash_radius: 4, dhash_radius: 8 (candidate radii). Re-renders and resizes across a 4-8x range
+        move pHash by 4-6 and dHash by 3-8, so the one-stage radii 2/4 found only 75% of the true
+        pairs (74% of those with a <= 48 px member 61%); 4/8 holds 90%. pHash distances are even
+        (imagehash sets exactly 32 bits), so 5 is the same as 4. On their own these radii link
+        look-alikes (hue shifts, card suits, animation frames: 759 false pairs on the set); the
+        thumbnail check removes almost all of them. Cost: 5 x 9 block combinations with ~20-bit
+        composite keys (bench/dedup.py: 5M uniform hashes in 43 CPU-seconds, one core; radii 2/4:
+        ~1 s); 6/10 would hold
+        94% but needs 77 combinations with ~15-bit keys, far too slow at 5M.
+    max_thumb_diff: 70 levels, the largest allowed difference of any cell and channel of the two
+        8x8 RGB thumbnails (white-composited, box-filtered). Copies differ by < 40 in almost every
+        cell; a recolour or another animation frame differs by > 100 where they differ. Global
+        colour means (the chromaticity) cannot see a small recoloured area. On the accuracy set
+        80 scores best (F1 within 0.003 of 70); on the unit-test corpus (tests/unit/test_dedup.py:
+        upscaled MNIST digits as look-alikes) 80 lets precision drop to 0.978, 70 keeps 0.984 at
+        recall 0.730 (60: 0.991 / 0.698, resizes start to fail). Known limit: two red playing
+        cards (2 of diamonds vs 2 of hearts) differ by only ~20.
+    max_aspect_diff: 0.1, the largest |log(w1/h1) - log(w2/h2)|: the thumbnails and hashes ignore
+        the aspect ratio, so a stretched look-alike is told apart here.
+    strict_phash_radius: 2, strict_dhash_radius: 4, max_chroma_diff: 0.02. The rule for pairs where
+        a row has no thumbnail (inventories written before it existed): the one-stage rule, whose
+        precision does not need the thumbnail. Chromaticity: channel mean divided by the sum of the
+        channel means, after +8 to stabilise dark images; brightness and contrast changes leave it
+        nearly unchanged, a channel swap moves it by 0.09 (median).
     min_contrast: 5.0 grey levels (std). A flat image (one colour, or JPEG noise around one colour)
         has a std of 0-3; its pHash bits are the signs of rounding noise, so flat images would all
         "match" each other and form one giant cluster of unrelated files.
@@ -78,8 +92,12 @@ class DedupConfig:
     index_batch: index rows streamed per batch in `query_index`.
     """
 
-    phash_radius: int = 2
-    dhash_radius: int = 4
+    phash_radius: int = 4
+    dhash_radius: int = 8
+    max_thumb_diff: int = 70
+    max_aspect_diff: float = 0.1
+    strict_phash_radius: int = 2
+    strict_dhash_radius: int = 4
     max_chroma_diff: float = 0.02
     min_contrast: float = 5.0
     min_entropy: float = 0.5
@@ -91,3 +109,9 @@ class DedupConfig:
             raise ValueError("radii must be in [0, 32)")
         if self.max_chroma_diff < 0:
             raise ValueError("max_chroma_diff must be >= 0")
+        if not (0 <= self.strict_phash_radius <= self.phash_radius and 0 <= self.strict_dhash_radius <= self.dhash_radius):
+            raise ValueError("strict_phash_radius / strict_dhash_radius must be in [0, phash_radius / dhash_radius]")
+        if not 0 <= self.max_thumb_diff <= 255:
+            raise ValueError(f"max_thumb_diff must be in [0, 255], got {self.max_thumb_diff}")
+        if self.max_aspect_diff < 0:
+            raise ValueError(f"max_aspect_diff must be >= 0, got {self.max_aspect_diff}")

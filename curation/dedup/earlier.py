@@ -8,7 +8,8 @@ their copies follow them later.
   joins that row's cluster: kind "exact" (distance 0) when that row is byte-identical to its
   representative, else "near" with that row's distance.
 * `match_near_earlier`: an eligible canonical row within the near-duplicate rules of an earlier
-  eligible *representative* joins that representative's cluster (kind "near").
+  eligible *representative* (or a copy that superseded one, see `curation.dedup.supersede`) joins
+  that cluster (kind "near"); verification uses the thumbnails stored in the index.
 * `best_earlier_match`: among several earlier candidates for a row, which one wins.
 """
 
@@ -17,11 +18,13 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from curation.dedup.config import FLAG_ELIGIBLE, FLAG_REP, FLAG_SAME_BYTES, DedupConfig
+from curation.dedup.config import FLAG_ELIGIBLE, FLAG_REP, FLAG_SAME_BYTES, FLAG_SUPERSEDES, DedupConfig
 from curation.dedup.prepare import Assignment, ShardArrays
 from curation.dedup.query import query_index
+from curation.dedup.verify import VerifyFeatures
+from curation.imaging.features import thumb_array
 
-__all__ = ["best_earlier_match", "match_exact_earlier", "match_near_earlier"]
+__all__ = ["best_earlier_match", "index_features", "match_exact_earlier", "match_near_earlier"]
 
 
 def best_earlier_match(candidates: pl.DataFrame, order: list[str]) -> pl.DataFrame:
@@ -29,6 +32,14 @@ def best_earlier_match(candidates: pl.DataFrame, order: list[str]) -> pl.DataFra
     (``seq``), then smallest distance (``d``), then smallest cluster_id (``cid``), then index row
     (``r``) for a total order. Returns the kept candidates sorted by q."""
     return candidates.sort(["q", *order]).unique(subset="q", keep="first", maintain_order=True)
+
+
+def index_features(rows: pl.DataFrame) -> VerifyFeatures:
+    """`VerifyFeatures` of INDEX_SCHEMA rows (chroma, thumbnails, sizes; nulls where absent)."""
+    chroma = rows.select("chroma_r", "chroma_g", "chroma_b").to_numpy().astype(np.uint8)
+    thumb, has = thumb_array(rows["thumb_rgb"].to_list())
+    return VerifyFeatures.build(chroma, thumb, has, rows["width"].cast(pl.Float64).to_numpy(),
+                                rows["height"].cast(pl.Float64).to_numpy())
 
 
 def match_exact_earlier(a: ShardArrays, is_canon: np.ndarray, earlier: pl.DataFrame, asg: Assignment) -> None:
@@ -75,14 +86,14 @@ def match_near_earlier(
     if earlier.height == 0 or len(pend) == 0:
         return
     e_flags = earlier["flags"].to_numpy()
-    reps = np.flatnonzero((e_flags & (FLAG_ELIGIBLE | FLAG_REP)) == (FLAG_ELIGIBLE | FLAG_REP))
+    reps = np.flatnonzero(((e_flags & FLAG_ELIGIBLE) != 0) & ((e_flags & (FLAG_REP | FLAG_SUPERSEDES)) != 0))
     if len(reps) == 0:
         return
     qq, rr, dd = query_index(
-        a.phash[pend], a.dhash[pend], a.chroma[pend],
+        a.phash[pend], a.dhash[pend], a.feats.take(pend),
         earlier["phash"].to_numpy()[reps].astype(np.uint64),
         earlier["dhash"].to_numpy()[reps].astype(np.uint64),
-        earlier.select("chroma_r", "chroma_g", "chroma_b").to_numpy()[reps].astype(np.uint8), cfg,
+        index_features(earlier[reps]), cfg,
     )
     if len(qq) == 0:
         return

@@ -16,7 +16,8 @@ import numpy as np
 import polars as pl
 
 from curation.dedup.config import DedupConfig
-from curation.dedup.verify import chromaticity
+from curation.dedup.verify import VerifyFeatures, chromaticity
+from curation.imaging.features import thumb_array
 
 __all__ = ["Assignment", "ShardArrays", "prepare_arrays", "representative_rank"]
 
@@ -36,6 +37,11 @@ class ShardArrays:
     sha64: np.ndarray  # uint64: first 64 bits of sha256 (0 where null)
     chroma: np.ndarray  # uint8 (n, 3), `chromaticity`
     rank: np.ndarray  # int64: representative priority, 0 = best (`representative_rank`)
+    feats: VerifyFeatures  # chroma, thumbnails and aspect ratios for `verify_candidates`
+    width: np.ndarray  # int64 (-1 where null)
+    height: np.ndarray  # int64 (-1 where null)
+    nbytes: np.ndarray  # int64 file size (-1 where null)
+    thumb_rgb: pl.Series  # Binary (null where absent)
 
 
 @dataclass
@@ -92,13 +98,18 @@ def representative_rank(current: pl.DataFrame) -> np.ndarray:
 
 def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
     """The arrays of one shard's inventory rows (see `ShardArrays`); missing optional columns
-    (shard, error_code, sha256, colour means, contrast, entropy) count as null."""
+    (shard, error_code, sha256, colour means, contrast, entropy, thumb_rgb) count as null."""
     n = current.height
     cols = current.columns
     err = current["error_code"].is_not_null().to_numpy() if "error_code" in cols else np.zeros(n, bool)
     hashed = ~err & ~current["phash"].is_null().to_numpy() & ~current["dhash"].is_null().to_numpy()
     contrast = _arr(current, "contrast", np.float64, 0.0)
     entropy = _arr(current, "entropy", np.float64, 0.0)
+    chroma = chromaticity(*(current[c].cast(pl.Float64).to_numpy() if c in cols else np.full(n, np.nan)
+                            for c in ("color_mean_r", "color_mean_g", "color_mean_b")))
+    width, height = _arr(current, "width", np.int64, -1), _arr(current, "height", np.int64, -1)
+    thumbs = current["thumb_rgb"].cast(pl.Binary) if "thumb_rgb" in cols else pl.Series([None] * n, dtype=pl.Binary)
+    tarr, has_t = thumb_array(thumbs.to_list())
     return ShardArrays(
         n=n,
         image_id=current["image_id"].cast(pl.String),
@@ -109,7 +120,11 @@ def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
         dhash=_arr(current, "dhash", np.uint64, 0),
         has_sha=current["sha256"].is_not_null().to_numpy() if "sha256" in cols else np.zeros(n, bool),
         sha64=_sha64(current["sha256"]) if "sha256" in cols else np.zeros(n, np.uint64),
-        chroma=chromaticity(*(current[c].cast(pl.Float64).to_numpy() if c in cols else np.full(n, np.nan)
-                              for c in ("color_mean_r", "color_mean_g", "color_mean_b"))),
+        chroma=chroma,
         rank=representative_rank(current),
+        feats=VerifyFeatures.build(chroma, tarr, has_t, width, height),
+        width=width,
+        height=height,
+        nbytes=_arr(current, "bytes", np.int64, -1),
+        thumb_rgb=thumbs,
     )

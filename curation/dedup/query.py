@@ -12,7 +12,7 @@ import numpy as np
 
 from curation.dedup.config import DedupConfig
 from curation.dedup.keys import LOW32, SLOT_BITS, U64, block_plan, composite_key, slot
-from curation.dedup.verify import verify_candidates
+from curation.dedup.verify import VerifyFeatures, as_features, verify_candidates
 
 __all__ = ["query_index"]
 
@@ -20,25 +20,26 @@ __all__ = ["query_index"]
 def query_index(
     phash: np.ndarray,
     dhash: np.ndarray,
-    chroma: np.ndarray,
+    chroma: np.ndarray | VerifyFeatures,
     index_phash: np.ndarray,
     index_dhash: np.ndarray,
-    index_chroma: np.ndarray,
+    index_chroma: np.ndarray | VerifyFeatures,
     cfg: DedupConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (query q, index row r) pairs within the near-duplicate rules, exact multi-index search.
 
     The query side (a shard) is sorted by composite key once per combination; the index is streamed
     in batches of ``cfg.index_batch`` rows and looked up with searchsorted, so memory is bounded and
-    the candidate and verification work is proportional to the matches of the shard. Returns
+    the candidate and verification work is proportional to the matches of the shard. chroma /
+    index_chroma: `VerifyFeatures` of both sides (or bare chromaticity arrays). Returns
     (q, r, pHash distance) sorted by (q, r).
     """
     phash = np.asarray(phash, dtype=np.uint64)
     dhash = np.asarray(dhash, dtype=np.uint64)
-    chroma = np.asarray(chroma, dtype=np.uint8).reshape(-1, 3)
+    fq = as_features(chroma)
     ip = np.asarray(index_phash, dtype=np.uint64)
     idh = np.asarray(index_dhash, dtype=np.uint64)
-    ic = np.asarray(index_chroma, dtype=np.uint8).reshape(-1, 3)
+    fi = as_features(index_chroma)
     e = np.empty(0, np.int64)
     if len(phash) == 0 or len(ip) == 0:
         return e, e, np.empty(0, np.int16)
@@ -75,7 +76,7 @@ def query_index(
                 qpos = np.repeat(lo, c) + (np.arange(total, dtype=np.int64) - first)
                 q = qorder[qpos]
                 r = r + s
-                q, r, dp = verify_candidates(q, r, phash, ip, dhash, idh, chroma, ic, cfg, plan_p, plan_d, jp, jd)
+                q, r, dp = verify_candidates(q, r, phash, ip, dhash, idh, fq, fi, cfg, plan_p, plan_d, jp, jd)
                 if len(q):
                     out_q.append(q)
                     out_r.append(r)

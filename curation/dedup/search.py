@@ -4,8 +4,9 @@ For each (pHash block, dHash block) combination the items are sorted by composit
 equal keys give the candidate pairs, which `verify_candidates` checks. The search is exact (it finds
 every pair brute force finds); every pair is emitted once. Everything is vectorised numpy: one
 in-place 64-bit sort per combination. The key length is 64/(phash_radius+1) + 64/(dhash_radius+1)
-bits, so the default 2/4 (32-bit keys) and 4/4 (~26-bit keys) cluster 5M hashes in seconds, while
-8/8 (~14-bit keys) is fine for 100k but far too slow for 5M.
+bits: 2/4 (32-bit keys) and 4/4 (~26-bit keys) cluster 5M hashes in seconds, the default 4/8
+(~20-bit keys, 45 combinations) in ~45 CPU-seconds (uniform hashes; dense near-copy modes cost more), while 8/8 (~14-bit keys) is fine for 100k
+but far too slow for 5M.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import numpy as np
 
 from curation.dedup.config import DedupConfig
 from curation.dedup.keys import GOLDEN, LOW32, U64, bit_mask, block_plan
-from curation.dedup.verify import verify_candidates
+from curation.dedup.verify import VerifyFeatures, as_features, verify_candidates
 
 __all__ = ["near_pairs", "near_pairs_packed"]
 
 
 def near_pairs(
-    phash: np.ndarray, dhash: np.ndarray, chroma: np.ndarray, cfg: DedupConfig
+    phash: np.ndarray, dhash: np.ndarray, chroma: np.ndarray | VerifyFeatures, cfg: DedupConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All unordered pairs (i < j) within the near-duplicate rules, found by exact multi-index hashing.
 
-    phash, dhash: uint64 arrays (n,); chroma: uint8 (n, 3) from `chromaticity`. Returns (i, j, dist)
+    phash, dhash: uint64 arrays (n,); chroma: `VerifyFeatures`, or a uint8 (n, 3) `chromaticity`
+    array alone (no thumbnails: every pair takes the strict rule). Returns (i, j, dist)
     sorted by (i, j) (int64, int64, int16), dist being the pHash Hamming distance.
     """
     packed = near_pairs_packed(phash, dhash, chroma, cfg)
@@ -35,7 +37,8 @@ def near_pairs(
     return i, j, np.bitwise_count(ph[i] ^ ph[j]).astype(np.int16)
 
 
-def near_pairs_packed(phash: np.ndarray, dhash: np.ndarray, chroma: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+def near_pairs_packed(phash: np.ndarray, dhash: np.ndarray, chroma: np.ndarray | VerifyFeatures,
+                      cfg: DedupConfig) -> np.ndarray:
     """`near_pairs` as one uint64 per pair, ``i << 32 | j`` (i < j), unsorted: 8 bytes per link.
 
     For each (pHash block, dHash block) combination the items are sorted by (composite key << 32 |
@@ -46,7 +49,7 @@ def near_pairs_packed(phash: np.ndarray, dhash: np.ndarray, chroma: np.ndarray, 
     """
     phash = np.ascontiguousarray(phash, dtype=np.uint64)
     dhash = np.ascontiguousarray(dhash, dtype=np.uint64)
-    chroma = np.ascontiguousarray(chroma, dtype=np.uint8).reshape(-1, 3)
+    feats = as_features(chroma)
     n = len(phash)
     if n >= 1 << 32:
         raise ValueError("at most 2**32 - 1 hashes per call")
@@ -103,7 +106,7 @@ def near_pairs_packed(phash: np.ndarray, dhash: np.ndarray, chroma: np.ndarray, 
                 a = order[left].astype(np.int64)
                 b = order[right].astype(np.int64)
                 del left, right
-                a, b, _ = verify_candidates(a, b, phash, phash, dhash, dhash, chroma, chroma, cfg, plan_p, plan_d, jp, jd)
+                a, b, _ = verify_candidates(a, b, phash, phash, dhash, dhash, feats, feats, cfg, plan_p, plan_d, jp, jd)
                 if len(a):
                     pk = a.astype(np.uint64)
                     pk <<= U64(32)

@@ -5,8 +5,9 @@ earlier shards, in this order: prepare arrays (`prepare_arrays`); group byte-ide
 the shard (`exact_groups`); exact matches against the earlier index (`match_exact_earlier`); near
 matches against earlier representatives (`match_near_earlier`); leader clustering of the rest within
 the shard (`cluster_within_shard`); copies follow their canonical row (`follow_copies`); kinds of
-local clusters (`local_kinds`); output rows (`build_rows`, DEDUP_SCHEMA) and this shard's index
-rows (`build_index`, INDEX_SCHEMA). Deterministic: the result depends only on the inputs.
+local clusters (`local_kinds`); output rows (`build_rows`, DEDUP_SCHEMA); better copies of earlier
+clusters (`curation.dedup.supersede.find_supersedes`) and this shard's index rows (`build_index`,
+INDEX_SCHEMA, with the supersede records). Deterministic: the result depends only on the inputs.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from curation.dedup.config import (
     FLAG_ELIGIBLE,
     FLAG_REP,
     FLAG_SAME_BYTES,
+    FLAG_SUPERSEDES,
     INDEX_SCHEMA,
     DedupConfig,
 )
 from curation.dedup.earlier import match_exact_earlier, match_near_earlier
 from curation.dedup.prepare import Assignment, ShardArrays, prepare_arrays
+from curation.dedup.supersede import find_supersedes
 from curation.schema import DEDUP_SCHEMA, conform
 
 __all__ = [
@@ -63,7 +66,8 @@ def dedup_shard(
     distance: pHash Hamming distance to the representative (0 for representatives and exact copies;
     a byte-identical copy of a near member gets that member's distance and kind "near").
     """
-    earlier = pl.DataFrame(schema=INDEX_SCHEMA) if earlier_index is None or earlier_index.height == 0 else earlier_index
+    earlier = (pl.DataFrame(schema=INDEX_SCHEMA) if earlier_index is None or earlier_index.height == 0
+               else conform(earlier_index, INDEX_SCHEMA))  # indexes written before a column existed: nulls
     if shard_seq is None:
         shard_seq = 0 if earlier.height == 0 else int(earlier["shard_seq"].max()) + 1  # type: ignore[arg-type]
     a = prepare_arrays(current, cfg)
@@ -76,7 +80,8 @@ def dedup_shard(
     follow_copies(a, canon, is_canon, asg)
     is_rep = local_kinds(a, asg)
     rows, cluster_id, rep_shard = build_rows(a, asg, is_rep, earlier)
-    return rows, build_index(a, asg, is_rep, cluster_id, rep_shard, shard_seq)
+    sup = find_supersedes(a, asg, earlier)
+    return rows, build_index(a, asg, is_rep, cluster_id, rep_shard, shard_seq, sup)
 
 
 def exact_groups(a: ShardArrays) -> np.ndarray:
@@ -100,7 +105,7 @@ def cluster_within_shard(a: ShardArrays, is_canon: np.ndarray, asg: Assignment, 
     joined no earlier cluster; only eligible rows near-match. Updates `asg` in place."""
     rest = np.flatnonzero(is_canon & (asg.cl_earlier < 0))
     if len(rest):
-        lead, d = cluster_hashes(a.phash[rest], a.dhash[rest], a.chroma[rest], a.rank[rest], cfg, a.eligible[rest])
+        lead, d = cluster_hashes(a.phash[rest], a.dhash[rest], a.feats.take(rest), a.rank[rest], cfg, a.eligible[rest])
         asg.cl_local[rest] = rest[lead]
         asg.dist[rest] = d
 
@@ -176,14 +181,16 @@ def build_rows(
 
 def build_index(
     a: ShardArrays, asg: Assignment, is_rep: np.ndarray, cluster_id: pl.Series, rep_shard: pl.Series,
-    shard_seq: int,
+    shard_seq: int, sup: tuple[np.ndarray, list, list],
 ) -> pl.DataFrame:
-    """This shard's INDEX_SCHEMA rows (hashed rows only), with the flags later shards match on."""
+    """This shard's INDEX_SCHEMA rows (hashed rows only), with the flags later shards match on and
+    the supersede records (`find_supersedes`: mask, superseded image_id and shard per row)."""
     hashed, chroma = a.hashed, a.chroma
     flags = (
         a.eligible.astype(np.uint8) * FLAG_ELIGIBLE
         + is_rep.astype(np.uint8) * FLAG_REP
         + (hashed & (is_rep | (asg.kind == "exact"))).astype(np.uint8) * FLAG_SAME_BYTES
+        + sup[0].astype(np.uint8) * FLAG_SUPERSEDES
     ).astype(np.uint8)
     h = np.flatnonzero(hashed)
     idx = pl.DataFrame({
@@ -200,5 +207,13 @@ def build_index(
         "chroma_g": pl.Series(chroma[h, 1], dtype=pl.UInt8),
         "chroma_b": pl.Series(chroma[h, 2], dtype=pl.UInt8),
         "flags": pl.Series(flags[h], dtype=pl.UInt8),
-    }).with_columns(pl.when(pl.Series(a.has_sha[h])).then(pl.col("sha64")).otherwise(None).alias("sha64"))
+        "width": pl.Series(a.width[h], dtype=pl.Int64),
+        "height": pl.Series(a.height[h], dtype=pl.Int64),
+        "bytes": pl.Series(a.nbytes[h], dtype=pl.Int64),
+        "thumb_rgb": a.thumb_rgb.gather(h),
+        "supersedes": pl.Series([sup[1][i] for i in h.tolist()], dtype=pl.String),
+        "superseded_shard": pl.Series([sup[2][i] for i in h.tolist()], dtype=pl.String),
+    }).with_columns(
+        [pl.when(pl.col(c) >= 0).then(pl.col(c)).otherwise(None).alias(c) for c in ("width", "height", "bytes")]
+    ).with_columns(pl.when(pl.Series(a.has_sha[h])).then(pl.col("sha64")).otherwise(None).alias("sha64"))
     return conform(idx, INDEX_SCHEMA)

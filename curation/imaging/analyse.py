@@ -50,6 +50,7 @@ from curation.imaging.convert import (
     orient,
     to_8bit,
 )
+from curation.imaging.features import FEATURE_COLUMNS, image_features
 from curation.imaging.hashes import HASH_COLUMNS, WHASH_IMAGE_SCALE, hash_batch
 from curation.imaging.limits import BACKGROUND, MAX_PIXELS
 from curation.imaging.metrics import (
@@ -70,7 +71,8 @@ from curation.imaging.policy import (
 # Measurement columns produced here (everything in INVENTORY_SCHEMA except identity/file columns).
 MEASURE_COLUMNS = ("format", "width", "height", "mode", "orientation", "n_frames", "has_alpha",
                    "color_mean_r", "color_mean_g", "color_mean_b", "brightness", "contrast",
-                   "entropy", "sharpness", "decode_ms", "error_code", "error_message", *CONTENT_COLUMNS)
+                   "entropy", "sharpness", "decode_ms", "error_code", "error_message", *CONTENT_COLUMNS,
+                   *FEATURE_COLUMNS)
 
 
 _DRAFTED = ("JPEG", "MPO")  # formats decoded at a reduced DCT scale
@@ -169,7 +171,8 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
             content = content_signals(img, frame, flat, cfg.analysis_size)  # kind-of-picture signals (opaque pixels)
             flat = orient(flat, header["orientation"])
             grey_img = analysis_image(flat, cfg.analysis_size)
-            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img), **content}
+            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img), **content,
+                   **image_features(flat)}
             hin = hash_inputs(grey_img)
     out.update(decode_ms=(time.perf_counter() - t0) * 1000.0, error_code=None, error_message=None, hash_input=hin)
     return out

@@ -14,7 +14,7 @@ memory; see bench/results/semantic.json for Parquet sizes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
@@ -53,6 +53,9 @@ class SemanticDedupConfig:
         photo corpora without look-alikes can use 0.94-0.95 (with band_bits 14, n_bands 64). The
         leader clustering keeps clusters star-shaped either way: a false link costs one image,
         never a chain.
+    calibrated: True replaces `threshold` by the embedding model's calibrated threshold when one is
+        recorded (`for_model`, `curation.semantic.calibrate`): cosines differ between models, so
+        one constant does not fit them all. False: `threshold` as given.
     band_bits / n_bands: 16 bits x 48 bands (192 bytes of keys per representative), hashing around
         the corpus centre (`fit_center`). On the demo embeddings a centred bit agrees with p ~0.85
         for pairs >= 0.95 and ~0.50 for random pairs. Measured recall vs brute force on the demo
@@ -81,12 +84,21 @@ class SemanticDedupConfig:
 
     enabled: bool = True
     threshold: float = 0.97
+    calibrated: bool = True
     band_bits: int = 16
     n_bands: int = 48
     index_vectors: str = "int8"
     proj_dim: int = 256
     seed: int = 20240611
     pair_batch: int = 1 << 18
+
+    def for_model(self, model_id: str | None) -> SemanticDedupConfig:
+        """This config with `model_id`'s calibrated threshold (`curation.semantic.calibrate.
+        CALIBRATED_THRESHOLDS`) when `calibrated` is true and the model has one; else unchanged."""
+        from curation.semantic.calibrate import CALIBRATED_THRESHOLDS
+
+        t = CALIBRATED_THRESHOLDS.get(model_id or "") if self.calibrated else None
+        return self if t is None else replace(self, threshold=t)
 
     def __post_init__(self) -> None:
         if not (-1.0 <= self.threshold <= 1.0):

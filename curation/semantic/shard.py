@@ -96,7 +96,12 @@ def semantic_dedup_shard(
     Returns (rows: SEMANTIC_SCHEMA, one per `current` row in the same order; index rows of this
     shard: `index_schema`, keys and vec set for representatives only). Deterministic.
     cfg.enabled False: every row is its own representative (similarity 1.0), no comparisons.
+    A ``model`` column (one model_id) selects that model's calibrated threshold (`cfg.for_model`).
     """
+    if "model" in current.columns and current.height:
+        models = current["model"].drop_nulls().unique().to_list()
+        if len(models) == 1:
+            cfg = cfg.for_model(models[0])  # the model's calibrated threshold, when recorded
     n = current.height
     x = unit_embeddings(current["embedding"])
     dim = x.shape[1] if n else 1
