@@ -105,7 +105,7 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
     cfg = config.to_library()
     registry = corpus.registry()
     keys = registry.keys()
-    emb = read_stage(context, corpus, IMAGE_EMBEDDINGS, shard, columns=["image_id", "shard", "embedding"])
+    emb = read_stage(context, corpus, IMAGE_EMBEDDINGS, shard, columns=["image_id", "shard", "model", "embedding"])
     skipped = int(emb["embedding"].null_count())
     emb = emb.filter(pl.col("embedding").is_not_null())
     store = semantic_index_store(corpus, context)
