@@ -784,3 +784,21 @@ def test_hostile_file_name_label_and_message_are_escaped(corpus, tmp_path):
     assert "&lt;script&gt;alert(2)&lt;/script&gt; cannot identify image file" in page  # decode errors
     evil_tiles = re.findall(r'<figure [^>]*data-image-id="' + kept["image_id"] + r'"[^>]*>', page)
     assert evil_tiles and all('data-thumb="image"' in t for t in evil_tiles)  # the file itself was shown
+
+
+def test_preview_thumbnails_are_captioned_kept_or_rejected_and_why(shard_report, corpus):
+    cur = corpus["curated"]
+    assert (~cur["keep"]).any() and cur["keep"].any()
+    thumbs = report.preview_thumbs(cur, n=8)
+    rows = {r["image_id"]: r for r in cur.iter_rows(named=True)}
+    assert any(t.caption.startswith("rejected (") for t in thumbs)
+    assert any(t.caption.startswith("kept: ") for t in thumbs)
+    for t in thumbs:
+        r = rows[t.image_id]
+        name = r["rel_path"].rsplit("/", 1)[-1]
+        want = f"kept: {name}" if r["keep"] else f"rejected ({', '.join(r['reasons'])}): {name}"
+        assert t.caption == want
+    md = report.markdown_preview(shard_report["summary"], thumbs)
+    for t in thumbs:  # under its image, in the Markdown table
+        assert f"| {t.caption.replace('|', '/')} |" in md or f" {t.caption.replace('|', '/')} |" in md
+    assert len(DATA_URI.findall(md)) == len(thumbs)

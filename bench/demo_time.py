@@ -1,0 +1,121 @@
+"""`make demo` timed on a fresh clone: the figure the README quotes for the demo.
+
+    python -m bench.demo_time [--origin /work/main] [--branch integ] [--clone /tmp/demo-fresh]
+                              [--venv /work/main/.venv] [--out bench/results/demo.json]
+
+Clones `--branch` of `--origin` into an empty `--clone` folder, links `--venv` in as the clone's
+`.venv` (so the measurement leaves out the one-off ~5-minute `pip install`; the JSON says so), and
+runs `make -o .venv/.installed demo` there under `nice` (`-o` keeps make from reinstalling into the
+shared venv). Every console line is timestamped as it arrives, so the JSON holds the whole wall time
+and the phases between make's echoed commands: set-up + corpus build, the `curate run`
+(registration, every shard, semantic pass, summary) and `demo.evaluate`. It also records the
+console's line count and its first and last lines, the demo's evaluation (`reports/demo_eval.json`),
+the machine and the load average at start and end. Exits non-zero, writing nothing, when the demo
+fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import REPO, machine, today
+
+#: the first words of make's echoed command that starts each phase
+PHASES = (("setup_and_corpus", "mkdir -p"), ("curate_run", "-m orchestration.cli run"),
+          ("evaluate", "-m demo.evaluate"))
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def fresh_clone(origin: str, branch: str, clone: Path, venv: Path) -> str:
+    """An empty `clone` folder holding `branch` of `origin`, with `venv` linked as `.venv`; its commit."""
+    if clone.exists():
+        shutil.rmtree(clone)
+    subprocess.run(["git", "clone", "-q", "--branch", branch, origin, str(clone)], check=True)
+    (clone / ".venv").symlink_to(venv.resolve())
+    return subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def timed_lines(cmd: list[str], cwd: Path, env: dict) -> tuple[int, list[tuple[float, str]]]:
+    """Run `cmd`, echo and timestamp (seconds since start) every output line; (exit status, lines)."""
+    t0 = time.monotonic()
+    lines = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((time.monotonic() - t0, line.rstrip("\n")))
+            print(line, end="", flush=True)
+    lines.append((time.monotonic() - t0, ""))
+    return proc.returncode, lines
+
+
+def phase_seconds(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds between the echoed commands that start each phase (the last phase ends at exit)."""
+    starts = []
+    for name, marker in PHASES:
+        at = next((t for t, text in lines if marker in text), None)
+        if at is not None:
+            starts.append((name, at))
+    end = lines[-1][0]
+    return {name: round((starts[i + 1][1] if i + 1 < len(starts) else end) - at, 1)
+            for i, (name, at) in enumerate(starts)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--origin", default="/work/main")
+    ap.add_argument("--branch", default="integ")
+    ap.add_argument("--clone", default="/tmp/demo-fresh")
+    ap.add_argument("--venv", default=str(REPO / ".venv") if (REPO / ".venv").exists() else "/work/main/.venv")
+    ap.add_argument("--nice", type=int, default=10)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "demo.json"))
+    args = ap.parse_args(argv)
+
+    clone = Path(args.clone)
+    commit = fresh_clone(args.origin, args.branch, clone, Path(args.venv))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATION_", "DAGSTER_"))}
+    env["PYTHONPATH"] = str(clone)  # the clone's code, not the shared venv's editable install
+    load_start = _load()
+    t0 = time.monotonic()
+    status, lines = timed_lines(["nice", "-n", str(args.nice), "make", "-o", ".venv/.installed", "demo"],
+                                clone, env)
+    wall = time.monotonic() - t0
+    if status != 0:
+        print(f"demo_time: make demo failed (exit {status}); nothing written", file=sys.stderr)
+        return 1
+    eval_path = clone / "data" / "outputs" / "reports" / "demo_eval.json"
+    console = [text for _, text in lines[:-1]]
+    result = {
+        "date": today(),
+        "machine": machine(),
+        "load_average_start": load_start,
+        "load_average_end": _load(),
+        "niceness": args.nice,
+        "clone": {"origin": args.origin, "branch": args.branch, "commit": commit},
+        "venv": f"linked from {args.venv}: the one-off pip install (~5 min) is NOT in wall_seconds",
+        "command": "make -o .venv/.installed demo",
+        "wall_seconds": round(wall, 1),
+        "phase_seconds": phase_seconds(lines),
+        "console_lines": len(console),
+        "console_first_lines": console[:8],
+        "console_last_lines": console[-12:],
+        "demo_eval": json.loads(eval_path.read_text()) if eval_path.exists() else None,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"demo_time: {wall:.0f} s wall -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
