@@ -151,6 +151,20 @@ def reap_dead_cli_runs(instance) -> list[str]:
     return reaped
 
 
+def active_runs_by_shard(instance, keys: list[str]) -> dict[str, str]:
+    """Shards that already have a queued or running run (an automatic retry the daemon queued, a
+    backfill, a run launched from the UI, another CLI): {shard: run id}. `curate run` skips them
+    rather than run the same partition twice at once."""
+    import dagster as dg
+
+    wanted = set(keys)
+    active = instance.get_runs(filters=dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED]))
+    return {run.tags["dagster/partition"]: run.run_id for run in active
+            if run.tags.get("dagster/partition") in wanted}
+
+
 def shards_done(instance, keys: list[str], stages=None) -> set[str]:
     """Shards whose every partitioned stage is materialised. A stage partition recorded as failed
     after its materialisation (e.g. its file was found corrupt and deleted, see
@@ -211,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     done = shards_done(instance, keys)
     todo = [k for k in keys if args.force or k not in done]
+    busy = active_runs_by_shard(instance, todo)
+    for key, run_id in busy.items():
+        print(f"shard {key}: skipped, run {run_id} is already queued or running for it (an automatic "
+              "retry or a launched run): wait for it or cancel it in the UI", flush=True)
+    todo = [k for k in todo if k not in busy]
     print(f"{len(keys)} shard(s); {len(todo)} to materialise", flush=True)
     def job_of(stage: str) -> dg.JobDefinition:
         return console.with_short_console(defs.resolve_job_def(JOB_OF[stage]))

@@ -285,3 +285,24 @@ def test_curate_run_console_shape(cli_env, tmp_path):
     debug = [ln for ln in proc.stdout.splitlines() if log.match(ln) and " DEBUG " in ln]
     assert any("STEP_SUCCESS" in ln or "Finished execution of step" in ln for ln in debug), proc.stdout[-3000:]
     assert "2 shard(s); 0 to materialise" in proc.stdout
+
+
+def test_curate_run_skips_a_shard_with_an_active_run(curate_env, capsys):
+    """A shard whose run is already under way (e.g. the automatic retry the daemon launched) is not run a
+    second time beside it: `curate run` says which run holds it and leaves it alone."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    mp, src = curate_env
+    mp.setenv("CURATION_FEWSHOT_URI", "")
+    rc, out, err = curate(capsys, "register", "--source", f"t={src}", "--shard-size", "100")
+    assert rc == 0, err
+    with dg.DagsterInstance.get() as instance:
+        queued = DagsterRun(job_name="curate_shard", status=dg.DagsterRunStatus.STARTING,
+                            tags={"dagster/partition": "t-000001", "dagster/will_retry": "false"})
+        instance.add_run(queued)
+    rc, out, err = curate(capsys, "run", "--source", f"t={src}", "--shard-size", "100", "--no-summary")
+    assert rc == 0, err
+    assert f"shard t-000001: skipped, run {queued.run_id} is already queued or running for it" in out, out
+    assert "1 shard(s); 0 to materialise" in out
+    with dg.DagsterInstance.get() as instance:  # nothing ran beside the queued run
+        assert [r.run_id for r in instance.get_runs()] == [queued.run_id]
