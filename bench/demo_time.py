@@ -15,7 +15,7 @@ shard from the clone's Dagster instance. Exits non-zero, writing nothing, when t
 
 `--deadline-s N` stops the demo after N seconds and records what finished (`"complete": false`);
 `--collect LOG` records, the same way, a clone's demo that was started earlier with its console
-saved in LOG (the wall time then runs from the clone's creation to now).
+saved in LOG (the wall time then runs from the clone's creation to LOG's last write).
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], check=True, capture_output=True,
                                 text=True).stdout.strip()
         load_start = None
-        wall = time.time() - (clone / ".git" / "HEAD").stat().st_mtime
+        # from the clone's creation to the console's last line
+        wall = Path(args.collect).stat().st_mtime - (clone / ".git" / "HEAD").stat().st_mtime
         lines = [(0.0, ln) for ln in Path(args.collect).read_text().splitlines()] + [(wall, "")]
-        status = None
+        finished = (clone / "data" / "outputs" / "reports" / "demo_eval.json").exists()
+        status = 0 if finished else None  # demo.evaluate, the demo's last step, wrote its result
     else:
         commit = fresh_clone(args.origin, args.branch, clone, Path(args.venv))
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATION_", "DAGSTER_"))}
