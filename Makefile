@@ -42,8 +42,21 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# `make dev [PORT=3000] [REPORT_PORT=3001]`: the UI and daemon, and beside them a read-only server of
+# <output_root>/reports on 127.0.0.1:$(REPORT_PORT) whose URL (CURATION_REPORT_URL) the report assets
+# put in their metadata as a one-click link. dagster dev runs from $(DAGSTER_HOME) so it does not warn
+# about the repo's top-level dagster.yaml (not the instance's: `make setup` copies it into DAGSTER_HOME),
+# and without the notice that `dagster dev` is superseded by `dg dev` (the dg CLI is not used here).
+PORT ?= 3000
+REPORT_PORT ?= 3001
 dev: setup
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	reports="$$($(PY) -c 'from resources.environment import output_root; print(output_root())')/reports"; \
+	mkdir -p "$$reports"; \
+	$(PY) -m http.server $(REPORT_PORT) --bind 127.0.0.1 --directory "$$reports" >/dev/null 2>&1 & server=$$!; \
+	trap "kill $$server 2>/dev/null" EXIT INT TERM; \
+	echo "reports: http://127.0.0.1:$(REPORT_PORT)/ (serving $$reports)"; \
+	cd $(DAGSTER_HOME) && PYTHONWARNINGS='ignore:Function `dev_command` is superseded' PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} CURATION_REPORT_URL=$${CURATION_REPORT_URL:-http://127.0.0.1:$(REPORT_PORT)} \
+	  $(abspath $(VENV))/bin/dagster dev -w $(CURDIR)/workspace.yaml -p $(PORT)
 
 bench: setup
 	$(PY) -m bench.suite

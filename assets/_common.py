@@ -22,7 +22,7 @@ class Progress:
     def __init__(self, context: dg.AssetExecutionContext, what: str, total: int, every_s: float = 15.0):
         self.context, self.what, self.total, self.every_s = context, what, total, every_s
         self.start = self.last = time.monotonic()
-        self.done = 0
+        self.done = self.logged = 0
         context.log.info(f"{what}: starting, {total} images")
 
     def __call__(self, done: int, total: int | None = None) -> None:
@@ -30,8 +30,8 @@ class Progress:
         if total is not None:
             self.total = total
         now = time.monotonic()
-        if now - self.last >= self.every_s or done >= self.total:
-            self.last = now
+        if done != self.logged and (now - self.last >= self.every_s or done >= self.total):  # each count once
+            self.last, self.logged = now, done
             rate = done / max(1e-9, now - self.start)
             eta = (self.total - done) / rate if rate > 0 else float("nan")
             self.context.log.info(f"{self.what}: {done}/{self.total} images, {rate:.1f} img/s, ETA {eta:.0f} s")

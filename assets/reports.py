@@ -71,6 +71,7 @@ def _shard_report_one(context: dg.AssetExecutionContext, corpus: CorpusResource,
     strip = with_thumbs[len(tables):].strip() if with_thumbs.startswith(tables) else with_thumbs
     return {
         "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
+        **_report_link(f"shards/{shard}/report.html"),
         "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
         "preview": dg.MetadataValue.md(tables),
         "thumbnails": dg.MetadataValue.md(strip or "_no kept images_"),
@@ -79,6 +80,14 @@ def _shard_report_one(context: dg.AssetExecutionContext, corpus: CorpusResource,
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
 
+
+
+def _report_link(under_reports: str) -> dict[str, dg.MetadataValue]:
+    """`report_link`: the report on the report server (CURATION_REPORT_URL), one click in the UI."""
+    from resources.environment import report_url
+
+    url = report_url(under_reports)
+    return {"report_link": dg.MetadataValue.url(url)} if url else {}
 
 
 def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame | None:
@@ -120,6 +129,7 @@ def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) 
     return dg.MaterializeResult(
         metadata={
             "report": dg.MetadataValue.path(storage.join(out_dir, "report.html")),
+            **_report_link("corpus/report.html"),
             "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
             "shards": len(shards),
             "preview": dg.MetadataValue.md(md_counts),

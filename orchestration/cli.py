@@ -20,6 +20,7 @@ allowed, and exits with status 2 before anything is registered or run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -49,6 +50,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--no-summary", action="store_true", help="skip the corpus summary")
     run.add_argument("--semantic", action="store_true",
                      help="also run the optional semantic (embedding) dedup pass on every shard")
+    run.add_argument("--verbose", action="store_true", help="print every Dagster event (DEBUG), not only INFO")
     reg = sub.add_parser("register", help="only register new files as shards (no runs)")
     for p in (reg,):
         p.add_argument("--source", action="append", default=[])
@@ -153,6 +155,20 @@ def reap_dead_cli_runs(instance) -> list[str]:
     return reaped
 
 
+def active_runs_by_shard(instance, keys: list[str]) -> dict[str, str]:
+    """Shards that already have a queued or running run (an automatic retry the daemon queued, a
+    backfill, a run launched from the UI, another CLI): {shard: run id}. `curate run` skips them
+    rather than run the same partition twice at once."""
+    import dagster as dg
+
+    wanted = set(keys)
+    active = instance.get_runs(filters=dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED]))
+    return {run.tags["dagster/partition"]: run.run_id for run in active
+            if run.tags.get("dagster/partition") in wanted}
+
+
 def shards_done(instance, keys: list[str], stages=None) -> set[str]:
     """Shards whose every partitioned stage is materialised. A stage partition recorded as failed
     after its materialisation (e.g. its file was found corrupt and deleted, see
@@ -199,21 +215,38 @@ def main(argv: list[str] | None = None) -> int:
     import dagster as dg
     from tqdm import tqdm
 
+    from orchestration import console
     from orchestration.definitions import defs
     from orchestration.jobs import JOB_OF
 
     instance = dg.DagsterInstance.get()
     reap_dead_cli_runs(instance)
     corpus = resources["corpus"]
-    run_config = run_config_for(resources)
+    run_config = {**run_config_for(resources), **console.logger_config(getattr(args, "verbose", False))}
     keys = register_all(instance, corpus)
     if args.cmd == "register":
         print(f"{len(keys)} shard(s) registered")
         return 0
     done = shards_done(instance, keys)
     todo = [k for k in keys if args.force or k not in done]
+    busy = active_runs_by_shard(instance, todo)
+    for key, run_id in busy.items():
+        print(f"shard {key}: skipped, run {run_id} is already queued or running for it (an automatic "
+              "retry or a launched run): wait for it or cancel it in the UI", flush=True)
+    todo = [k for k in todo if k not in busy]
     print(f"{len(keys)} shard(s); {len(todo)} to materialise", flush=True)
-    job = defs.resolve_job_def(JOB_OF[CURATE])
+    def job_of(stage: str) -> dg.JobDefinition:
+        return console.with_short_console(defs.resolve_job_def(JOB_OF[stage]))
+
+    def execute(job: dg.JobDefinition, heartbeat: str | None = None, **kwargs):
+        """Run `job` in process; print one line per materialised stage (and a heartbeat if asked)."""
+        with console.Heartbeat(heartbeat) if heartbeat else contextlib.nullcontext():
+            result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
+                                            **kwargs)
+        console.print_stage_lines(result)
+        return result
+
+    job = job_of(CURATE)
     failed = []
     t0 = time.monotonic()
     cli_tags = {"curation/launched_by": "cli", "curation/cli_pid": str(os.getpid()),
@@ -221,35 +254,35 @@ def main(argv: list[str] | None = None) -> int:
     if not _probe_ready(instance, corpus, resources["classifier"], args.force or args.retrain_probe):
         # image_classifications reads the stored probe and never trains it: train it first
         print(f"training {FEW_SHOT_PROBE} on {resources['classifier'].fewshot_uri}", flush=True)
-        result = defs.resolve_job_def(JOB_OF[FEW_SHOT]).execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags)
+        result = execute(job_of(FEW_SHOT), heartbeat=FEW_SHOT_PROBE, tags=cli_tags)
         if not result.success:
             print(f"{FEW_SHOT_PROBE}: run {result.run_id} FAILED (see the run in the UI); no shard was run",
                   flush=True)
             return 1
     for key in tqdm(todo, desc="shards", unit="shard", file=sys.stdout, disable=None):
-        result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=key,
-                                        raise_on_error=False, tags={"curation/shard": key, **cli_tags})
+        result = execute(job, partition_key=key, tags={"curation/shard": key, **cli_tags})
         if not result.success:
             failed.append(key)
-            print(f"shard {key}: run {result.run_id} FAILED (see the run in the UI)", flush=True)
+            console.emit(f"shard {key}: run {result.run_id} FAILED (see the run in the UI)")
         elif not sys.stdout.isatty():  # the bar is hidden when output is piped: one line per shard
-            print(f"shard {key} done ({todo.index(key) + 1}/{len(todo)}, {time.monotonic() - t0:.0f} s so far)",
-                  flush=True)
+            console.emit(f"shard {key} done ({todo.index(key) + 1}/{len(todo)}, "
+                         f"{time.monotonic() - t0:.0f} s so far)")
     if args.semantic and not failed:
         sem_done = shards_done(instance, keys, stages=[SEMANTIC_DUPLICATES])
-        sem_job = defs.resolve_job_def(JOB_OF[SEMANTIC])
-        for key in [k for k in keys if args.force or k not in sem_done]:  # in order: each needs the earlier ones
-            if not sem_job.execute_in_process(run_config=run_config, instance=instance, partition_key=key,
-                                              raise_on_error=False, tags={**cli_tags, "curation/shard": key}).success:
+        sem_job = job_of(SEMANTIC)
+        sem_todo = [k for k in keys if args.force or k not in sem_done]
+        for i, key in enumerate(sem_todo):  # in order: each needs the earlier ones
+            console.emit(f"semantic pass: shard {key} ({i + 1}/{len(sem_todo)})")
+            if not execute(sem_job, heartbeat=f"{SEMANTIC_DUPLICATES}[{key}]", partition_key=key,
+                           tags={**cli_tags, "curation/shard": key}).success:
                 failed.append(f"{SEMANTIC_DUPLICATES}[{key}]")
                 break
     if not args.no_summary and not failed:
-        result = defs.resolve_job_def(JOB_OF[SUMMARY]).execute_in_process(
-            run_config=run_config, instance=instance, raise_on_error=False, tags=cli_tags)
+        console.emit(f"corpus summary: {len(keys)} shard(s)")
+        result = execute(job_of(SUMMARY), heartbeat=CURATION_SUMMARY, tags=cli_tags)
         if not result.success:
             failed.append(CURATION_SUMMARY)
-    print(f"done in {time.monotonic() - t0:.0f} s; failed: {failed or 'none'}")
+    print(console.summary_line(len(keys), len(todo), failed, time.monotonic() - t0))
     report = os.path.join(corpus.output_root, "reports", "corpus", "report.html")
     print(f"corpus report: {report}")
     return 1 if failed else 0

@@ -149,6 +149,13 @@ def _text(setting: str, raw: str) -> str:
     return raw.strip()
 
 
+def _http_base(setting: str, raw: str) -> str:
+    url = raw.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+        raise SettingError(setting, raw, "an http:// or https:// URL (the report server's base), or unset")
+    return url
+
+
 def _absolute_location(setting: str, raw: str) -> str:
     uri = location(setting, raw)
     return uri if "://" in uri else os.path.abspath(uri)
@@ -191,6 +198,9 @@ ENV_VARS: tuple[EnvSetting, ...] = (
            lambda: DEFAULT_BACKFILL_SHARDS_PER_RUN),
     EnvSetting("CURATION_DEPLOYMENT", "Executor of the code location: in-process or one Kubernetes Job per step.",
            "local", "`local` or `k8s`", _choice(DEPLOYMENTS), lambda: "local"),
+    EnvSetting("CURATION_REPORT_URL", "Base URL serving `<output_root>/reports` (`make dev` starts one): the "
+           "shard and corpus reports get a one-click `report_link` in the UI.", "unset (no link; `make dev`: "
+           "`http://127.0.0.1:$(REPORT_PORT)`)", "an http:// or https:// URL", _http_base, lambda: None),
     EnvSetting("EMBEDDER_KIND", "Embedding model family (EmbedderResource.kind).", EMBEDDER_KINDS[1],
            "`open_clip` or `efficientnet_lite0`", _choice(EMBEDDER_KINDS), lambda: EMBEDDER_KINDS[1]),
     EnvSetting("EMBEDDER_MODEL", "Architecture (EmbedderResource.model_name).",
@@ -292,6 +302,13 @@ def sources(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def output_root(environ: Mapping[str, str] | None = None) -> str:
     return read("CURATION_OUTPUT_ROOT", environ)
+
+
+def report_url(under_reports: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The URL of `<output_root>/reports/<under_reports>` on the report server (CURATION_REPORT_URL),
+    or None when no report server is configured."""
+    base = read("CURATION_REPORT_URL", environ)
+    return f"{base}/{under_reports.lstrip('/')}" if base else None
 
 
 def shard_size(environ: Mapping[str, str] | None = None) -> int:

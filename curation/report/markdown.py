@@ -1,5 +1,6 @@
 """A short Markdown block for Dagster metadata: stage counts, rejects, decode errors and a strip of
-small inline thumbnails (`markdown_preview`), with `preview_thumbs` choosing and loading them.
+small inline thumbnails, each captioned kept or rejected and why (`markdown_preview`), with
+`preview_thumbs` choosing and loading them.
 
 The block stays under `max_chars` characters (thumbnails are dropped from the end until it fits);
 image loading failures skip that image, never raise.
@@ -22,19 +23,44 @@ from curation.report.thumbnails import Thumb, Thumbnailer, open_image, to_rgb
 
 def preview_thumbs(curated: pl.DataFrame, *, load_image: ImageLoader = open_image, n: int = 8,
                    size: int = PREVIEW_PX) -> list[Thumb]:
-    """Up to `n` small thumbnails of kept images (a deterministic spread over the shard) for
-    `markdown_preview`; images that fail to load are skipped, never raised."""
-    kept = curated.filter(pl.col("keep").fill_null(False)).select("image_id", "uri", "rel_path")
-    kept = kept.with_columns(pl.col("image_id").hash(seed=11).alias("_h")).sort("_h")
+    """Up to `n` small thumbnails for `markdown_preview`: kept images and, when the shard has any,
+    up to `n // 2` rejected ones (a deterministic spread over the shard, rejected first), each
+    captioned `kept: <file>` or `rejected (<reasons>): <file>`. Images that fail to load are
+    skipped, never raised."""
+    has_reasons = "reasons" in curated.columns
+    cols = ["image_id", "uri", "rel_path", "keep"] + (["reasons"] if has_reasons else [])
+    rows = curated.select(cols).with_columns(pl.col("keep").fill_null(False),
+                                             pl.col("image_id").hash(seed=11).alias("_h")).sort("_h")
+    rejected = rows.filter(~pl.col("keep")).head(n // 2)
+    ordered = pl.concat([rejected, rows.filter(pl.col("keep"))], how="vertical_relaxed")
     th = Thumbnailer(load_image, max_thumbs=n * 3, size=size)
     out: list[Thumb] = []
-    for r in kept.iter_rows(named=True):
+    for r in ordered.iter_rows(named=True):
         if len(out) >= n or th.remaining <= 0:
             break
-        t = th.tile(r["image_id"], r["uri"], caption=basename(r["rel_path"]), title=r["rel_path"] or "")
+        t = th.tile(r["image_id"], r["uri"], caption=_caption(r), title=r["rel_path"] or "")
         if t is not None and t.ok:
             out.append(t)
     return out
+
+
+def _caption(row: dict[str, Any]) -> str:
+    name = basename(row["rel_path"])
+    if row["keep"]:
+        return f"kept: {name}"
+    reasons = ", ".join(row.get("reasons") or []) or "no reason recorded"
+    return f"rejected ({reasons}): {name}"
+
+
+def _thumb_table(cells: list[tuple[str, str]], per_row: int = 4) -> str:
+    """Captioned thumbnails as Markdown tables: a row of images over a row of their captions."""
+    blocks = []
+    for i in range(0, len(cells), per_row):
+        group = cells[i:i + per_row]
+        blocks.append("| " + " | ".join(img for img, _ in group) + " |\n"
+                      + "|" + "---|" * len(group) + "\n"
+                      + "| " + " | ".join(cap.replace("|", "/") for _, cap in group) + " |")
+    return "\n\n".join(blocks)
 
 
 def markdown_preview(summary: dict[str, Any], thumbs: Sequence[Thumb | Image.Image], *, max_thumbs: int = 8,
@@ -62,9 +88,17 @@ def markdown_preview(summary: dict[str, Any], thumbs: Sequence[Thumb | Image.Ima
         small.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         to_rgb(small).save(buf, "JPEG", quality=70, optimize=True)
-        imgs.append(f"![](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode('ascii')})")
-    while imgs and len(text) + 2 + sum(len(i) + 1 for i in imgs) > max_chars:
+        imgs.append((f"![](data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode('ascii')})",
+                     t.caption if isinstance(t, Thumb) else ""))
+    while imgs and len(text) + 2 + len(_strip(imgs)) > max_chars:
         imgs.pop()
     if imgs:
-        text += "\n\n" + " ".join(imgs)
+        text += "\n\n" + _strip(imgs)
     return text
+
+
+def _strip(imgs: list[tuple[str, str]]) -> str:
+    """Captioned thumbnails as tables; uncaptioned ones as one line of images."""
+    if any(cap for _, cap in imgs):
+        return _thumb_table(imgs)
+    return " ".join(img for img, _ in imgs)

@@ -222,3 +222,88 @@ def test_curate_console_script_is_declared():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = scripts["curate"].split(":")
     assert module == "orchestration.cli" and getattr(cli, func) is cli.main
+
+
+# --- `curate run`'s console: one line per stage per shard, Dagster at INFO in a short format --------
+
+
+def test_curate_run_console_shape(cli_env, tmp_path):
+    """A small real run, piped (as in `make demo`): the console is the registration lines, one line
+    per stage per shard (rows, time, rate), a line per finished shard, the summary stage and the
+    final line; Dagster's records are short `HH:MM:SS LEVEL step: message` lines at INFO, with no
+    DEBUG event and no line printed twice. `--verbose` adds the DEBUG events, still short."""
+    import re
+
+    from curation.stages import CURATE, CURATION_SUMMARY, SHARD_STAGES
+    from tests.conftest import write_real_images
+
+    src = tmp_path / "sprites"
+    write_real_images(src, 12)
+    env = {**cli_env, "CURATION_FEWSHOT_URI": ""}
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--source", f"t={src}",
+                           "--shard-size", "6"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=360)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    log = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR|DEBUG)\s+\S+: ")
+    records = [ln for ln in lines if log.match(ln)]
+    own = [ln for ln in lines if not log.match(ln)]
+    shards = ["t-000001", "t-000002"]
+    stage_line = re.compile(r"^(t-\d{6}|corpus)\s+([a-z_]+)(\s|$)")
+    stage_rows = [stage_line.match(ln) for ln in own]
+    per_stage = sorted((m.group(1), m.group(2)) for m in stage_rows if m)
+    from orchestration.definitions import defs
+    from orchestration.jobs import JOB_OF
+
+    job_assets = {k.to_user_string() for k in defs.resolve_job_def(JOB_OF[CURATE]).asset_layer.selected_asset_keys}
+    assert set(SHARD_STAGES) <= job_assets
+    assert per_stage == sorted([(k, s) for k in shards for s in job_assets] + [("corpus", CURATION_SUMMARY)]), own
+    assert own[0] == "source t: 2 new shard(s) ['t-000001', 't-000002']"
+    assert own[1] == "2 shard(s); 2 to materialise"
+    done = [ln for ln in own if ln.startswith("shard ")]
+    assert len(done) == 2 and all(re.match(rf"^shard {k} done \({i}/2, \d+ s so far\)$", ln)
+                                  for i, (k, ln) in enumerate(zip(shards, done), 1)), done
+    assert "corpus summary: 2 shard(s)" in own
+    assert re.match(r"^curate: 2 of 2 shard\(s\) materialised in \d+ s; failed: none$", own[-2]), own[-2:]
+    assert own[-1].startswith("corpus report: ")
+    # exactly these lines and nothing else of our own
+    assert len(own) == 2 + len(per_stage) + len(shards) + 1 + 2, own
+    # Dagster's records: INFO and above, short, each once (the assets' progress lines included)
+    assert records and all(" DEBUG " not in ln for ln in records), records
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    assert not [ln for ln in lines if uuid.search(ln) or " - dagster - " in ln], lines  # no long Dagster prefix
+    assert len(set(records)) == len(records), [r for r in records if records.count(r) > 1]
+    assert any("inventory: starting, 6 images" in r for r in records), records
+    inventory = next(ln for ln in own if ln.startswith("t-000001") and " raw_inventory " in ln)
+    assert re.search(r" 6 rows +[\d.]+ s .*decoded=6 errors=0$", inventory), inventory
+    assert re.search(r" kept=6 rejected=0$", next(ln for ln in own if " curated_images " in ln))
+    assert len(lines) < 60, proc.stdout
+
+    # --verbose: every Dagster event, in the same short format (the summary job still runs)
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--source", f"t={src}",
+                           "--shard-size", "6", "--verbose"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    debug = [ln for ln in proc.stdout.splitlines() if log.match(ln) and " DEBUG " in ln]
+    assert any("STEP_SUCCESS" in ln or "Finished execution of step" in ln for ln in debug), proc.stdout[-3000:]
+    assert "2 shard(s); 0 to materialise" in proc.stdout
+
+
+def test_curate_run_skips_a_shard_with_an_active_run(curate_env, capsys):
+    """A shard whose run is already under way (e.g. the automatic retry the daemon launched) is not run a
+    second time beside it: `curate run` says which run holds it and leaves it alone."""
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    mp, src = curate_env
+    mp.setenv("CURATION_FEWSHOT_URI", "")
+    rc, out, err = curate(capsys, "register", "--source", f"t={src}", "--shard-size", "100")
+    assert rc == 0, err
+    with dg.DagsterInstance.get() as instance:
+        queued = DagsterRun(job_name="curate_shard", status=dg.DagsterRunStatus.STARTING,
+                            tags={"dagster/partition": "t-000001", "dagster/will_retry": "false"})
+        instance.add_run(queued)
+    rc, out, err = curate(capsys, "run", "--source", f"t={src}", "--shard-size", "100", "--no-summary")
+    assert rc == 0, err
+    assert f"shard t-000001: skipped, run {queued.run_id} is already queued or running for it" in out, out
+    assert "1 shard(s); 0 to materialise" in out
+    with dg.DagsterInstance.get() as instance:  # nothing ran beside the queued run
+        assert [r.run_id for r in instance.get_runs()] == [queued.run_id]

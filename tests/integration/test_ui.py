@@ -191,6 +191,7 @@ def ui_env(tmp_path):
         DAGSTER_HOME=str(home), CURATION_DEPLOYMENT="local", CURATION_OUTPUT_ROOT=str(out),
         CURATION_SOURCES=f"{SOURCE}={src}", CURATION_FEWSHOT_URI=str(fewshot), CURATION_SHARD_SIZE="15",
         PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="",  # the offline default embedder on CPU
+        CURATION_REPORT_URL=f"http://127.0.0.1:{free_port()}",  # the report server the test starts, as `make dev`
     )
     return env, src, fewshot, out
 
@@ -217,6 +218,11 @@ def test_ui_tells_the_whole_story(ui_env, tmp_path):
         # not race the CLI to create it), then the servers load while the CLI curates them
         reg = cli("register", env=env)
         assert "2 shard(s) registered" in reg.stdout, reg.stdout
+        # the read-only report server `make dev` starts beside the webserver
+        report_base = env["CURATION_REPORT_URL"]
+        _mkdir(out / "reports")
+        procs["reports"] = start([sys.executable, "-m", "http.server", report_base.rsplit(":", 1)[1], "--bind",
+                                  "127.0.0.1", "--directory", str(out / "reports")], env, tmp_path / "reports.log")
         procs["webserver"] = start([str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
                                     "-p", str(port)], env, logs["webserver"])
         procs["daemon"] = start([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, logs["daemon"])
@@ -237,6 +243,7 @@ def test_ui_tells_the_whole_story(ui_env, tmp_path):
             check_asset_graph(b, base)
             check_catalog(b, base)
             check_shard_report_page(b, base, shard(2))
+            open_report_link(b, base, report_base)
             check_asset_check_result(b, base, shard(2))
             check_html_report(b, out)
 
@@ -284,7 +291,7 @@ def test_ui_tells_the_whole_story(ui_env, tmp_path):
         print(f"\ntimings: corpus + CLI (2 shards, summary) + register {t_cli:.0f} s; backfill of 1 shard "
               f"{bf_s:.0f} s; total {time.monotonic() - t_start:.0f} s; screenshots in {SHOTS}")
     finally:
-        for name in ("daemon", "webserver"):
+        for name in ("daemon", "webserver", "reports"):
             kill_group(procs.get(name), grace_s=15)
         leftovers = kill_leftovers(env["DAGSTER_HOME"])
     assert not leftovers, f"processes outlived their process groups (killed now): {leftovers}"
@@ -350,8 +357,27 @@ def check_shard_report_page(b: Browser, base: str, partition: str) -> None:
     b.wait_for("[...document.querySelectorAll('[role=dialog] img, .bp5-dialog img, img')]"
                ".filter(i => i.src.startsWith('data:image/') && i.complete && i.naturalWidth > 0).length >= 3",
                timeout=30, what="at least 3 decoded thumbnails in the Markdown dialog")
+    # each thumbnail is captioned: kept, or rejected and why (the shard has rejects: see the preview)
+    b.wait_for_text("kept: ", "rejected (", timeout=30)
     time.sleep(1)
     b.screenshot(SHOTS / "04_shard_report_thumbnails.png")
+
+
+def open_report_link(b: Browser, base: str, report_base: str) -> None:
+    """The shard report is one click away: the `report_link` metadata is a link to the report server;
+    clicking it (in this tab) opens the shard's HTML report with its images."""
+    b.goto(f"{base}/assets/shard_report")
+    b.wait_for_text("Metadata", "report_link", timeout=60)
+    find = (f"[...document.querySelectorAll('a')].find(a => a.href.startsWith({json.dumps(report_base + '/shards/')})"
+            " && a.href.endsWith('/report.html'))")
+    b.wait_for(f"!!{find}", timeout=30, what="a link to the report server")
+    href = b.eval(f"(() => {{ const a = {find}; a.target = '_self'; a.click(); return a.href; }})()")
+    b.wait_for(f"location.href === {json.dumps(href)} && document.readyState === 'complete'"
+               " && document.images.length > 0", timeout=30, what="the shard report from the report server")
+    broken = b.eval("[...document.images].filter(i => i.complete && i.naturalWidth === 0).length")
+    assert broken == 0, f"{broken} broken images in {href}"
+    assert "kept" in b.text().lower()
+    b.screenshot(SHOTS / "04b_report_link_opened.png")
 
 
 def check_asset_check_result(b: Browser, base: str, partition: str) -> None:

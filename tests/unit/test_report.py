@@ -873,3 +873,21 @@ def test_corpus_report_imagenet_section_over_shards(corpus, tmp_path):
                                    lazy["classifications"], str(tmp_path / "r"), max_thumbs=0)
     assert s["imagenet"]["counts"] == dict(total) and len(total) >= 3
     assert f'<section id="{report.IMAGENET_SECTION["id"]}">' in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_preview_thumbnails_are_captioned_kept_or_rejected_and_why(shard_report, corpus):
+    cur = corpus["curated"]
+    assert (~cur["keep"]).any() and cur["keep"].any()
+    thumbs = report.preview_thumbs(cur, n=8)
+    rows = {r["image_id"]: r for r in cur.iter_rows(named=True)}
+    assert any(t.caption.startswith("rejected (") for t in thumbs)
+    assert any(t.caption.startswith("kept: ") for t in thumbs)
+    for t in thumbs:
+        r = rows[t.image_id]
+        name = r["rel_path"].rsplit("/", 1)[-1]
+        want = f"kept: {name}" if r["keep"] else f"rejected ({', '.join(r['reasons'])}): {name}"
+        assert t.caption == want
+    md = report.markdown_preview(shard_report["summary"], thumbs)
+    for t in thumbs:  # under its image, in the Markdown table
+        assert f"| {t.caption.replace('|', '/')} |" in md or f" {t.caption.replace('|', '/')} |" in md
+    assert len(DATA_URI.findall(md)) == len(thumbs)
