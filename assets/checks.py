@@ -76,7 +76,8 @@ def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.A
 
 
 @dg.asset_check(asset=CURATED_IMAGES, blocking=True, partitions_def=SHARDS,
-                description="Every inventory row has a decision; every reject has at least one reason; kept images are representatives.")
+                description="Every inventory row has a decision; every reject has at least one reason; "
+                            "kept images are representatives.")
 def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _curated_decisions_complete_one(corpus, shard))
 
@@ -92,7 +93,8 @@ def _curated_decisions_complete_one(corpus: CorpusResource, shard: str) -> dg.As
 
 
 @dg.asset_check(asset=IMAGE_EMBEDDINGS, blocking=True, partitions_def=SHARDS,
-                description="Finite, unit-norm vectors of one dimension, at most one per kept image (kept images that failed to decode here carry an error instead).")
+                description="Finite, unit-norm vectors of one dimension, at most one per kept image "
+                            "(kept images that failed to decode here carry an error instead).")
 def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _embeddings_valid_one(corpus, shard))
 

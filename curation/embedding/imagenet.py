@@ -68,7 +68,7 @@ def imagenet_class_names() -> tuple[str, ...]:
                              [info.index_to_label_name(i) for i in range(n)])
 
 
-def topk_from_logits(logits: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def topk_from_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, probabilities) of the `k` most probable classes, best first; softmax in float32."""
     import torch
 

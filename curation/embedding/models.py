@@ -127,7 +127,7 @@ class OpenClipEmbedder(Embedder):
         self.batch_size = batch_size or auto_batch_size(self.device, self.image_size)
         self._logit_scale = float(self.model.logit_scale.detach().float().exp().clamp(max=100).item())
 
-    def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -206,10 +206,10 @@ class EfficientNetLite0Embedder(Embedder):
         self.std = tuple(cfg.get("std", (0.5, 0.5, 0.5)))  # type: ignore[assignment]
         self.batch_size = batch_size or auto_batch_size(self.device, self.image_size)
 
-    def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
-    def _head_logits(self, feats: "torch.Tensor") -> "torch.Tensor":
+    def _head_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self._classifier(feats.float())
 
 
