@@ -136,7 +136,7 @@ class Embedder(ABC):
         scale = self.resize_size / min(w, h)
         nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
         if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
         left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
         img = img.crop((left, top, left + self.image_size, top + self.image_size))
         return np.asarray(img, dtype=np.uint8)

@@ -31,14 +31,14 @@ import polars as pl
 
 from curation import errors as error_codes
 from curation.embedding.imagenet import IMAGENET_OUTPUT_SCHEMA, TOPK_LABELS, TOPK_PROBS
-from curation.schema import EMBEDDING_COLUMNS
+from curation.schema import EMBEDDING_COLUMNS, Schema
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from curation.embedding.base import Embedder
     from curation.embedding.spec import EmbedderSpec
 
 EMBEDDING_DTYPE = pl.List(pl.Float32)
-EMBED_OUTPUT_SCHEMA: dict[str, pl.DataType] = {
+EMBED_OUTPUT_SCHEMA: Schema = {
     "image_id": pl.String,
     "shard": pl.String,
     "model": pl.String,
