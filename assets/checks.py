@@ -9,6 +9,7 @@ import polars as pl
 
 from assets._common import check_per_shard
 from curation import storage
+from curation.scalars import max_int
 from curation.stages import (
     CURATED_IMAGES,
     DEDUP_CLUSTERS,
@@ -67,16 +68,17 @@ def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.A
         uri = corpus.stage_uri(DEDUP_CLUSTERS, rep_shard)
         other = storage.read_parquet(uri, columns=["image_id", "is_representative"]).filter(pl.col("is_representative"))
         missing_earlier += len(set(group["cluster_id"]) - set(other["image_id"]))
-    one_rep = df.filter(pl.col("is_representative")).group_by("cluster_id").len()["len"].max() or 0
+    one_rep = max_int(df.filter(pl.col("is_representative")).group_by("cluster_id").len()["len"])
     return dg.AssetCheckResult(
         passed=not missing_local and missing_earlier == 0 and _dupes(df) == 0 and one_rep <= 1,
         metadata={"clusters_without_representative": len(missing_local) + missing_earlier,
-                  "duplicate_ids": _dupes(df), "max_representatives_per_cluster": int(one_rep)},
+                  "duplicate_ids": _dupes(df), "max_representatives_per_cluster": one_rep},
     )
 
 
 @dg.asset_check(asset=CURATED_IMAGES, blocking=True, partitions_def=SHARDS,
-                description="Every inventory row has a decision; every reject has at least one reason; kept images are representatives.")
+                description="Every inventory row has a decision; every reject has at least one reason; "
+                            "kept images are representatives.")
 def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _curated_decisions_complete_one(corpus, shard))
 
@@ -92,7 +94,8 @@ def _curated_decisions_complete_one(corpus: CorpusResource, shard: str) -> dg.As
 
 
 @dg.asset_check(asset=IMAGE_EMBEDDINGS, blocking=True, partitions_def=SHARDS,
-                description="Finite, unit-norm vectors of one dimension, at most one per kept image (kept images that failed to decode here carry an error instead).")
+                description="Finite, unit-norm vectors of one dimension, at most one per kept image "
+                            "(kept images that failed to decode here carry an error instead).")
 def embeddings_valid(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _embeddings_valid_one(corpus, shard))
 

@@ -10,6 +10,7 @@ from assets._common import counts_md, make_config, per_shard_outputs, read_stage
 from assets.factory import stage_asset
 from curation import storage
 from curation.index_store import IndexStore, MissingEarlierIndexError
+from curation.scalars import max_int
 from curation.stages import DEDUP_CLUSTERS, RAW_INVENTORY, stage
 from resources.corpus import CorpusResource, StageSettings
 
@@ -66,7 +67,7 @@ def _dedup_clusters_one(context: dg.AssetExecutionContext, corpus: CorpusResourc
             "dagster/row_count": len(clusters),
             "path": dg.MetadataValue.path(uri),
             "clusters": int(sizes.height),
-            "largest_cluster": int(sizes["len"].max() or 0),
+            "largest_cluster": max_int(sizes["len"]),
             "duplicates": int((~clusters["is_representative"]).sum()),
             "cross_shard_duplicates": cross,
             "earlier_shards_compared": len(registry.earlier_keys(shard)),

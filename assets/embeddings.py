@@ -16,11 +16,13 @@ from resources.models import EmbedderResource
 
 
 @stage_asset(IMAGE_EMBEDDINGS)
-def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource) -> dg.MaterializeResult:
+def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource,
+                     embedder: EmbedderResource) -> dg.MaterializeResult:
     return per_shard(context, lambda shard: _image_embeddings_one(context, corpus, embedder, shard))
 
 
-def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource, shard: str) -> dict:
+def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource,
+                          shard: str) -> dict:
     from curation.embedding import embed_shard
     from curation.imaging.policy import source_reader
 

@@ -13,6 +13,7 @@ from assets._common import check_per_shard, per_shard_outputs, read_stage
 from assets.factory import stage_asset
 from curation import storage
 from curation.index_store import IndexStore, MissingEarlierIndexError
+from curation.scalars import max_int
 from curation.stages import (
     IMAGE_EMBEDDINGS,
     SEMANTIC_CENTER,
@@ -129,7 +130,7 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
             "clusters": int(sizes.height),
             "duplicates": int((~rows["is_representative"]).sum()),
             "cross_shard_duplicates": cross,
-            "largest_cluster": int(sizes["len"].max() or 0),
+            "largest_cluster": max_int(sizes["len"]),
             "threshold": float(cfg.threshold),
             "enabled": cfg.enabled,
             "skipped_without_embedding": skipped,
@@ -164,7 +165,7 @@ def _semantic_representatives_exist_one(corpus: CorpusResource, shard: str) -> d
                                      columns=["image_id", "is_representative"]).filter(pl.col("is_representative"))
         missing += len(set(group["cluster_id"]) - set(other["image_id"]))
     dup_ids = int(len(df) - df["image_id"].n_unique())
-    one_rep = int(df.filter(pl.col("is_representative")).group_by("cluster_id").len()["len"].max() or 0)
+    one_rep = max_int(df.filter(pl.col("is_representative")).group_by("cluster_id").len()["len"])
     return dg.AssetCheckResult(
         passed=missing == 0 and dup_ids == 0 and one_rep <= 1,
         metadata={"clusters_without_representative": missing, "duplicate_ids": dup_ids,

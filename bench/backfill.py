@@ -24,8 +24,7 @@ from pathlib import Path
 
 from bench.common import REPO, linked_corpus, machine, today
 from tests.browser import kill_group
-from tests.integration.test_ui import (BACKFILL, LAUNCH, PARTITIONED, Graphql, free_port, kill_leftovers,
-                                       start, wait_for_location)
+from tests.integration.test_ui import BACKFILL, LAUNCH, PARTITIONED, Graphql, free_port, kill_leftovers, start, wait_for_location
 
 BIN = Path(sys.executable).parent
 

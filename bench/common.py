@@ -25,7 +25,7 @@ def machine() -> dict:
 
 
 def today() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d")
 
 
 def peak_rss_mb(children: bool = False) -> float:

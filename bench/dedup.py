@@ -33,7 +33,7 @@ import tempfile
 import time
 import tracemalloc
 from concurrent.futures import ProcessPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -252,7 +252,7 @@ def main() -> None:
     cfg = DedupConfig()
     t_start = time.perf_counter()
     result: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine() | {"load_avg_at_start": list(os.getloadavg()),
                                 "note": "machine shared with other jobs; numpy single-threaded"},
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},

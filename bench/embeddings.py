@@ -206,8 +206,15 @@ def main(argv: list[str] | None = None) -> dict:
     import polars as pl
     import torch
 
-    from curation.embedding import (EmbedderSpec, build_embedder, embed_shard, embeddings_to_numpy,
-                                    read_bytes_uri, read_image_uri, resolve_device)
+    from curation.embedding import (
+        EmbedderSpec,
+        build_embedder,
+        embed_shard,
+        embeddings_to_numpy,
+        read_bytes_uri,
+        read_image_uri,
+        resolve_device,
+    )
 
     device = resolve_device(args.device)
     on_cuda = device.startswith("cuda")

@@ -30,13 +30,13 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import resource
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -402,7 +402,7 @@ def main() -> None:
         return round(cpu[a] / cpu[b], 3) if a in cpu and b in cpu else None
 
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": info,
         "how": "every figure in images per CPU-second of one core (time.process_time, plus reaped "
                "children for the pool), best of interleaved rounds in one run; wall rates are given "

@@ -45,10 +45,9 @@ def _plain(manifest, shard, root, out_root) -> float:
 
 def bench_job():
     """The three CPU stages as a job (module-level so the multiprocess executor can reconstruct it)."""
-    from orchestration.definitions import defs
-
     import dagster as dg
 
+    from orchestration.definitions import defs
     from partitions.shards import SHARDS
 
     job = dg.define_asset_job("bench_cpu_stages", selection=dg.AssetSelection.assets(*STAGES), partitions_def=SHARDS)

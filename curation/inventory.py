@@ -36,7 +36,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -102,7 +102,7 @@ class InventoryConfig:
     @property
     def analysis(self) -> AnalysisConfig:
         return AnalysisConfig(max_pixels=self.max_pixels, analysis_size=self.analysis_size,
-                              background=tuple(self.background))
+                              background=cast("tuple[int, int, int]", tuple(self.background)))
 
     @property
     def hash_columns(self) -> tuple[str, ...]:

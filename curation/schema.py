@@ -6,10 +6,18 @@ contracts live here so that the stage code, the asset checks and the tests agree
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeAlias
+
 import polars as pl
 
+# A polars dtype as a schema holds it: a class (`pl.Float32`) or an instance (`pl.List(pl.String)`).
+DType: TypeAlias = pl.DataType | type[pl.DataType]
+# A table contract: column name -> dtype, in column order.
+Schema: TypeAlias = dict[str, DType]
+
 # A shard manifest: the fixed membership of one shard, written once when the shard is registered.
-MANIFEST_SCHEMA: dict[str, pl.DataType] = {
+MANIFEST_SCHEMA: Schema = {
     "image_id": pl.String,  # 16 hex chars of sha1(uri): stable, unique within a corpus
     "uri": pl.String,  # absolute local path or s3://bucket/key
     "rel_path": pl.String,  # path relative to the source root (what reports show)
@@ -18,7 +26,7 @@ MANIFEST_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # raw_inventory: one row per manifest row, never fewer.
-INVENTORY_SCHEMA: dict[str, pl.DataType] = {
+INVENTORY_SCHEMA: Schema = {
     "image_id": pl.String,
     "uri": pl.String,
     "rel_path": pl.String,
@@ -64,7 +72,7 @@ INVENTORY_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # dedup_clusters: one row per inventory row.
-DEDUP_SCHEMA: dict[str, pl.DataType] = {
+DEDUP_SCHEMA: Schema = {
     "image_id": pl.String,
     "shard": pl.String,
     "cluster_id": pl.String,  # image_id of the cluster's representative
@@ -75,7 +83,7 @@ DEDUP_SCHEMA: dict[str, pl.DataType] = {
 }
 
 # curated_images: one row per inventory row, with the decision and every reason.
-CURATED_SCHEMA: dict[str, pl.DataType] = {
+CURATED_SCHEMA: Schema = {
     "image_id": pl.String,
     "uri": pl.String,
     "rel_path": pl.String,
@@ -110,11 +118,11 @@ CLASSIFICATION_COLUMNS = (
 )
 
 
-def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def empty_frame(schema: Mapping[str, DType]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def conform(df: pl.DataFrame, schema: Mapping[str, DType]) -> pl.DataFrame:
     """Select and cast `df` to `schema`, adding missing columns as nulls; raises on unknown dtypes."""
     cols = []
     for name, dtype in schema.items():

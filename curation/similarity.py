@@ -65,7 +65,8 @@ def build_segment(vectors: np.ndarray, cfg: IndexConfig = IndexConfig()):
 
     x = unit_rows(vectors)
     index = faiss.index_factory(x.shape[1], cfg.factory(), faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = cfg.ef_construction
+    # faiss types index_factory as the base Index; an "HNSW..." factory string builds an IndexHNSW
+    index.hnsw.efConstruction = cfg.ef_construction  # type: ignore[attr-defined]
     if len(x):
         index.train(x)
         index.add(x)

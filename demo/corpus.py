@@ -121,7 +121,8 @@ def build_demo_corpus(corpus_dir: Path, fewshot_dir: Path, *, n_digits: int = 47
     for name, arr in photos.items():
         rel = f"photos/{name}.jpg" if arr.ndim == 3 and arr.shape[-1] == 3 else f"photos/{name}.png"
         img = _to_image(arr)
-        _save(img, corpus_dir / rel, "JPEG" if rel.endswith(".jpg") else "PNG", **({"quality": 92} if rel.endswith(".jpg") else {}))
+        is_jpeg = rel.endswith(".jpg")
+        _save(img, corpus_dir / rel, "JPEG" if is_jpeg else "PNG", **({"quality": 92} if is_jpeg else {}))
         originals.append((rel, img))
 
     # digits: 30 per class are held out as the few-shot examples; the corpus gets up to n_digits

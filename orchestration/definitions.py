@@ -27,6 +27,8 @@ writes is an asset of that stage's step, and every declared check exists.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from assets import checks as asset_checks
@@ -67,10 +69,14 @@ all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings,
 all_checks = [*asset_checks.ALL_CHECKS, semantic.semantic_representatives_exist]
 
 
-def check_against_registry(assets: list[dg.AssetsDefinition], checks: list[dg.AssetChecksDefinition]) -> None:
+def check_against_registry(assets: Sequence[object], checks: list[dg.AssetChecksDefinition]) -> None:
     """Every registry stage is one step (op) writing exactly its declared datasets, with exactly its
     declared checks; nothing else is defined. Raises ValueError naming the first mismatch."""
-    steps = {a.node_def.name: {k.to_user_string() for k in a.keys} for a in assets}
+    others = [a for a in assets if not isinstance(a, dg.AssetsDefinition)]
+    if others:
+        raise ValueError(f"only stage assets may be defined, found {others}")
+    stage_assets = [a for a in assets if isinstance(a, dg.AssetsDefinition)]
+    steps = {a.node_def.name: {k.to_user_string() for k in a.keys} for a in stage_assets}
     declared = {s.name: set(s.outputs) for s in STAGES}
     if steps != declared:
         raise ValueError(f"asset steps {steps} differ from the stage registry {declared}")

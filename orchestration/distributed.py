@@ -165,11 +165,12 @@ def _refuse(task, packed: dict, wanted: str, mine: str) -> None:
     steps = ", ".join(args.step_keys_to_execute or [])
     msg = (f"worker {task.request.hostname} refused step {steps}: it runs code version {mine}, the run "
            f"needs {wanted}; restart the worker with the deployed code (CURATION_CODE_VERSION)")
-    with DagsterInstance.from_ref(args.instance_ref) as instance:
-        run = instance.get_run_by_id(args.run_id)
-        instance.report_engine_event(msg, run, EngineEventData({"worker": task.request.hostname,
-                                                               "worker_code_version": mine,
-                                                               "run_code_version": wanted}))
+    if args.instance_ref is not None:  # dagster-celery always packs it; without it there is no run to log to
+        with DagsterInstance.from_ref(args.instance_ref) as instance:
+            run = instance.get_run_by_id(args.run_id)
+            instance.report_engine_event(msg, run, EngineEventData({"worker": task.request.hostname,
+                                                                   "worker_code_version": mine,
+                                                                   "run_code_version": wanted}))
     if task.request.retries < WRONG_VERSION_RETRIES:
         raise task.retry(countdown=1)  # back to the queue, for a worker with the right code
     raise WrongCodeVersion(msg)

@@ -7,7 +7,7 @@ import time
 import dagster as dg
 
 from partitions.discovery import SourceCursor, discover_page
-from partitions.shards import SHARDS
+from partitions.shards import SHARDS, SHARDS_NAME
 from resources import environment
 from resources.corpus import CorpusResource
 
@@ -30,7 +30,7 @@ def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResour
     state = json.loads(context.cursor) if context.cursor else {}
     cursors = {name: SourceCursor.from_json(state.get(name)) for name in corpus.sources}
     registry = corpus.registry()
-    known = set(context.instance.get_dynamic_partitions(SHARDS.name))
+    known = set(context.instance.get_dynamic_partitions(SHARDS_NAME))
     registered = registry.keys()
     missing = [k for k in registered if k not in known]
     new_keys: list[str] = list(missing)

@@ -24,7 +24,8 @@ from curation import storage
 from curation.schema import MANIFEST_SCHEMA, conform
 from curation.sources import SourceFile
 
-SHARDS = dg.DynamicPartitionsDefinition(name="shards")
+SHARDS_NAME = "shards"
+SHARDS = dg.DynamicPartitionsDefinition(name=SHARDS_NAME)
 
 DEFAULT_SHARD_SIZE = 10_000
 _KEY_RE = re.compile(r"^([a-z0-9][a-z0-9_]*)-(\d{6,})$")

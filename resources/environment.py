@@ -256,15 +256,22 @@ def _raw(name: str, environ: Mapping[str, str] | None) -> str | None:
     return raw
 
 
-def read(name: str, environ: Mapping[str, str] | None = None) -> Any:
-    """The parsed value of `name` (its default when unset); SettingError when it is bad."""
+def parser(name: str) -> Callable[[str, str], Any]:
+    """The `parse(setting, raw)` of variable `name` (KeyError when another module reads it)."""
     var = BY_NAME[name]
     if var.parse is None:
         raise KeyError(f"{name} is read by {var.read_by}, not here")
+    return var.parse
+
+
+def read(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """The parsed value of `name` (its default when unset); SettingError when it is bad."""
+    parse = parser(name)
     raw = _raw(name, environ)
     if raw is None:
+        var = BY_NAME[name]
         return var.default_value() if var.default_value else None
-    return var.parse(name, raw)
+    return parse(name, raw)
 
 
 def value_or_default(name: str, environ: Mapping[str, str] | None = None) -> Any:

@@ -31,11 +31,11 @@ from resources.failures import fail_fast
 if TYPE_CHECKING:  # pragma: no cover
     from curation.embedding import Embedder
 
-_CACHE: dict[EmbedderSpec, "Embedder"] = {}
+_CACHE: dict[EmbedderSpec, Embedder] = {}
 _LOCK = threading.Lock()
 
 
-def get_cached_embedder(spec: EmbedderSpec) -> "Embedder":
+def get_cached_embedder(spec: EmbedderSpec) -> Embedder:
     """The embedder for `spec`, built once per process (raises EmbedderLoadError at once on failure)."""
     with _LOCK:
         emb = _CACHE.get(spec)
@@ -59,7 +59,8 @@ class EmbedderResource(dg.ConfigurableResource):
                                   "($EMBEDDER_KIND)")
     model_name: str = Field(default_factory=_from_env("model_name"),
                             description="open_clip architecture (e.g. ViT-B-32) or tf_efficientnet_lite0 ($EMBEDDER_MODEL)")
-    pretrained: Optional[str] = Field(
+    # Optional[...] as docs/configuration.md renders it; `X | None` once that page is regenerated
+    pretrained: Optional[str] = Field(  # noqa: UP045
         default_factory=_from_env("pretrained"),
         description="open_clip tag (laion2b_s34b_b79k), local checkpoint path, s3:// checkpoint, 'random' "
                     "(explicit random init, benchmarks only), or 'packaged' for efficientnet_lite0 ($EMBEDDER_PRETRAINED)")
@@ -67,7 +68,7 @@ class EmbedderResource(dg.ConfigurableResource):
                         description="'auto' | 'cpu' | 'cuda' | 'cuda:N' ($EMBEDDER_DEVICE)")
     precision: str = Field(default_factory=_from_env("precision"),
                            description="'auto' (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 ($EMBEDDER_PRECISION)")
-    batch_size: Optional[int] = Field(default_factory=_from_env("batch_size"),
+    batch_size: Optional[int] = Field(default_factory=_from_env("batch_size"),  # noqa: UP045
                                       description="images per forward pass; empty = from device ($EMBEDDER_BATCH_SIZE)")
     chunk_size: int = Field(
         default_factory=_from_env("chunk_size"),
@@ -79,9 +80,9 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def model_post_init(self, context) -> None:
         name = "EmbedderResource."
-        env.BY_NAME["EMBEDDER_KIND"].parse(name + "kind", self.kind)
-        env.BY_NAME["EMBEDDER_DEVICE"].parse(name + "device", self.device)
-        env.BY_NAME["EMBEDDER_PRECISION"].parse(name + "precision", self.precision)
+        env.parser("EMBEDDER_KIND")(name + "kind", self.kind)
+        env.parser("EMBEDDER_DEVICE")(name + "device", self.device)
+        env.parser("EMBEDDER_PRECISION")(name + "precision", self.precision)
         if self.batch_size is not None:
             env.positive_int(name + "batch_size", self.batch_size)
         env.positive_int(name + "chunk_size", self.chunk_size)
@@ -96,7 +97,7 @@ class EmbedderResource(dg.ConfigurableResource):
         return EmbedderSpec(kind=self.kind, model_name=self.model_name, pretrained=self.pretrained,
                             device=self.device, precision=self.precision, batch_size=self.batch_size)
 
-    def get_embedder(self) -> "Embedder":
+    def get_embedder(self) -> Embedder:
         """The embedder, built once per process. A model that cannot load (EmbedderLoadError) fails
         the step at once as a `dg.Failure` that is not retried, with the whole message."""
         with fail_fast():

@@ -100,7 +100,8 @@ def render() -> str:
         out.append(f"| `{v.name}` | {v.meaning} | {v.default} | {v.allowed} | `{v.read_by}` |")
     out += ["", "## CLI flags (`curate run` / `curate register`)", "",
             "| flag | overrides | allowed |", "|---|---|---|",
-            "| `--source NAME=URI` (repeatable) | `CURATION_SOURCES` | as `CURATION_SOURCES`; each folder must exist and be listable |",
+            "| `--source NAME=URI` (repeatable) | `CURATION_SOURCES` "
+            "| as `CURATION_SOURCES`; each folder must exist and be listable |",
             "| `--shard-size N` | `CURATION_SHARD_SIZE` | a whole number >= 1 |",
             "| `--output-root DIR` | `CURATION_OUTPUT_ROOT` | a local folder or `s3://bucket/prefix` |",
             "| `--force`, `--no-summary`, `--semantic` (run only) | | |", ""]

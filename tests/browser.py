@@ -74,7 +74,7 @@ class Browser:
         self._id = 0
         self._profile = tempfile.mkdtemp(prefix="chromium-profile-")
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         import websocket
 
         self.proc = subprocess.Popen(

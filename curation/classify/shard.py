@@ -17,9 +17,9 @@ import polars as pl
 
 from curation.classify.probe import Probe, predict_open_set
 from curation.classify.zeroshot import zero_shot
-from curation.schema import CLASSIFICATION_COLUMNS
+from curation.schema import CLASSIFICATION_COLUMNS, Schema
 
-CLASSIFICATION_SCHEMA: dict[str, pl.DataType] = {
+CLASSIFICATION_SCHEMA: Schema = {
     "image_id": pl.String,
     "shard": pl.String,
     "zs_label": pl.String,

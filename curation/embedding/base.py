@@ -61,7 +61,7 @@ class Embedder(ABC):
     model_id: str
     dim: int
     device: str
-    dtype: "torch.dtype"
+    dtype: torch.dtype
     batch_size: int
     image_size: int
     resize_size: int
@@ -73,10 +73,10 @@ class Embedder(ABC):
 
     # -- to implement -----------------------------------------------------------------------------
     @abstractmethod
-    def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
         """Model forward on a normalised batch already on `device` in `dtype`; returns [N, dim]."""
 
-    def _head_logits(self, feats: "torch.Tensor") -> "torch.Tensor":
+    def _head_logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Class logits [N, classes] from the un-normalised features `_forward_images` returned;
         implemented by models with a classifier head (then `class_names` is set)."""
         raise NotImplementedError(f"{self.model_id} has no classifier head")
@@ -119,7 +119,7 @@ class Embedder(ABC):
             "embedding_storage": "List(Float32) holding float16-rounded, L2-normalised values",
         }
 
-    def pil_to_array(self, img: "Image.Image") -> np.ndarray:
+    def pil_to_array(self, img: Image.Image) -> np.ndarray:
         """RGB (alpha composited on white), shortest side -> resize_size (bicubic), centre crop
         image_size -> uint8 array [S, S, 3]. Pure PIL/numpy (no torch ops): safe and cheap to call
         from many threads."""
@@ -136,18 +136,18 @@ class Embedder(ABC):
         scale = self.resize_size / min(w, h)
         nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
         if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
         left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
         img = img.crop((left, top, left + self.image_size, top + self.image_size))
         return np.asarray(img, dtype=np.uint8)
 
-    def pil_to_uint8(self, img: "Image.Image") -> "torch.Tensor":
+    def pil_to_uint8(self, img: Image.Image) -> torch.Tensor:
         """`pil_to_array` as a CHW uint8 tensor [3, S, S]."""
         import torch
 
         return torch.from_numpy(np.ascontiguousarray(self.pil_to_array(img).transpose(2, 0, 1)))
 
-    def normalize(self, x: "torch.Tensor") -> "torch.Tensor":
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or 0..255 float [N,3,S,S] on device -> normalised `dtype` tensor."""
         import torch
 
@@ -155,7 +155,7 @@ class Embedder(ABC):
         std = torch.tensor(self.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         return ((x.float() - mean) / std).to(self.dtype)
 
-    def resize_crop_on_device(self, images: Sequence["torch.Tensor"]) -> "torch.Tensor":
+    def resize_crop_on_device(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 [3,H,W] tensors on device -> float 0..255 [N,3,S,S]: same geometry as
         `pil_to_array` (bicubic, antialiased). Images of equal size are resized together."""
         import torch
@@ -226,11 +226,11 @@ class Embedder(ABC):
             start += bs
         return res
 
-    def embed_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed PIL images (convenience, no overlap): float32 [N, dim], L2-normalised."""
         return self.embed_images_topk(images).embeddings
 
-    def embed_images_topk(self, images: Sequence["Image.Image"]) -> Embedded:
+    def embed_images_topk(self, images: Sequence[Image.Image]) -> Embedded:
         """`embed_pixels_topk` of PIL images (convenience, no overlap)."""
         if not images:
             k = self.topk if self.has_head else 0

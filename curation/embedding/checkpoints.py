@@ -56,7 +56,7 @@ def fetch_checkpoint(uri: str, tmpdir: str) -> str:
     return uri
 
 
-def load_state_dict_safely(path: str) -> dict[str, "torch.Tensor"]:
+def load_state_dict_safely(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint without unpickling code: safetensors, or torch.load(weights_only=True).
     Unwraps {'state_dict': ...} and strips a 'module.' prefix."""
     import torch

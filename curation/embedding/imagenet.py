@@ -28,17 +28,19 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from curation.schema import Schema
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 DEFAULT_TOPK = 5
 TOPK_LABELS = "in_topk_labels"
 TOPK_PROBS = "in_topk_probs"
-IMAGENET_OUTPUT_SCHEMA: dict[str, pl.DataType] = {
+IMAGENET_OUTPUT_SCHEMA: Schema = {
     TOPK_LABELS: pl.List(pl.String),
     TOPK_PROBS: pl.List(pl.Float32),
 }
-IMAGENET_COLUMNS: dict[str, pl.DataType] = {
+IMAGENET_COLUMNS: Schema = {
     "image_id": pl.String,
     "in_label": pl.String,
     "in_prob": pl.Float32,
@@ -68,7 +70,7 @@ def imagenet_class_names() -> tuple[str, ...]:
                              [info.index_to_label_name(i) for i in range(n)])
 
 
-def topk_from_logits(logits: "torch.Tensor", k: int) -> tuple["torch.Tensor", "torch.Tensor"]:
+def topk_from_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices, probabilities) of the `k` most probable classes, best first; softmax in float32."""
     import torch
 

@@ -29,7 +29,7 @@ def read_bytes_uri(uri: str) -> bytes:
         return f.read()
 
 
-def read_image_uri(uri: str) -> "Image.Image":
+def read_image_uri(uri: str) -> Image.Image:
     """Decode the image at a local path or s3:// URI (first frame, EXIF orientation applied)."""
     from curation.imaging.policy import decode_oriented
 

@@ -28,7 +28,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -57,6 +57,14 @@ from curation.embedding.spec import (
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+    from timm.models.efficientnet import EfficientNet
+
+
+def _rgb(values: Sequence[float], what: str) -> tuple[float, float, float]:
+    """A model config's per-channel `mean`/`std` as three floats (R, G, B)."""
+    if len(values) != 3:
+        raise ValueError(f"model config {what} must have 3 values (R, G, B), got {list(values)!r}")
+    return float(values[0]), float(values[1]), float(values[2])
 
 
 class OpenClipEmbedder(Embedder):
@@ -119,15 +127,15 @@ class OpenClipEmbedder(Embedder):
         size = cfg.get("size", 224)
         self.image_size = int(size if isinstance(size, int) else size[0])
         self.resize_size = self.image_size
-        self.mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))  # type: ignore[assignment]
-        self.std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))  # type: ignore[assignment]
+        self.mean = _rgb(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), "mean")
+        self.std = _rgb(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), "std")
         with torch.inference_mode():
             probe = torch.zeros(1, 3, self.image_size, self.image_size, device=self.device, dtype=self.dtype)
             self.dim = int(self.model.encode_image(probe).shape[-1])
         self.batch_size = batch_size or auto_batch_size(self.device, self.image_size)
         self._logit_scale = float(self.model.logit_scale.detach().float().exp().clamp(max=100).item())
 
-    def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -164,7 +172,8 @@ class EfficientNetLite0Embedder(Embedder):
                              f"'tf_efficientnet_lite0' only, not {model_name!r}")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(precision, self.device)
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        # timm types create_model as a plain nn.Module; this name always builds an EfficientNet
+        model = cast("EfficientNet", timm.create_model("tf_efficientnet_lite0", pretrained=False))
         if pretrained == RANDOM_INIT:
             version = "random-init"
         else:
@@ -199,17 +208,18 @@ class EfficientNetLite0Embedder(Embedder):
             self.topk = 0
         self.model_id = f"timm:tf_efficientnet_lite0:{version}"
         self.dim = int(model.num_features)
-        cfg = model.pretrained_cfg
+        # set at build time by timm (not declared on the class): a plain dict of the model's defaults
+        cfg = cast("dict[str, Any]", model.pretrained_cfg)
         self.image_size = int(cfg.get("input_size", (3, 224, 224))[-1])
         self.resize_size = int(math.floor(self.image_size / float(cfg.get("crop_pct", 0.875))))
-        self.mean = tuple(cfg.get("mean", (0.5, 0.5, 0.5)))  # type: ignore[assignment]
-        self.std = tuple(cfg.get("std", (0.5, 0.5, 0.5)))  # type: ignore[assignment]
+        self.mean = _rgb(cfg.get("mean", (0.5, 0.5, 0.5)), "mean")
+        self.std = _rgb(cfg.get("std", (0.5, 0.5, 0.5)), "std")
         self.batch_size = batch_size or auto_batch_size(self.device, self.image_size)
 
-    def _forward_images(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _forward_images(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
-    def _head_logits(self, feats: "torch.Tensor") -> "torch.Tensor":
+    def _head_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self._classifier(feats.float())
 
 

@@ -31,14 +31,14 @@ import polars as pl
 
 from curation import errors as error_codes
 from curation.embedding.imagenet import IMAGENET_OUTPUT_SCHEMA, TOPK_LABELS, TOPK_PROBS
-from curation.schema import EMBEDDING_COLUMNS
+from curation.schema import EMBEDDING_COLUMNS, Schema
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from curation.embedding.base import Embedder
     from curation.embedding.spec import EmbedderSpec
 
 EMBEDDING_DTYPE = pl.List(pl.Float32)
-EMBED_OUTPUT_SCHEMA: dict[str, pl.DataType] = {
+EMBED_OUTPUT_SCHEMA: Schema = {
     "image_id": pl.String,
     "shard": pl.String,
     "model": pl.String,
@@ -49,7 +49,7 @@ EMBED_OUTPUT_SCHEMA: dict[str, pl.DataType] = {
 
 
 def chunk_frame(ids: list[str], shard: str, model_id: str, rows: np.ndarray, ok: np.ndarray,
-                errs: dict[int, str], topk: "TopK | None" = None) -> pl.DataFrame:
+                errs: dict[int, str], topk: TopK | None = None) -> pl.DataFrame:
     """Output rows for `ids`: ``rows[i]`` (rounded to float16 precision) where ``ok[i]``, else a null
     embedding with ``errs[i]`` (an internal error when the image was neither embedded nor failed).
     With `topk` the ImageNet columns hold its labels and probabilities where ``ok[i]``, else null."""
@@ -110,7 +110,7 @@ def embeddings_to_numpy(df: pl.DataFrame, column: str = "embedding") -> np.ndarr
     return s.list.to_array(dim).to_numpy().astype(np.float32, copy=False)
 
 
-def embedding_metadata(embedder: "Embedder", spec: "EmbedderSpec | None" = None) -> dict[str, Any]:
+def embedding_metadata(embedder: Embedder, spec: EmbedderSpec | None = None) -> dict[str, Any]:
     """Metadata to attach to the asset materialisation: the embedder's info and the spec."""
     meta = dict(embedder.info())
     if spec is not None:

@@ -90,7 +90,7 @@ class BatchProducer:
     docstring). `read_bytes` is given only when JPEGs go to nvJPEG."""
 
     def __init__(self, embedder: Embedder, uris: list[str], layout: ChunkLayout, pending: list[int],
-                 read_image: Callable[[str], "Image.Image"], read_bytes: Callable[[str], bytes] | None,
+                 read_image: Callable[[str], Image.Image], read_bytes: Callable[[str], bytes] | None,
                  num_workers: int, prefetch_batches: int, stats: dict[str, float]):
         self.embedder = embedder
         self.uris = uris

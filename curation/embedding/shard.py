@@ -38,7 +38,7 @@ _PHASES = ("wait_s", "model_s", "gpu_decode_s", "assemble_s", "load_wait_s", "fr
 
 def embed_shard(
     items: pl.DataFrame,
-    read_image: Callable[[str], "Image.Image"],
+    read_image: Callable[[str], Image.Image],
     embedder: Embedder,
     chunk_dir: str,
     shard: str,
@@ -151,7 +151,7 @@ class _ChunkRows:
     topk: TopK | None = None  # ImageNet top-k of the embedded rows (models with a head)
 
     @staticmethod
-    def empty(n: int, embedder: Embedder) -> "_ChunkRows":
+    def empty(n: int, embedder: Embedder) -> _ChunkRows:
         out = _ChunkRows(np.zeros((n, embedder.dim), dtype=np.float32), np.zeros(n, dtype=bool), {})
         if embedder.has_head and embedder.class_names is not None:
             out.topk = TopK(np.zeros((n, embedder.topk), dtype=np.int64),

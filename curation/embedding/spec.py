@@ -50,7 +50,7 @@ class EmbedderSpec:
     batch_size: int | None = None
 
     @staticmethod
-    def from_env(environ: dict[str, str] | None = None) -> "EmbedderSpec":
+    def from_env(environ: dict[str, str] | None = None) -> EmbedderSpec:
         """Spec from EMBEDDER_KIND / _MODEL / _PRETRAINED / _DEVICE / _PRECISION / _BATCH_SIZE."""
         env = os.environ if environ is None else environ
         default = EmbedderSpec()
@@ -98,7 +98,7 @@ def resolve_device(device: str) -> str:
     raise load_error("device", f"unknown device {device!r}")
 
 
-def resolve_dtype(precision: str, device: str) -> "torch.dtype":
+def resolve_dtype(precision: str, device: str) -> torch.dtype:
     """The torch dtype of the weights for `precision` on `device`."""
     import torch
 

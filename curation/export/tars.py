@@ -18,7 +18,7 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +28,8 @@ import polars as pl
 from curation import storage
 from curation.export.manifest import IMAGE_COLUMN, ManifestWriter, arrow_schema
 from curation.export.samples import image_extension, sample_json
+from curation.scalars import max_int
+from curation.schema import DType
 
 _TAR_BLOCK = 512
 _JSON_ESTIMATE = 1024
@@ -85,7 +87,7 @@ def estimated_sizes(samples: pl.DataFrame, cfg: ExportConfig) -> list[int]:
     dim = 0
     if cfg.include_embedding and "embedding" in samples.columns and len(samples):
         lens = samples["embedding"].list.len().drop_nulls()
-        dim = int(lens.max() or 0) if len(lens) else 0
+        dim = max_int(lens) if len(lens) else 0
     npy = _padded(128 + 4 * dim) if cfg.include_embedding else 0
     sizes = samples["bytes"].fill_null(0).to_list() if "bytes" in samples.columns else [0] * len(samples)
     return [_padded(int(b)) + _padded(_JSON_ESTIMATE) + npy for b in sizes]
@@ -130,26 +132,26 @@ def _npy(vec: Any) -> bytes:
     return buf.getvalue()
 
 
-def _read_sample(row: dict[str, Any], read_bytes: Callable[[str], bytes]) -> tuple[bytes | None, dict | None]:
-    """The image bytes, or (None, error row) when the source is gone or changed since the inventory."""
+def _read_sample(row: dict[str, Any], read_bytes: Callable[[str], bytes]) -> bytes | dict:
+    """The image bytes, or the error row (a dict) when the source is gone or changed since the inventory."""
     try:
         data = read_bytes(row["uri"])
     except Exception as exc:  # noqa: BLE001 - recorded per sample, never fatal
         code = getattr(exc, "code", None) or ("not_found" if isinstance(exc, FileNotFoundError) else "read_error")
-        return None, {"image_id": row["image_id"], "uri": row["uri"], "error_code": str(code),
-                      "error_message": f"{type(exc).__name__}: {exc}"}
+        return {"image_id": row["image_id"], "uri": row["uri"], "error_code": str(code),
+                "error_message": f"{type(exc).__name__}: {exc}"}
     expected = row.get("sha256")
     if expected and hashlib.sha256(data).hexdigest() != expected:
-        return None, {"image_id": row["image_id"], "uri": row["uri"], "error_code": "changed_since_inventory",
-                      "error_message": f"sha256 differs from the inventory's {expected[:12]}...: the file changed "
-                                       "after the shard was inventoried; re-run the shard"}
-    return data, None
+        return {"image_id": row["image_id"], "uri": row["uri"], "error_code": "changed_since_inventory",
+                "error_message": f"sha256 differs from the inventory's {expected[:12]}...: the file changed "
+                                 "after the shard was inventoried; re-run the shard"}
+    return data
 
 
 class _Rows:
     """Manifest rows of the tar being written, flushed to the manifest every `limit` rows."""
 
-    def __init__(self, writer: ManifestWriter, schema: dict[str, pl.DataType], limit: int):
+    def __init__(self, writer: ManifestWriter, schema: Mapping[str, DType], limit: int):
         self.writer, self.schema, self.limit = writer, schema, limit
         self.buf: list[dict[str, Any]] = []
 
@@ -182,9 +184,9 @@ def _write_tar(rows: list[dict[str, Any]], tar_uri: str, tar_rel: str, read_byte
     try:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for row in rows:
-                data, err = _read_sample(row, read_bytes)
-                if err is not None:
-                    errs.append(err)
+                data = _read_sample(row, read_bytes)
+                if isinstance(data, dict):
+                    errs.append(data)
                     continue
                 key, ext = row["image_id"], image_extension(row.get("format"), row["uri"])
                 _tar_member(tar, f"{key}.{ext}", data)

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-CONTENT_COLUMNS = ("opaque_fraction", "opaque_brightness", "opaque_contrast", "opaque_entropy", "opaque_p05", "opaque_p95", "n_colors",
-                   "top_color_share", "ink_fraction", "edge_sharpness", "native_sharpness", "jpeg_quality")
+CONTENT_COLUMNS = ("opaque_fraction", "opaque_brightness", "opaque_contrast", "opaque_entropy", "opaque_p05", "opaque_p95",
+                   "n_colors", "top_color_share", "ink_fraction", "edge_sharpness", "native_sharpness", "jpeg_quality")
 
 SIGNAL_SIDE = 128  # colour/alpha statistics: nearest-neighbour subsample to at most this per side
 INK_LEVELS = 24  # grey distance from the dominant colour that counts as drawn

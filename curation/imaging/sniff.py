@@ -39,13 +39,12 @@ def broken_known_format(data: bytes) -> tuple[str, str] | None:
     """For bytes that carry a known image signature but that no plugin accepted: the code
     (CORRUPT or TRUNCATED) and the format plugin's own complaint (e.g. a bad CRC)."""
     is_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
-    for magic, name, module, cls in _MAGIC_PLUGINS:
-        if data.startswith(magic):
-            break
-    else:
+    plugin_ref = next(((name, module, cls) for magic, name, module, cls in _MAGIC_PLUGINS if data.startswith(magic)), None)
+    if plugin_ref is None:
         if not is_webp:
             return None
-        name, module, cls = "WEBP", "WebPImagePlugin", "WebPImageFile"
+        plugin_ref = ("WEBP", "WebPImagePlugin", "WebPImageFile")
+    name, module, cls = plugin_ref
 
     try:
         plugin = getattr(importlib.import_module(f"PIL.{module}"), cls)

@@ -127,7 +127,7 @@ def _detail(reason: str, metric: str, op: str | None, value: pl.Expr, threshold:
 def fired_details(cfg: QualityConfig, ok: pl.Expr, kind: pl.Expr, duplicate: pl.Expr) -> list[pl.Expr]:
     """One List(DETAIL_DTYPE)-able expression per condition: its detail struct when its check fired,
     else null; in REASONS order."""
-    out = [pl.when(~ok).then(_detail("corrupt", "error_code", None, pl.lit(None), None))]
+    out: list[pl.Expr] = [pl.when(~ok).then(_detail("corrupt", "error_code", None, pl.lit(None), None))]
     for chk in checks(cfg):
         fired = ok & kind.is_in(list(chk.kinds))
         for cond in chk.conditions:

@@ -26,6 +26,7 @@ import polars as pl
 from curation.quality import reject_counts
 from curation.report.counts import collect_columns, optional_columns, stage_counts_by_shard
 from curation.report.spec import SEMANTIC_COLUMNS, STAGE_ITEMS, STAGES, UNKNOWN_LABEL, Frame
+from curation.scalars import max_int, min_float
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _dup_stats(clu: pl.DataFrame, inv_ids: pl.Series) -> tuple[dict[str, Any], p
     stats = {
         "clusters_with_duplicates": int(multi.height),
         "duplicate_images": int((~clu["is_representative"].fill_null(True)).sum()),
-        "largest_cluster": int(grouped["size"].max() or 0) if grouped.height else 0,
+        "largest_cluster": max_int(grouped["size"]) if grouped.height else 0,
         "by_kind": kinds,
         "cross_shard": int((clu["rep_shard"] != clu["shard"]).fill_null(False).sum()),
     }
@@ -93,7 +94,7 @@ def _semantic_stats(sem: pl.DataFrame | None) -> tuple[dict[str, Any], pl.DataFr
     ).with_columns((pl.col("rows") + (~pl.col("rep_here")).cast(pl.Int64)).alias("size"))
     multi = grouped.filter(pl.col("size") > 1).sort(["size", "min_sim", "cluster_id"],
                                                     descending=[True, False, False], nulls_last=True)
-    min_sim = linked["similarity"].min()
+    min_sim = min_float(linked["similarity"])
     stats = {
         "available": True,
         "images_compared": int(sem.height),
@@ -101,8 +102,8 @@ def _semantic_stats(sem: pl.DataFrame | None) -> tuple[dict[str, Any], pl.DataFr
         "clusters_with_duplicates": int(multi.height),
         "linked_images": int(linked.height),
         "cross_shard": int((linked["rep_shard"] != linked["shard"]).fill_null(False).sum()),
-        "largest_cluster": int(multi["size"].max() or 0) if multi.height else 0,
-        "min_similarity": None if min_sim is None else round(float(min_sim), 4),
+        "largest_cluster": max_int(multi["size"]) if multi.height else 0,
+        "min_similarity": None if min_sim is None else round(min_sim, 4),
     }
     return stats, multi
 
@@ -250,7 +251,7 @@ def embedding_map(data: ReportData, embeddings: Frame | None, max_points: int) -
     if isinstance(emb.schema["embedding"], pl.Array):
         emb = emb.with_columns(pl.col("embedding").arr.to_list())
     lens = emb["embedding"].list.len()
-    dim = int(lens.max() or 0)
+    dim = max_int(lens)
     if dim < 2:
         data.map_note = f"Embeddings have {dim} dimension(s): nothing to project."
         return info

@@ -2,7 +2,8 @@
 
 `render_html(data, thumbnailer)` fills `templates/page.html` with the sections of `SECTIONS` in
 page order (each from `templates/<section>.html` with the context `curation.report.sections`
-builds), plus `IMAGENET_SECTION` after the classes when any image has an ImageNet label. Autoescaping is on for every template: each value written into the page is escaped
+builds), plus `IMAGENET_SECTION` after the classes when any image has an ImageNet label.
+Autoescaping is on for every template: each value written into the page is escaped
 (text and attributes; `None` renders as nothing), so file names, labels, messages and error codes
 can never become markup. Line breaks and the indentation after them are removed from `.html`
 templates when they are loaded, so the templates stay readable and the page stays compact.

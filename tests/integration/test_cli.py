@@ -187,7 +187,7 @@ def test_bad_setting_in_a_real_process_is_one_line(cli_env):
 def test_cli_builds_resources_and_leaves_the_environment_alone(curate_env, capsys, tmp_path):
     import math
 
-    from orchestration.cli import build_resources, run_config_for, _parse_args
+    from orchestration.cli import _parse_args, build_resources, run_config_for
     from orchestration.definitions import defs
     from partitions.shards import ShardRegistry
 

@@ -50,12 +50,12 @@ def test_production_instance_config_loads_on_postgres(prod_home):
 
 
 def _recon_job():
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
-
     # The code location reads its settings (CURATION_OUTPUT_ROOT, ...) when it loads, as a code server
     # does at start-up; this test changed them, so load it afresh (the in-process executor runs the
     # job in this process, where an earlier test may have imported it with other settings).
     import importlib
+
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     import orchestration.definitions
 
@@ -69,8 +69,8 @@ def _step_starts(instance, run_id) -> list[str]:
 
 
 def test_one_shard_fails_on_a_bad_setting_then_reexecutes_from_failure(prod_home, tmp_path, monkeypatch):
-    from partitions.shards import ShardRegistry
     from curation.sources import list_source
+    from partitions.shards import ShardRegistry
 
     src, out = tmp_path / "corpus", tmp_path / "outputs"
     written = build_photo_corpus(src)

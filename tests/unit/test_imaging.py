@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from curation import errors  # noqa: E402
 from curation import imaging as im  # noqa: E402
 from tests.hostile_corpus import (  # noqa: E402
-    ORIENTED_SIZE,
     _STORE_TRANSPOSE,
+    ORIENTED_SIZE,
     png_bomb,
     ycck_jpeg,
 )
