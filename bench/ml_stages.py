@@ -79,7 +79,7 @@ def main() -> None:
                 md = [m.metadata for m in res.asset_materializations_for_node(name) if "elapsed_s" in m.metadata]
                 if md:
                     timings[f"{label}:{name}"] = {"elapsed_s": float(md[0]["elapsed_s"].value)}
-            timings[f"{label}:wall_s"] = {"wall_s": round(wall, 2)}
+            timings[f"{label}:wall_s:{'+'.join(a.node_def.name for a in assets)}"] = {"wall_s": round(wall, 2)}
 
         with dg.instance_for_test() as instance:
             instance.add_dynamic_partitions(SHARDS.name, [key])
