@@ -15,6 +15,7 @@ from curation.stages import (
     DEDUP_CLUSTERS,
     IMAGE_CLASSIFICATIONS,
     IMAGE_EMBEDDINGS,
+    IMAGE_SCORES,
     RAW_INVENTORY,
     REPORT_STAGES,
     SEMANTIC_DUPLICATES,
@@ -52,10 +53,12 @@ def shard_report(context: dg.AssetExecutionContext, corpus: CorpusResource) -> d
 
 def _shard_report_one(context: dg.AssetExecutionContext, corpus: CorpusResource, shard: str) -> dict:
     from curation.report import build_shard_report, markdown_preview, preview_thumbs
+    from curation.scoring import apply_head_reasons
 
     t0 = time.monotonic()
     read = lambda stage: read_stage(context, corpus, stage, shard)  # noqa: E731
-    curated = read(CURATED_IMAGES)
+    # head reasons (low_aesthetic, nsfw, ...) are rejects like any other check
+    curated = apply_head_reasons(read(CURATED_IMAGES), _read_optional(context, corpus, IMAGE_SCORES, shard))
     out_dir = corpus.stage_dir(REPORTS_DIR, "shards", shard)
     summary = build_shard_report(
         shard, read(RAW_INVENTORY), read(DEDUP_CLUSTERS), curated,

@@ -68,8 +68,10 @@ def replicate(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     out = np.empty((n, x.shape[1]), np.float32)
     for start in range(0, n, 65536):
         m = min(65536, n - start)
-        rows = x[(np.arange(start, start + m)) % len(x)]
-        noise = rng.standard_normal(rows.shape, dtype=np.float32) * sigma if start >= len(x) else 0
+        idx = np.arange(start, start + m)
+        rows = x[idx % len(x)]
+        noise = rng.standard_normal(rows.shape, dtype=np.float32) * sigma
+        noise[idx < len(x)] = 0  # the base rows themselves are kept exact; every replica gets noise
         out[start:start + m] = unit_rows(rows + noise)
     return out
 

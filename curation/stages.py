@@ -101,6 +101,9 @@ DEDUP_INDEX = "dedup_index"
 CURATED_IMAGES = "curated_images"
 IMAGE_EMBEDDINGS = "image_embeddings"
 IMAGE_CLASSIFICATIONS = "image_classifications"
+IMAGE_SCORES = "image_scores"
+CURATED_EXPORT = "curated_export"
+SIMILARITY_INDEX = "similarity_index"
 SHARD_REPORT = "shard_report"
 SEMANTIC_DUPLICATES = "semantic_duplicates"
 SEMANTIC_INDEX = "semantic_index"
@@ -168,8 +171,31 @@ STAGES: tuple[Stage, ...] = (
                      "the reason in the metadata, when there is no probe trained on the current model)."),
     ),
     Stage(
+        IMAGE_SCORES, (IMAGE_EMBEDDINGS,), "ml", CURATE, in_report=True, compute=SMALL_CPU,
+        description=("Model-head scores over the embeddings (one Float column score_<name> per configured head, e.g. an "
+                     "aesthetic or NSFW head) and the head reasons each image fails (`low_aesthetic`, `nsfw`), with "
+                     "details. A head trained on another embedding model or dimension fails the step (not retried). "
+                     "With no heads configured: ids and empty reasons only."),
+    ),
+    Stage(
+        CURATED_EXPORT, (RAW_INVENTORY, CURATED_IMAGES, IMAGE_EMBEDDINGS, IMAGE_CLASSIFICATIONS, IMAGE_SCORES), "export", CURATE,
+        in_report=True, kinds=frozenset({"python", "webdataset", "parquet"}), compute=SMALL_CPU,
+        checks=("export_complete",),
+        description=("Training-ready export of the kept images that also pass every head: WebDataset tars (original "
+                     "bytes + JSON metadata, optional .npy embedding) and one Hugging Face-readable Parquet manifest per "
+                     "shard under <output_root>/curated_export/; images that could not be exported are in errors/. "
+                     "Atomic and resumable (curation/export)."),
+    ),
+    Stage(
+        SIMILARITY_INDEX, (IMAGE_EMBEDDINGS,), "ml", CURATE, in_report=True,
+        kinds=frozenset({"python", "faiss"}), compute=SMALL_CPU, checks=("similarity_index_complete",),
+        description=("Nearest-neighbour index over the embeddings, one faiss HNSW segment per shard "
+                     "(<output_root>/similarity_index/<shard>.faiss + .ids.parquet): a new shard builds only its own "
+                     "segment. Queried by `curate similar` and the report's similar-images view."),
+    ),
+    Stage(
         SHARD_REPORT, (RAW_INVENTORY, DEDUP_CLUSTERS, CURATED_IMAGES, IMAGE_EMBEDDINGS,
-                         IMAGE_CLASSIFICATIONS), "reports", CURATE,
+                         IMAGE_CLASSIFICATIONS, IMAGE_SCORES, SIMILARITY_INDEX), "reports", CURATE,
         kinds=frozenset({"python", "html", "polars"}), compute=SMALL_CPU,
         description=("What was kept, dropped and why for one shard: a self-contained HTML report (thumbnails, duplicate "
                      "strips, rejects per reason, classes, embedding map, time per stage) and summary.json."),

@@ -1,6 +1,7 @@
 """`curate`: the path for users without the daemon.
 
     curate run [--source NAME=URI ...] [--shard-size N] [--output-root DIR]   (= python -m orchestration.cli)
+    curate similar PATH_OR_ID [-k 20] [--html OUT.html] [--output-root DIR]
 
 registers every file of each source that is in no shard yet (shards of --shard-size), adds the
 shards as Dagster dynamic partitions in the instance at $DAGSTER_HOME, materialises every stage for
@@ -9,6 +10,10 @@ earlier shard; the few-shot probe is trained first when examples are configured 
 stored yet, or with --force / --retrain-probe), then writes the corpus summary. Runs go through Dagster
 in the real instance: they appear in `dagster dev` / the UI with their logs, metadata and checks.
 Re-running resumes: finished shards are skipped (use --force to redo them).
+
+`curate similar` prints the k nearest images of an image id of the corpus (its stored embedding) or
+of an image file (embedded with the configured embedder, as the embeddings stage does): rank,
+image_id, cosine score, source URI; `--html` also writes a page with their thumbnails.
 
 Flags win over the environment (`resources.environment`); the CLI builds the resources from both
 and gives them to every run as run config (recorded on the run), never by changing os.environ. A
@@ -56,7 +61,49 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument("--source", action="append", default=[])
         p.add_argument("--shard-size", default=None)
         p.add_argument("--output-root", default=None)
+    sim = sub.add_parser("similar", help="the nearest images of an image id or an image file")
+    sim.add_argument("query", metavar="PATH_OR_ID", help="an image_id of the corpus, or an image path / s3:// URI")
+    sim.add_argument("-k", type=int, default=20, help="neighbours to show (default 20)")
+    sim.add_argument("--html", default=None, metavar="OUT.html", help="also write an HTML page with thumbnails")
+    sim.add_argument("--output-root", default=None, help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT)")
     return ap.parse_args(argv)
+
+
+def similar(args: argparse.Namespace, environ=None) -> int:
+    """`curate similar`: see the module docstring. Bad settings and unanswerable queries: one line, exit 2."""
+    from curation import neighbours
+    from resources import environment as env
+
+    try:
+        if args.k < 1:
+            raise env.SettingError("-k", args.k, "a whole number >= 1")
+        root = (env.location("--output-root", args.output_root) if args.output_root is not None
+                else env.output_root(environ))
+        fields = env.embedder_settings(environ, strict=True)
+
+        def embed(uri: str):
+            from curation.imaging.policy import rgb_opener
+            from resources.models import EmbedderResource, get_cached_embedder
+
+            model = get_cached_embedder(EmbedderResource(**fields, environment_errors=[]).spec())
+            stored = neighbours.corpus_model(root)
+            if stored is not None and stored != model.model_id:
+                raise neighbours.QueryError(f"the corpus was embedded with {stored}, the configured embedder is "
+                                            f"{model.model_id}: set EMBEDDER_* to the corpus's model")
+            return model.embed_images([rgb_opener(None)(uri)])[0]
+
+        query = neighbours.query_of(root, args.query, embed)
+        hits = neighbours.nearest(root, query, args.k)
+    except (env.SettingError, neighbours.QueryError) as exc:
+        print(f"curate: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'image_id':<16}  {'score':<6}  uri    ({len(hits)} nearest to {query.label})")
+    for h in hits:
+        print(f"{h.image_id:<16}  {h.score:.4f}  {h.uri or ''}")
+    if args.html:
+        neighbours.render_html(query, hits, args.html)
+        print(f"wrote {args.html}")
+    return 0
 
 
 def build_resources(args: argparse.Namespace, environ=None) -> dict:
@@ -202,6 +249,8 @@ def _probe_ready(instance, corpus, classifier, retrain: bool) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.cmd == "similar":
+        return similar(args)
     from resources import environment as env
 
     try:

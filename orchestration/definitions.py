@@ -36,6 +36,7 @@ from assets import (
     classifications,
     dedup,
     embeddings,
+    export,
     freshness,
     inventory,
     quality,
@@ -65,8 +66,8 @@ def executor_for(deployment: str) -> dg.ExecutorDefinition:
     raise ValueError(f"CURATION_DEPLOYMENT={deployment!r}: expected 'local', 'k8s' or 'celery'")
 
 
-all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, reports, semantic])
-all_checks = [*asset_checks.ALL_CHECKS, semantic.semantic_representatives_exist]
+all_assets = dg.load_assets_from_modules([inventory, dedup, quality, embeddings, classifications, export, reports, semantic])
+all_checks = [*asset_checks.ALL_CHECKS, semantic.semantic_representatives_exist, *export.EXPORT_CHECKS]
 
 
 def check_against_registry(assets: Sequence[object], checks: list[dg.AssetChecksDefinition]) -> None:

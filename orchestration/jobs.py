@@ -30,7 +30,8 @@ curate_shard_job = dg.define_asset_job(
     selection=_select(CURATE),
     partitions_def=SHARDS,
     tags={"curation/stage": CURATE},
-    description="All six stages for one shard: inventory, dedup, quality filter, embeddings, labels, report. "
+    description="Every stage for one shard: inventory, dedup, quality filter, embeddings, labels, head scores, "
+                "training export, similarity index, report. "
                 "Few-shot labels come from the stored probe: run few_shot_probe_job first.",
 )
 

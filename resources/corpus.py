@@ -18,7 +18,14 @@ from curation import storage
 from partitions.shards import ShardRegistry
 from resources import environment as env
 from resources.environment import PROJECT_ROOT, SettingError, parse_sources  # noqa: F401 (public names)
-from resources.stages import DedupSettings, InventorySettings, QualitySettings
+from resources.stages import (
+    DedupSettings,
+    ExportSettings,
+    HeadSettings,
+    InventorySettings,
+    QualitySettings,
+    SimilaritySettings,
+)
 
 
 def default_output_root() -> str:
@@ -100,8 +107,17 @@ class StageSettings(dg.ConfigurableResource):
     inventory_workers: int = Field(default=0, description="processes per inventory step; 0 = all cores")
     dedup: DedupSettings = Field(default_factory=DedupSettings, description="curation.dedup.DedupConfig")
     quality: QualitySettings = Field(default_factory=QualitySettings, description="curation.quality.QualityConfig")
+    export: ExportSettings = Field(default_factory=ExportSettings, description="curation.export.ExportConfig")
+    similarity: SimilaritySettings = Field(default_factory=SimilaritySettings,
+                                           description="curation.similarity.IndexConfig")
+    heads: list[HeadSettings] = Field(default_factory=list,
+                                      description="model heads over the embeddings (curation.heads.HeadSpec each): "
+                                                  "score_<name> columns in image_scores, optional reject reasons")
 
     def model_post_init(self, context) -> None:
         if self.inventory_workers < 0:
             raise SettingError("StageSettings.inventory_workers", self.inventory_workers,
                                "a whole number >= 0 (0 = one process per core)")
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise SettingError("StageSettings.heads", names, "heads with distinct names")

@@ -1,7 +1,8 @@
 """Typed per-stage settings: one `dg.Config` class per library config dataclass.
 
 Each class mirrors the fields and defaults of its library dataclass (`curation.inventory.
-InventoryConfig`, `curation.dedup.DedupConfig`, `curation.quality.QualityConfig`), so the launchpad
+InventoryConfig`, `curation.dedup.DedupConfig`, `curation.quality.QualityConfig`, `curation.export.
+ExportConfig`, `curation.similarity.IndexConfig`, `curation.heads.HeadSpec`), so the launchpad
 shows every knob with its default and Dagster checks types when a run is launched. Values are
 checked when the config is built (at launch from the launchpad's run config, at definition time in
 Python): a bad value raises `resources.environment.SettingError`, one line ``StageSettings.
@@ -19,8 +20,11 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from curation.dedup import DedupConfig
+from curation.export.tars import ExportConfig
+from curation.heads import ACTIVATIONS, HeadSpec
 from curation.inventory import InventoryConfig
 from curation.quality import QualityConfig
+from curation.similarity import STORAGES, IndexConfig
 from resources.environment import SettingError
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -66,6 +70,7 @@ class StageConfig(dg.Config):
 
 
 _INV, _DEDUP, _QUALITY = InventoryConfig(), DedupConfig(), QualityConfig()
+_EXPORT, _INDEX = ExportConfig(), IndexConfig()
 
 
 class InventorySettings(StageConfig):
@@ -174,4 +179,71 @@ class QualitySettings(StageConfig):
                                     description="only a duplicate cluster's representative is kept")
 
 
-STAGE_CONFIGS: tuple[type[StageConfig], ...] = (InventorySettings, DedupSettings, QualitySettings)
+
+
+class ExportSettings(StageConfig):
+    """curation.export.ExportConfig: the training-ready export (WebDataset tars + Parquet manifest)."""
+
+    library: ClassVar[type] = ExportConfig
+    section: ClassVar[str] = "StageSettings.export"
+    rules: ClassVar[dict[str, Rule]] = {
+        "target_tar_bytes": (lambda v: v >= 64 * 1024, "a byte count >= 65536 (64 KiB)"),
+        "rows_per_group": (lambda v: v >= 1, "a whole number >= 1"),
+    }
+
+    target_tar_bytes: int = Field(default=_EXPORT.target_tar_bytes, description="bytes per WebDataset tar to aim at")
+    include_embedding: bool = Field(default=_EXPORT.include_embedding,
+                                    description="add <key>.npy (float32 embedding) to each sample and the manifest")
+    manifest_images: bool = Field(default=_EXPORT.manifest_images,
+                                  description="image bytes in the manifest's `image` column (Hugging Face Image)")
+    rows_per_group: int = Field(default=_EXPORT.rows_per_group, description="manifest rows per Parquet row group")
+
+
+class SimilaritySettings(StageConfig):
+    """curation.similarity.IndexConfig: the HNSW segment built per shard."""
+
+    library: ClassVar[type] = IndexConfig
+    section: ClassVar[str] = "StageSettings.similarity"
+    rules: ClassVar[dict[str, Rule]] = {
+        "m": (lambda v: v >= 2, "a whole number >= 2"),
+        "ef_construction": (lambda v: v >= 2, "a whole number >= 2"),
+        "ef_search": (lambda v: v >= 2, "a whole number >= 2"),
+        "storage": (lambda v: v in STORAGES, f"one of {', '.join(STORAGES)}"),
+    }
+
+    m: int = Field(default=_INDEX.m, description="HNSW graph degree")
+    ef_construction: int = Field(default=_INDEX.ef_construction, description="candidate list size when building")
+    ef_search: int = Field(default=_INDEX.ef_search, description="candidate list size when querying")
+    storage: str = Field(default=_INDEX.storage, description="vectors in the index: sq8 (1 B/dim), fp16, flat (4 B/dim)")
+
+
+class HeadSettings(StageConfig):
+    """curation.heads.HeadSpec: one model head over the embeddings (score column `score_<name>`)."""
+
+    library: ClassVar[type] = HeadSpec
+    section: ClassVar[str] = "StageSettings.heads"
+    rules: ClassVar[dict[str, Rule]] = {
+        "dim": POSITIVE,
+        "activations": (lambda v: len(v) == 2 and all(a in ACTIVATIONS for a in v),
+                        f"[hidden, output], each one of {', '.join(ACTIVATIONS)}"),
+    }
+
+    name: str = Field(description="head name: lower-case letters, digits, '_' (score column score_<name>)")
+    uri: str = Field(description="weights: local path, s3:// URI or hf-hub:<repo>/<file> (safetensors or .pt state dict)")
+    embedding_model: str = Field(description="embedder model_id the head was trained on (prefix at ':' allowed)")
+    dim: int = Field(description="embedding dimension the head expects")
+    activations: list[str] = Field(default=["none", "none"],
+                                   description="[between layers, on the output]: none | relu | gelu | sigmoid")
+    reason: str | None = Field(default=None, description="quality reason for images failing the rule, e.g. low_aesthetic")
+    reject_below: float | None = Field(default=None, description="scores below this get `reason`")
+    reject_above: float | None = Field(default=None, description="scores above this get `reason`")
+
+    def to_library(self) -> HeadSpec:
+        hidden, output = (self.activations + ["none", "none"])[:2]
+        return HeadSpec(name=self.name, uri=self.uri, embedding_model=self.embedding_model, dim=self.dim,
+                        hidden_activation=hidden, output_activation=output, reason=self.reason,
+                        reject_below=self.reject_below, reject_above=self.reject_above)
+
+
+STAGE_CONFIGS: tuple[type[StageConfig], ...] = (InventorySettings, DedupSettings, QualitySettings, ExportSettings,
+                                                 SimilaritySettings)  # heads: a list (StageSettings.heads)

@@ -93,6 +93,14 @@ def render() -> str:
             rules = "; ".join(f"`{k}`: {allowed}" for k, (_, allowed) in cls.rules.items())
             out += [f"### `settings.{section}`: {cls.__name__}", "", doc, "", f"Allowed: {rules}.", "",
                     *header, *_fields_table(getattr(settings, section), prefix=f"{section}."), ""]
+        from resources.stages import HeadSettings
+
+        example = HeadSettings(name="aesthetic", uri="/models/aesthetic-l14.safetensors", dim=768,
+                               embedding_model="open_clip:ViT-L-14:openai", reason="low_aesthetic", reject_below=4.5)
+        out += ["### `settings.heads[]`: HeadSettings", "", _first_paragraph(HeadSettings.__doc__), "",
+                "One entry per head in the `heads` list (empty by default). The values shown are an example, the "
+                "LAION aesthetic head; `name`, `uri`, `embedding_model` and `dim` are required.", "",
+                *header, *_fields_table(example, prefix="heads[]."), ""]
     out += ["## Environment variables", "",
             "Read by `resources/environment.py` unless another reader is named.", "",
             "| variable | meaning | default | allowed | read by |", "|---|---|---|---|---|"]

@@ -63,6 +63,9 @@ STAGE_ITEMS: dict[str, str] = {
     "image_classifications": "embedded",
     "classifications": "embedded",
     "classify": "embedded",
+    "image_scores": "embedded",
+    "similarity_index": "embedded",
+    "curated_export": "kept",
 }
 # Stage output folders under the output root (`CorpusResource.stage_uri`).
 STAGE_DIRS: dict[str, str] = {

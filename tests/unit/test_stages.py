@@ -26,7 +26,10 @@ def test_every_dataset_has_one_writer_and_upstreams_come_first():
     assert writer_of("semantic_center").name == writer_of("semantic_index").name == "semantic_duplicates"
     assert "few_shot_probe" in stage("image_classifications").upstream
     assert stages.SHARD_STAGES == ("raw_inventory", "dedup_clusters", "curated_images", "image_embeddings",
-                                   "image_classifications", "shard_report")
+                                   "image_classifications", "image_scores", "curated_export", "similarity_index",
+                                   "shard_report")
+    assert {"image_scores", "similarity_index"} <= set(stage("shard_report").upstream)
+    assert "image_scores" in stage("curated_export").upstream
     assert stages.REPORT_STAGES == stages.SHARD_STAGES[:-1]
     with pytest.raises(KeyError, match="unknown stage 'nope'"):
         stage("nope")
