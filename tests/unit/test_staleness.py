@@ -43,7 +43,7 @@ def test_a_quality_threshold_changes_curated_images_and_below_only():
 
 @pytest.mark.parametrize("settings,first", [
     (StageSettings(inventory_workers=1, inventory={"max_pixels": 10_000_000}), "raw_inventory"),
-    (StageSettings(inventory_workers=1, dedup={"phash_radius": 4}), "dedup_clusters"),
+    (StageSettings(inventory_workers=1, dedup={"phash_radius": 6}), "dedup_clusters"),
 ])
 def test_each_stage_setting_marks_its_stage_and_below(settings, first):
     assert changed(code_versions(resources()), code_versions(resources(settings=settings))) == below(first)
