@@ -78,7 +78,7 @@ def _image_scores_one(context, corpus: CorpusResource, settings: StageSettings, 
         "heads": ", ".join(h.name for h in settings.heads) or "none",
         "rejected_by_heads": int((scores["reasons"].list.len() > 0).sum()),
         "by_reason": counts_md({str(r): int(n) for r, n in reasons.iter_rows()}),
-        **{f"mean_{c}": round(float(m), 4) for c, m in means.items() if m is not None},
+        **{f"mean_{c}": round(float(m), 4) for c, m in means.items() if isinstance(m, (int, float))},
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
 
@@ -150,7 +150,8 @@ def _similarity_index_one(context, corpus: CorpusResource, settings: StageSettin
 
 
 @dg.asset_check(asset=CURATED_EXPORT, blocking=False, partitions_def=SHARDS,
-                description="Every kept image that passes the heads is exactly once in the manifest or the errors file; nothing else.")
+                description="Every kept image that passes the heads is exactly once in the manifest or the "
+                            "errors file; nothing else.")
 def export_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _export_complete_one(context, corpus, shard))
 

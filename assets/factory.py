@@ -45,12 +45,12 @@ def _deps(st: Stage) -> list[dg.AssetKey]:
 
 def _specs(st: Stage) -> list[dg.AssetSpec]:
     deps = _deps(st)
-    parts = {"partitions_def": SHARDS} if st.partitioned else {}
+    parts = SHARDS if st.partitioned else None
     own = dg.AssetSpec(st.name, deps=deps, group_name=st.group, kinds=set(st.kinds), owners=OWNERS,
-                       description=st.description, **parts)
+                       description=st.description, partitions_def=parts)
     extra = [dg.AssetSpec(d.name, deps=deps, group_name=st.group, kinds=set(d.kinds), owners=OWNERS,
                           description=f"{d.description} Written by the {st.name} step.", skippable=d.skippable,
-                          metadata={"written_by": st.name}, **parts)
+                          metadata={"written_by": st.name}, partitions_def=parts)
              for d in st.also_writes]
     return [own, *extra]
 

@@ -37,7 +37,9 @@ def stage_timings(instance: dg.DagsterInstance, shard: str) -> dict[str, float]:
         for rec in res.records:
             mat = rec.asset_materialization
             if mat is not None and "elapsed_s" in mat.metadata:
-                out[name] = float(mat.metadata["elapsed_s"].value)
+                value = mat.metadata["elapsed_s"].value
+                if isinstance(value, (int, float)):
+                    out[name] = float(value)
     return out
 
 
@@ -104,6 +106,13 @@ def _scan(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame
     return pl.scan_parquet(uris, missing_columns="insert", extra_columns="ignore")
 
 
+def _scan_required(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.LazyFrame:
+    frame = _scan(corpus, stage, shards)
+    if frame is None:
+        raise dg.Failure(f"no {stage} output for the curated shards {shards[:5]}: re-run them", allow_retries=False)
+    return frame
+
+
 @stage_asset(CURATION_SUMMARY)
 def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
     import duckdb
@@ -122,9 +131,10 @@ def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) 
         for k, v in stage_timings(context.instance, s).items():
             timings[k] = timings.get(k, 0.0) + v
     out_dir = corpus.stage_dir(REPORTS_DIR, "corpus")
+    inventory, clusters, curated = (_scan_required(corpus, stage, shards)
+                                    for stage in (RAW_INVENTORY, DEDUP_CLUSTERS, CURATED_IMAGES))
     summary = build_corpus_report(
-        _scan(corpus, RAW_INVENTORY, shards), _scan(corpus, DEDUP_CLUSTERS, shards),
-        _scan(corpus, CURATED_IMAGES, shards), _scan(corpus, IMAGE_EMBEDDINGS, shards),
+        inventory, clusters, curated, _scan(corpus, IMAGE_EMBEDDINGS, shards),
         _scan(corpus, IMAGE_CLASSIFICATIONS, shards), out_dir, timings=timings, shard_counts=shard_counts,
         semantic=_scan(corpus, SEMANTIC_DUPLICATES, shards),
     )

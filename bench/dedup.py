@@ -358,7 +358,7 @@ def clustering_only() -> None:
         "dedup_5m_skewed_seconds": runs["skewed_5000000"]["seconds"],
         "dedup_bytes_per_image": runs["uniform_5000000"]["bytes_per_image"],
         "dedup_bytes_per_image_skewed": runs["skewed_5000000"]["bytes_per_image"],
-        "clustering_rerun": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "clustering_rerun": {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                              "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                              "machine": machine() | {"load_avg_at_start": list(os.getloadavg())},
                              "note": "--clustering-only: skewed modes from the quick corpus; the other keys are "

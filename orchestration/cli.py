@@ -48,7 +48,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     run = sub.add_parser("run", help="register new files and materialise all stages for every shard")
     run.add_argument("--source", action="append", default=[], help="NAME=URI (local folder or s3://bucket/prefix); repeatable")
     run.add_argument("--shard-size", default=None, help="files per shard, >= 1 (default 10,000 or $CURATION_SHARD_SIZE)")
-    run.add_argument("--output-root", default=None, help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT or ./data/outputs)")
+    run.add_argument("--output-root", default=None,
+                     help="output folder or s3:// prefix (default $CURATION_OUTPUT_ROOT or ./data/outputs)")
     run.add_argument("--force", action="store_true", help="re-materialise shards that are already done")
     run.add_argument("--retrain-probe", action="store_true",
                      help="retrain the few-shot probe before the shards (after the examples changed)")

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from curation.schema import Schema
+
 __all__ = ["FLAG_ELIGIBLE", "FLAG_REP", "FLAG_SAME_BYTES", "FLAG_SUPERSEDES", "INDEX_SCHEMA", "DedupConfig"]
 
 
-INDEX_SCHEMA: dict[str, pl.DataType] = {
+INDEX_SCHEMA: Schema = {
     "image_id": pl.String,
     "shard": pl.String,
     "shard_seq": pl.Int32,  # registration order of the shard (0, 1, 2, ...): earlier shards win

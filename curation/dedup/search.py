@@ -5,7 +5,8 @@ equal keys give the candidate pairs, which `verify_candidates` checks. The searc
 every pair brute force finds); every pair is emitted once. Everything is vectorised numpy: one
 in-place 64-bit sort per combination. The key length is 64/(phash_radius+1) + 64/(dhash_radius+1)
 bits: 2/4 (32-bit keys) and 4/4 (~26-bit keys) cluster 5M hashes in seconds, the default 4/8
-(~20-bit keys, 45 combinations) in ~45 CPU-seconds (uniform hashes; dense near-copy modes cost more), while 8/8 (~14-bit keys) is fine for 100k
+(~20-bit keys, 45 combinations) in ~45 CPU-seconds (uniform hashes; dense near-copy modes cost more),
+while 8/8 (~14-bit keys) is fine for 100k
 but far too slow for 5M.
 """
 

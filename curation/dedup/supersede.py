@@ -31,12 +31,13 @@ import polars as pl
 
 from curation.dedup.config import FLAG_REP, FLAG_SUPERSEDES
 from curation.dedup.prepare import Assignment, ShardArrays
+from curation.schema import Schema
 
 __all__ = ["SUPERSEDE_SCHEMA", "SUPERSEDED", "corpus_keep", "find_supersedes", "supersede_records"]
 
 SUPERSEDED = "superseded"
 
-SUPERSEDE_SCHEMA: dict[str, pl.DataType] = {
+SUPERSEDE_SCHEMA: Schema = {
     "cluster_id": pl.String,  # the cluster (its first representative's image_id)
     "image_id": pl.String,  # the better copy, in `shard`
     "shard": pl.String,

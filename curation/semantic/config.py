@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
+from curation.schema import Schema
+
 __all__ = ["SEMANTIC_SCHEMA", "VECTOR_ENCODINGS", "SemanticDedupConfig", "index_schema"]
 
 
@@ -113,7 +115,7 @@ class SemanticDedupConfig:
             raise ValueError(f"index_vectors must be one of {VECTOR_ENCODINGS}")
 
 
-SEMANTIC_SCHEMA: dict[str, pl.DataType] = {
+SEMANTIC_SCHEMA: Schema = {
     "image_id": pl.String,
     "shard": pl.String,
     "cluster_id": pl.String,  # the representative's image_id
@@ -123,7 +125,7 @@ SEMANTIC_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def index_schema(cfg: SemanticDedupConfig, dim: int) -> dict[str, pl.DataType]:
+def index_schema(cfg: SemanticDedupConfig, dim: int) -> Schema:
     """Index columns for embeddings of dimension `dim` (`vec` depends on cfg.index_vectors)."""
     vec = {"float16": pl.Array(pl.Float16, dim), "int8": pl.Array(pl.Int8, dim),
            "proj": pl.Array(pl.Int8, cfg.proj_dim)}[cfg.index_vectors]

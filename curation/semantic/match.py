@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import polars as pl
 
+from curation.schema import Schema
 from curation.semantic.config import SemanticDedupConfig
 from curation.semantic.lsh import hamming_limits
 from curation.semantic.pairs import query_pairs
@@ -23,7 +24,7 @@ __all__ = ["MATCH_SCHEMA", "best_earlier_match", "match_earlier"]
 _MATCH_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "keys", "vec"]
 
 # q: row of the shard; seq: the earlier row's shard_seq; s: cosine with that representative
-MATCH_SCHEMA: dict[str, pl.DataType] = {"q": pl.Int64, "seq": pl.Int32, "s": pl.Float32, "cluster_id": pl.String,
+MATCH_SCHEMA: Schema = {"q": pl.Int64, "seq": pl.Int32, "s": pl.Float32, "cluster_id": pl.String,
                                         "rep_shard": pl.String}
 
 
@@ -74,5 +75,5 @@ def match_earlier(
             "cluster_id": reps["cluster_id"].cast(pl.String).gather(rr),
             "rep_shard": reps["rep_shard"].cast(pl.String).gather(rr),
         })
-        best = best_earlier_match(pl.concat([best, m.cast(empty.schema)]))  # type: ignore[arg-type]
+        best = best_earlier_match(pl.concat([best, m.cast(empty.schema)]))
     return best

@@ -58,7 +58,8 @@ def _pairs_in_runs(order: np.ndarray, start: np.ndarray, length: np.ndarray, max
             continue
         cum = np.cumsum(npairs[s:])
         e = s + max(1, int(np.searchsorted(cum, max_pairs, side="right")))
-        e = min(e, s + 1 + int(np.argmax(npairs[s + 1:e] > max_pairs)) if e > s + 1 and (npairs[s + 1:e] > max_pairs).any() else e)
+        over = npairs[s + 1:e] > max_pairs
+        e = min(e, s + 1 + int(np.argmax(over)) if e > s + 1 and over.any() else e)
         st, ln = start[s:e], length[s:e]
         # every (p, q) with 0 <= p < q < ln inside each run, vectorised
         pos = np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln, ln)
@@ -104,7 +105,8 @@ def query_pairs(
 
     The shard's (small) keys are sorted per band; the index is streamed past them in batches and
     looked up in a direct table of the shard's keys (binary search when band_bits > 20), so the
-    cost is O(index rows * n_bands) plus the candidates. qvec / ivec: unit float32 rows (`query_vectors`, `decode`); raw_index=True: ivec are
+    cost is O(index rows * n_bands) plus the candidates. qvec / ivec: unit float32 rows (`query_vectors`,
+    `decode`); raw_index=True: ivec are
     the index's stored vectors (`encode`), decoded here for candidate rows only (same values).
     max_hamming: optional per-query limit (`hamming_limits`) on the Hamming distance over all key
     bits; candidates beyond it are dropped before the exact cosine (a true pair is dropped with
