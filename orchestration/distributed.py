@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from celery import Celery
 from kombu import Queue
 
 from curation.stages import COMPUTE_TAG
+from resources import environment
 
 QUEUE_TAG = "dagster-celery/queue"  # == dagster_celery.tags.DAGSTER_CELERY_QUEUE_TAG
 PROFILE_TAG = COMPUTE_TAG  # "curation/compute": cpu | gpu, set on every stage by the registry
@@ -74,7 +74,7 @@ def queue_for_step(tags: Mapping[str, str], pool: str | None = None) -> str:
 @functools.cache
 def code_version() -> str:
     """CURATION_CODE_VERSION, else sha256 (16 hex) of every .py file of the code location's packages."""
-    env = os.environ.get("CURATION_CODE_VERSION", "").strip()
+    env = environment.raw("CURATION_CODE_VERSION")
     if env:
         return env
     h = hashlib.sha256()
@@ -86,7 +86,7 @@ def code_version() -> str:
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+    raw = environment.raw(name)
     try:
         value = int(raw) if raw else default
     except ValueError:
@@ -97,14 +97,14 @@ def _env_int(name: str, default: int) -> int:
 
 
 def celery_config() -> dict[str, Any]:
-    broker = os.environ.get("CURATION_CELERY_BROKER", "").strip() or DEFAULT_BROKER
+    broker = environment.raw("CURATION_CELERY_BROKER") or DEFAULT_BROKER
     if not broker.startswith(("redis://", "rediss://")):
         raise ValueError(f"CURATION_CELERY_BROKER={broker!r}: expected a redis:// or rediss:// URL")
     visibility = _env_int("CURATION_CELERY_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S)
     retry = {"max_retries": 120, "interval_start": 0, "interval_step": 0.5, "interval_max": 1.0}
     return {
         "broker_url": broker,
-        "result_backend": os.environ.get("CURATION_CELERY_BACKEND", "").strip() or broker,
+        "result_backend": environment.raw("CURATION_CELERY_BACKEND") or broker,
         "task_queues": [Queue(q, routing_key=q) for q in QUEUES],
         "task_default_queue": "cpu",
         "task_serializer": "json",

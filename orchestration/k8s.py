@@ -29,11 +29,11 @@ server (set by the Helm chart, `helm/image-curation/values.yaml` `gpu.*`):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
 
 from curation.stages import COMPUTE_TAG  # the op tag of every stage: cpu/gpu
+from resources import environment
 
 USER_DEFINED_K8S_CONFIG_KEY = "dagster-k8s/config"  # == dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY
 SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
@@ -77,7 +77,7 @@ SCRATCH_ENV = [
 
 
 def _env_json(name: str, default: Any) -> Any:
-    raw = os.environ.get(name, "").strip()
+    raw = environment.raw(name)
     if not raw:
         return default
     try:
@@ -95,7 +95,7 @@ def _env_json(name: str, default: Any) -> Any:
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+    raw = environment.raw(name)
     return int(raw) if raw else default
 
 
@@ -107,7 +107,7 @@ def gpu_node_selector() -> dict[str, str]:
 
 
 def gpu_resource_name() -> str:
-    return os.environ.get("CURATION_K8S_GPU_RESOURCE", "").strip() or DEFAULT_GPU_RESOURCE
+    return environment.raw("CURATION_K8S_GPU_RESOURCE") or DEFAULT_GPU_RESOURCE
 
 
 def gpu_tolerations() -> list[dict[str, Any]]:
@@ -246,7 +246,7 @@ def executor_config() -> dict[str, Any]:
         # At most one GPU step pod per run at a time; the `gpu` pool bounds them across runs.
         "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": 1}],
     }
-    ns = os.environ.get("CURATION_K8S_JOB_NAMESPACE", "").strip()
+    ns = environment.raw("CURATION_K8S_JOB_NAMESPACE")
     if ns:
         cfg["job_namespace"] = ns
     return cfg

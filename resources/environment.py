@@ -197,7 +197,7 @@ ENV_VARS: tuple[EnvSetting, ...] = (
            str(DEFAULT_BACKFILL_SHARDS_PER_RUN), "a whole number >= 1", lambda s, raw: positive_int(s, raw),
            lambda: DEFAULT_BACKFILL_SHARDS_PER_RUN),
     EnvSetting("CURATION_DEPLOYMENT", "Executor of the code location: in-process or one Kubernetes Job per step.",
-           "local", "`local` or `k8s`", _choice(DEPLOYMENTS), lambda: "local"),
+           "local", "`local`, `k8s` or `celery`", _choice(DEPLOYMENTS), lambda: "local"),
     EnvSetting("CURATION_REPORT_URL", "Base URL serving `<output_root>/reports` (`make dev` starts one): the "
            "shard and corpus reports get a one-click `report_link` in the UI.", "unset (no link; `make dev`: "
            "`http://127.0.0.1:$(REPORT_PORT)`)", "an http:// or https:// URL", _http_base, lambda: None),
@@ -231,6 +231,16 @@ ENV_VARS: tuple[EnvSetting, ...] = (
         ("CURATION_K8S_MAX_CONCURRENT", "Step pods at once within one run.", "8", "a whole number"),
         ("CURATION_K8S_JOB_NAMESPACE", "Namespace of step Jobs.", "the run's namespace", "a namespace"),
     )),
+    *(EnvSetting(name, meaning, default, allowed, read_by="orchestration/distributed.py")
+      for name, meaning, default, allowed in (
+        ("CURATION_CELERY_BROKER", "Celery broker of the distributed path (CURATION_DEPLOYMENT=celery).",
+         "`redis://127.0.0.1:6379/0`", "a redis:// or rediss:// URL"),
+        ("CURATION_CELERY_BACKEND", "Celery result backend.", "the broker", "a redis:// or rediss:// URL"),
+        ("CURATION_CELERY_VISIBILITY_TIMEOUT_S", "Seconds before an unacknowledged step is redelivered (longer "
+         "than the longest step).", "7200", "a whole number of seconds"),
+        ("CURATION_CODE_VERSION", "Code version workers and runs compare (a worker with another refuses steps).",
+         "a hash of the project's .py files", "any string"),
+    )),
     *(EnvSetting(name, meaning, "unset", allowed, read_by="s3fs (curation/storage.py)") for name, meaning, allowed in (
         ("AWS_ACCESS_KEY_ID", "S3 access key (never stored in configuration).", "a key id"),
         ("AWS_SECRET_ACCESS_KEY", "S3 secret key (never stored in configuration).", "a secret"),
@@ -238,6 +248,15 @@ ENV_VARS: tuple[EnvSetting, ...] = (
     )),
 )
 BY_NAME: dict[str, EnvSetting] = {v.name: v for v in ENV_VARS}
+
+
+def raw(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The stripped raw value of a listed variable ('' when unset), for the executors that parse
+    their own (orchestration/k8s.py, orchestration/distributed.py): every read of the deployment's
+    environment goes through this module, and only listed variables can be read."""
+    if name not in BY_NAME:
+        raise KeyError(f"{name} is not in resources.environment.ENV_VARS")
+    return (os.environ if environ is None else environ).get(name, "").strip()
 CORPUS_VARS = ("CURATION_SOURCES", "CURATION_OUTPUT_ROOT", "CURATION_SHARD_SIZE",
                "CURATION_BACKFILL_SHARDS_PER_RUN", "CURATION_DEPLOYMENT")
 EMBEDDER_VARS = ("EMBEDDER_KIND", "EMBEDDER_MODEL", "EMBEDDER_PRETRAINED", "EMBEDDER_DEVICE",

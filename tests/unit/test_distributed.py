@@ -23,7 +23,11 @@ def test_every_step_of_the_shard_job_is_routed_gpu_stage_to_gpu_rest_to_cpu():
     plan = distributed._routed_plan(create_execution_plan(defs.resolve_job_def("curate_shard")))
     queues = {s.key: s.tags[distributed.QUEUE_TAG] for s in plan.step_dict.values()}
     assert queues.pop("image_embeddings") == "gpu"
-    assert set(queues.values()) == {"cpu"} and len(queues) == 10  # five stages, five checks
+    from curation.stages import CURATE, stages_in
+
+    stages = stages_in(CURATE)
+    n_steps = len(stages) + sum(len(st.checks) for st in stages)  # one step per stage and per check
+    assert set(queues.values()) == {"cpu"} and len(queues) == n_steps - 1
     assert plan.get_step_by_key("image_embeddings").tags[distributed.QUEUE_TAG] == "gpu"
 
 
