@@ -17,7 +17,7 @@ from tests.pgdb import pg_database, prod_home  # noqa: F401  (fixtures)
 from tests.photo_corpus import build_photo_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("raw_inventory", "dedup_clusters", "curated_images")
+STAGES = ("raw_inventory", "dedup_clusters", "dedup_index", "curated_images")  # dedup_index: written by the dedup step
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -82,26 +82,24 @@ def test_one_shard_fails_on_a_bad_setting_then_reexecutes_from_failure(prod_home
 
     selection = [dg.AssetKey(s) for s in STAGES]
     execution: dict = {}
-    bad = {**execution, "resources": {"settings": {"config": {"quality": {"no_such_setting": 1}}}}}
+    # a bad value: the typed settings validate it when the run's resources are set up, before any
+    # step runs (one line naming the setting, never retried); the fix is re-executed from failure
+    bad = {**execution, "resources": {"settings": {"config": {"quality": {"photo_min_edge": 5.0}}}}}
 
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("shards", [shard.key])
-        with dg.execute_job(_recon_job(), instance, run_config=bad, asset_selection=selection,
-                            tags={"dagster/partition": shard.key, "curation/stage": "curate"},
-                            raise_on_error=False) as first:
-            assert not first.success
-            first_id = first.run_id
+        first = dg.execute_job(_recon_job(), instance, run_config=bad, asset_selection=selection,
+                               tags={"dagster/partition": shard.key, "curation/stage": "curate"},
+                               raise_on_error=False)  # no `with`: its resources cannot be set up again
+        assert not first.success
+        first_id = first.run_id
         assert instance.get_run_by_id(first_id).status == dg.DagsterRunStatus.FAILURE
-        failed = [e.step_key for e in instance.all_logs(first_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
-        assert failed == ["curated_images"]
-        failure = instance.all_logs(first_id, of_type=dg.DagsterEventType.STEP_FAILURE)[0]
-        assert "no_such_setting" in failure.dagster_event.step_failure_data.error.to_string()
-        # the stages before it did their work and are recorded
-        for stage in ("raw_inventory", "dedup_clusters"):
-            assert (out / stage / f"{shard.key}.parquet").exists()
-            assert instance.get_latest_materialization_event(dg.AssetKey(stage)).dagster_event.partition == shard.key
+        init = instance.all_logs(first_id, of_type=dg.DagsterEventType.RESOURCE_INIT_FAILURE)
+        assert init and "photo_min_edge" in init[0].dagster_event.event_specific_data.error.to_string()
+        assert not instance.all_logs(first_id, of_type=dg.DagsterEventType.STEP_START)  # nothing ran
+        assert not (out / "raw_inventory" / f"{shard.key}.parquet").exists()
 
-        # Fix the setting and re-execute only what failed.
+        # Fix the setting and re-execute from failure.
         # (execute_job does not copy the parent's tags as the UI and the run-retry daemon do: pass them)
         options = dg.ReexecutionOptions.from_failure(first_id, instance)
         parent_tags = instance.get_run_by_id(first_id).tags
@@ -111,8 +109,7 @@ def test_one_shard_fails_on_a_bad_setting_then_reexecutes_from_failure(prod_home
             assert second.success
             second_id = second.run_id
         started = _step_starts(instance, second_id)
-        assert "curated_images" in started
-        assert not {"raw_inventory", "dedup_clusters"} & set(started), started  # not redone
+        assert {"raw_inventory", "dedup_clusters", "curated_images"} <= set(started), started
         run = instance.get_run_by_id(second_id)
         assert run.parent_run_id == first_id and run.root_run_id == first_id
         assert run.tags["dagster/partition"] == shard.key
@@ -122,7 +119,7 @@ def test_one_shard_fails_on_a_bad_setting_then_reexecutes_from_failure(prod_home
         records = instance.get_run_records(dg.RunsFilter(run_ids=[first_id, second_id]))
         assert {r.dagster_run.run_id: r.dagster_run.status for r in records} == {
             first_id: dg.DagsterRunStatus.FAILURE, second_id: dg.DagsterRunStatus.SUCCESS}
-        for stage, run_id in (("raw_inventory", first_id), ("dedup_clusters", first_id), ("curated_images", second_id)):
+        for stage, run_id in (("raw_inventory", second_id), ("dedup_clusters", second_id), ("curated_images", second_id)):
             res = instance.fetch_materializations(dg.AssetKey(stage), limit=10)
             mats = [r for r in res.records if r.run_id in (first_id, second_id)]
             assert [(m.run_id, m.partition_key) for m in mats] == [(run_id, shard.key)], stage
