@@ -254,7 +254,7 @@ def test_a_shard_runs_end_to_end_with_sources_and_outputs_on_s3(s3, monkeypatch,
 
     importlib.reload(orchestration.definitions)
     repo = ReconstructableRepository.for_module("orchestration.definitions", "defs", working_directory=str(ROOT))
-    stages = ["raw_inventory", "dedup_clusters", "curated_images"]
+    stages = ["raw_inventory", "dedup_clusters", "dedup_index", "curated_images"]  # the dedup step writes both
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("shards", [shard.key])
         with dg.execute_job(repo.get_reconstructable_job("curate_shard"), instance,
