@@ -288,7 +288,8 @@ def test_sigkill_mid_inventory_and_mid_embedding_then_rerun(tmp_path, monkeypatc
         assert failure and "is gone (killed?)" in failure[-1].message
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
     statuses = [r.status for r in instance.get_runs()]
-    assert statuses.count(dg.DagsterRunStatus.SUCCESS) == 3 and dg.DagsterRunStatus.STARTED not in statuses
+    shard_statuses = [r.status for r in instance.get_runs() if "curation/shard" in r.tags]  # not the probe's run
+    assert shard_statuses.count(dg.DagsterRunStatus.SUCCESS) == 3 and dg.DagsterRunStatus.STARTED not in statuses
     print(f"\nreference run {t_ref:.1f} s; final rerun {t_rerun:.1f} s; chunks reused {len(chunks_done)}/{n_chunks}; "
           "the killed run's gpu slot was freed")
 
