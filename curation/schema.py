@@ -68,6 +68,8 @@ INVENTORY_SCHEMA: Schema = {
     "ink_fraction": pl.Float32,  # share of all pixels drawn (opaque, > 24 levels from the dominant colour)
     "edge_sharpness": pl.Float32,  # top-1% neighbour step / grey range at native scale (0..1)
     "native_sharpness": pl.Float32,  # Laplacian variance at native scale (never upscaled)
+    "edge_ratio_min": pl.Float32,  # blurriest direction: top-1% 1-px step / top-1% 2-px step (0.5 wide .. 1 crisp)
+    "edge_ratio_max": pl.Float32,  # sharpest direction, the same ratio
     "jpeg_quality": pl.Int16,  # libjpeg quality estimated from the quantisation table; null if not JPEG
 }
 

@@ -150,6 +150,8 @@ class QualitySettings(StageConfig):
         "dark_p95": GREY_LEVEL, "dark_mean": GREY_LEVEL, "bright_mean": GREY_LEVEL, "bright_p05": GREY_LEVEL,
         "photo_min_edge": NON_NEGATIVE, "photo_soft_edge": NON_NEGATIVE,
         "photo_min_native_sharpness": NON_NEGATIVE, "graphic_min_edge": NON_NEGATIVE,
+        "photo_max_edge_ratio": NON_NEGATIVE, "photo_motion_edge_ratio": NON_NEGATIVE,
+        "photo_motion_spread": NON_NEGATIVE, "graphic_max_edge_ratio": NON_NEGATIVE,
     }
 
     profile: str = Field(default=_QUALITY.profile, description="how each image's kind is found: auto | photo | graphics")
@@ -175,6 +177,14 @@ class QualitySettings(StageConfig):
                                               description="... (native Laplacian variance below this) are blurry")
     graphic_min_edge: float = Field(default=_QUALITY.graphic_min_edge,
                                     description="graphics and cutouts: edge sharpness below this is blurry")
+    photo_max_edge_ratio: float = Field(default=_QUALITY.photo_max_edge_ratio,
+                                        description="photos: sharpest direction's edge ratio below this is blurry")
+    photo_motion_edge_ratio: float = Field(default=_QUALITY.photo_motion_edge_ratio,
+                                           description="photos: blurriest direction's edge ratio below this ...")
+    photo_motion_spread: float = Field(default=_QUALITY.photo_motion_spread,
+                                       description="... with the sharpest this much above it is blurry (motion)")
+    graphic_max_edge_ratio: float = Field(default=_QUALITY.graphic_max_edge_ratio,
+                                          description="graphics and cutouts: sharpest edge ratio below this is blurry")
     reject_duplicates: bool = Field(default=_QUALITY.reject_duplicates,
                                     description="only a duplicate cluster's representative is kept")
 

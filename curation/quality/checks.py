@@ -57,7 +57,7 @@ EMPTY_OPAQUE = 0.001  # a cutout with fewer opaque pixels than this shows nothin
 
 @dataclass(frozen=True)
 class Condition:
-    metric: str  # a column name, or a derived metric of `_metric`
+    metric: str  # a column name, or a derived metric of `_metric` (short_side, aspect_ratio, edge_ratio_spread)
     op: str  # "<" or ">"
     threshold: float
 
@@ -99,7 +99,16 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("blurry", PHOTO, (c("edge_sharpness", "<", cfg.photo_min_edge),)),
         Check("blurry", PHOTO, (c("edge_sharpness", "<", cfg.photo_soft_edge),
                                 c("native_sharpness", "<", cfg.photo_min_native_sharpness))),
+        # every direction's strongest edges spread over 2+ px (Gaussian blur, upscaled thumbnail)
+        Check("blurry", PHOTO, (c("edge_ratio_max", "<", cfg.photo_max_edge_ratio),
+                                c("top_color_share", "<", cfg.near_empty_share))),
+        # one direction smeared, another not (motion blur, camera shake)
+        Check("blurry", PHOTO, (c("edge_ratio_min", "<", cfg.photo_motion_edge_ratio),
+                                c("edge_ratio_spread", ">", cfg.photo_motion_spread),
+                                c("top_color_share", "<", cfg.near_empty_share))),
         Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),)),
+        Check("blurry", DRAWN, (c("edge_ratio_max", "<", cfg.graphic_max_edge_ratio),
+                                c("top_color_share", "<", cfg.near_empty_share))),
         Check("compressed", ALL_KINDS, (c("jpeg_quality", "<", cfg.min_jpeg_quality),)),
     )
 
@@ -108,6 +117,8 @@ def _metric(name: str) -> pl.Expr:
     short = pl.min_horizontal("width", "height").cast(pl.Float64)
     if name == "short_side":
         return short
+    if name == "edge_ratio_spread":
+        return pl.col("edge_ratio_max").cast(pl.Float64) - pl.col("edge_ratio_min").cast(pl.Float64)
     if name == "aspect_ratio":
         return pl.max_horizontal("width", "height").cast(pl.Float64) / pl.max_horizontal(short, pl.lit(1.0))
     return pl.col(name).cast(pl.Float64)

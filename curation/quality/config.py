@@ -15,7 +15,9 @@ _RANGES = {"min_side": (1, _INF), "max_aspect_ratio": (1.0, _INF), "photo_max_as
            "near_empty_ink": (0.0, 1.0), "dark_p95": (0.0, 255.0), "dark_mean": (0.0, 255.0),
            "bright_mean": (0.0, 255.0), "bright_p05": (0.0, 255.0), "photo_min_edge": (0.0, 1.0),
            "photo_soft_edge": (0.0, 1.0), "photo_min_native_sharpness": (0.0, _INF),
-           "graphic_min_edge": (0.0, 1.0)}
+           "graphic_min_edge": (0.0, 1.0), "photo_max_edge_ratio": (0.0, 1.5),
+"photo_motion_edge_ratio": (0.0, 1.5),
+           "photo_motion_spread": (0.0, 1.0), "graphic_max_edge_ratio": (0.0, 1.5)}
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,27 @@ class QualityConfig:
       photo (edge_sharpness < 0.25) whose Laplacian variance at native scale (never upscaled) is
       under 3 has no fine detail left anywhere; focused photos are 30-6,000, the softest clean
       ones of the labelled set (microscopy) 3-10.
+    - photo_max_edge_ratio=0.58 (`blurry`, third rule): the sharpest direction's edge ratio
+      (content.edge_ratio_max: top-1% 1-pixel step / top-1% 2-pixel step, 0.5 = every strong edge
+      spread over 2+ px, 1 = one-pixel edges) under 0.58: even the crispest edges are soft.
+      Gaussian blurs read 0.50-0.56 and upscaled thumbnails 0.50-0.58, focused photos 0.6-0.95.
+      Sources that are soft by nature read like blurs (skimage's phase-contrast `cell`: 0.51-0.59);
+      lower it (0.52 keeps most of them and still finds strong blurs) for microscopy corpora.
+    - photo_motion_edge_ratio=0.55 with photo_motion_spread=0.05 (`blurry`, motion rule): the
+      blurriest direction under 0.55 while the sharpest is at least 0.05 above it: a motion blur
+      smears edges along its direction only. Focused photos' blurriest direction is >= 0.56
+      (skimage's `clock`, documented as shot while moving the camera, reads 0.52-0.56).
+    - The blur rules on edge ratios skip near-empty canvases (top_color_share >= near_empty_share):
+      a speck on a page is `low_entropy`, its soft outline is no blur.
     Graphics and cutouts (flat colour, hard edges, or transparency) get:
     - graphic_min_edge=0.35 (`blurry`): drawn edges are 0.45-1.0 when crisp; a blurred or
       upscaled drawing is 0.1-0.3. Brightness and entropy are not judged for them: white icons on
       transparency and two-tone art are fine (a fully flat image still fails `low_contrast`).
+    - graphic_max_edge_ratio=0.64 (`blurry`, second rule): drawn edges step in one pixel (edge
+      ratio 0.7-1.0 in the sharpest direction); an upscaled or blurred drawing reads 0.50-0.64.
     - reject_duplicates=True: only a cluster's representative enters the curated set.
+    The edge-ratio thresholds were chosen on half A of the labelled set (bench/accuracy.py
+    `halves`, split by source) and are reported on both halves.
     """
 
     profile: str = "auto"
@@ -76,6 +94,10 @@ class QualityConfig:
     photo_soft_edge: float = 0.25
     photo_min_native_sharpness: float = 3.0
     graphic_min_edge: float = 0.35
+    photo_max_edge_ratio: float = 0.58
+    photo_motion_edge_ratio: float = 0.55
+    photo_motion_spread: float = 0.05
+    graphic_max_edge_ratio: float = 0.64
     reject_duplicates: bool = True
 
     def __post_init__(self) -> None:

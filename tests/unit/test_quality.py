@@ -213,3 +213,67 @@ def test_inventories_without_content_signals_still_evaluate():
     out = evaluate(inv.drop(*CONTENT_COLUMNS), cl.drop("distance"), QualityConfig())
     assert out["reasons"].to_list() == [[], ["too_small"], ["low_contrast"]]
     assert out["content_kind"].to_list() == ["photo"] * 3
+
+
+def _motion(img: Image.Image, length: int, dy: int, dx: int) -> Image.Image:
+    """A linear motion blur of `length` px along (dy, dx): the mean of shifted copies, wrapped
+    borders cropped."""
+    a = np.asarray(img, dtype=np.float64)
+    acc = sum(np.roll(a, (k * dy, k * dx), axis=(0, 1)) for k in range(length)) / length
+    return Image.fromarray(acc[length:-length, length:-length].round().astype(np.uint8))
+
+
+def test_edge_ratios_find_gaussian_blur_upscaled_thumbnails_and_motion_blur():
+    cfg = QualityConfig()
+    named: dict[str, bytes] = {}
+    for name in ("astronaut", "camera", "coffee", "rocket"):
+        photo = skimage_photo(name)
+        side = min(photo.size)
+        named[name] = _png(photo)
+        named[f"{name}_gauss"] = _png(photo.filter(ImageFilter.GaussianBlur(0.02 * side)))
+        thumb = photo.resize((48, round(48 * photo.size[1] / photo.size[0])), Image.LANCZOS)
+        named[f"{name}_upscaled"] = _png(thumb.resize(photo.size, Image.BICUBIC))
+        for tag, (dy, dx) in {"h": (0, 1), "v": (1, 0), "d": (1, 1)}.items():
+            named[f"{name}_motion_{tag}"] = _png(_motion(photo, int(0.05 * side), dy, dx))
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    out = _curate(named, cfg)
+    for name in ("astronaut", "camera", "coffee", "rocket"):
+        sharp = rows[name]
+        # a focused photo: one-pixel edges in every direction
+        assert sharp["edge_ratio_min"] > cfg.photo_motion_edge_ratio + 0.05 and sharp["edge_ratio_max"] > 0.65
+        assert out[name]["keep"], (name, out[name]["reject_details"])
+        for kind in ("gauss", "upscaled"):  # isotropic: even the sharpest direction is 2+ px wide
+            r = rows[f"{name}_{kind}"]
+            assert r["edge_ratio_max"] < cfg.photo_max_edge_ratio, (name, kind, r["edge_ratio_max"])
+            assert any(d["metric"] == "edge_ratio_max" and d["value"] < d["threshold"] == cfg.photo_max_edge_ratio
+                       for d in out[f"{name}_{kind}"]["reject_details"])
+        for tag in ("h", "v", "d"):  # anisotropic: smeared along the motion, crisper across it
+            key = f"{name}_motion_{tag}"
+            r = rows[key]
+            # the edge-crispness rules alone miss it: the edges across the motion stay crisp
+            assert r["edge_sharpness"] > cfg.photo_min_edge and r["native_sharpness"] > cfg.photo_min_native_sharpness
+            assert r["edge_ratio_min"] < cfg.photo_motion_edge_ratio, (key, r["edge_ratio_min"])
+            details = {d["metric"]: d for d in out[key]["reject_details"] if d["reason"] == "blurry"}
+            assert {"edge_ratio_min", "edge_ratio_max"} & set(details), (key, details)
+            if tag in ("h", "v"):  # along an axis: the motion rule itself, with its spread
+                assert r["edge_ratio_max"] - r["edge_ratio_min"] > cfg.photo_motion_spread, (key, r)
+                assert details["edge_ratio_min"]["value"] < details["edge_ratio_min"]["threshold"] == cfg.photo_motion_edge_ratio
+                assert details["edge_ratio_spread"]["value"] > details["edge_ratio_spread"]["threshold"] == cfg.photo_motion_spread
+
+
+def test_edge_ratios_of_drawn_images_and_degenerate_frames():
+    from curation.imaging.content import content_signals
+
+    sprite = next(p for p in arcade_sprites() if Image.open(p).mode == "RGBA" and min(Image.open(p).size) >= 64)
+    rgba = Image.open(sprite).convert("RGBA")
+    crisp = analyse_image(_png(rgba))
+    up = rgba.resize((rgba.width // 4, rgba.height // 4), Image.LANCZOS).resize(rgba.size, Image.BICUBIC)
+    soft = analyse_image(_png(up))
+    cfg = QualityConfig()
+    assert crisp["edge_ratio_max"] > cfg.graphic_max_edge_ratio > soft["edge_ratio_max"], (crisp, soft)
+    out = _curate({"crisp": _png(rgba), "soft": _png(up)}, cfg)
+    assert out["crisp"]["keep"] and "blurry" in out["soft"]["reasons"]
+    for img in (Image.new("L", (2, 40), 128), Image.new("RGB", (64, 64), (200, 10, 10))):  # too thin; flat
+        rgb = img.convert("RGB")
+        sig = content_signals(img, img, rgb, 128)
+        assert sig["edge_ratio_min"] is None and sig["edge_ratio_max"] is None
