@@ -149,7 +149,8 @@ def quality(root: Path) -> dict:
     out["halves_note"] = ("the set split by `source` (sha1 of the source name, even/odd): every crop, "
                           "degradation and size of one source image lies in one half; thresholds were tuned on A "
                           "(the edge-ratio blur rules: photo_max_edge_ratio, photo_motion_edge_ratio, "
-                          "photo_motion_spread, graphic_max_edge_ratio), B is held out")
+                          "photo_motion_spread, graphic_max_edge_ratio; the clipping rule: bright_clip_share, "
+                          "bright_rolloff, bright_min_edge_ratio), B is held out")
     out["threshold_sweep"] = threshold_sweep(df)
     return out
 

@@ -147,7 +147,8 @@ class QualitySettings(StageConfig):
         "min_jpeg_quality": (lambda v: 0 <= v <= 100, "a JPEG quality in [0, 100]"),
         "near_empty_share": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
         "near_empty_ink": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
-        "dark_p95": GREY_LEVEL, "dark_mean": GREY_LEVEL, "bright_mean": GREY_LEVEL, "bright_p05": GREY_LEVEL,
+        "dark_p95": GREY_LEVEL, "dark_mean": GREY_LEVEL, "bright_rolloff": GREY_LEVEL,
+        "bright_clip_share": (lambda v: 0 <= v <= 1, "a share in [0, 1]"), "bright_min_edge_ratio": NON_NEGATIVE,
         "photo_min_edge": NON_NEGATIVE, "photo_soft_edge": NON_NEGATIVE,
         "photo_min_native_sharpness": NON_NEGATIVE, "graphic_min_edge": NON_NEGATIVE,
         "photo_max_edge_ratio": NON_NEGATIVE, "photo_motion_edge_ratio": NON_NEGATIVE,
@@ -168,8 +169,12 @@ class QualitySettings(StageConfig):
     near_empty_ink: float = Field(default=_QUALITY.near_empty_ink, description="drawn share below this, with the above")
     dark_p95: float = Field(default=_QUALITY.dark_p95, description="photos: 95th grey percentile below this ...")
     dark_mean: float = Field(default=_QUALITY.dark_mean, description="... and mean below this are too_dark")
-    bright_mean: float = Field(default=_QUALITY.bright_mean, description="photos: mean above this ...")
-    bright_p05: float = Field(default=_QUALITY.bright_p05, description="... and 5th percentile above this are too_bright")
+    bright_clip_share: float = Field(default=_QUALITY.bright_clip_share,
+                                     description="photos and graphics: clipped share above this ...")
+    bright_rolloff: float = Field(default=_QUALITY.bright_rolloff,
+                                  description="... with the grey next to the clipped pixels above this ...")
+    bright_min_edge_ratio: float = Field(default=_QUALITY.bright_min_edge_ratio,
+                                         description="... in a picture whose blurriest edge ratio is above this: too_bright")
     photo_min_edge: float = Field(default=_QUALITY.photo_min_edge, description="photos: edge sharpness below this is blurry")
     photo_soft_edge: float = Field(default=_QUALITY.photo_soft_edge,
                                    description="photos: soft edges below this with little native detail ...")

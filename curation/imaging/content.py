@@ -40,14 +40,22 @@ CONTENT_COLUMNS:
                     the sharpest: a Gaussian blur or an upscaled thumbnail has every direction near 0.5
                     (max < ~0.58), a motion blur smears one direction only (min ~0.5, max well above),
                     a focused photo is 0.6-0.95 in every direction. Null where `edge_sharpness` is.
+  clip_share        share of the pixels (where `native_sharpness` is measured, composited) at grey
+                    >= CLIP_LEVEL: blown highlights, or a white page / background.
+  clip_rolloff      median grey of the unclipped pixels next to a clipped one (4-neighbours; null
+                    when no pixel or every pixel is clipped): an over-exposed photo rolls off softly into its blown
+                    areas (~235-250), clip art meets its white page at its outlines and colours
+                    (~150-225). A blurred drawing on white rolls off softly too (see
+                    QualityConfig.bright_min_edge_ratio).
   jpeg_quality      libjpeg quality (1..100) estimated from the file's luminance quantisation
                     table (header only, free); null for other formats. Quality 4-10 re-encodes
                     carry 5-10x the standard table; camera and web JPEGs are 70-98.
 
 The colour/alpha statistics use a nearest-neighbour subsample of at most SIGNAL_SIDE pixels per
 side (exact colours, no blending). Cost: ~1-1.5 ms per image on a 2-core machine (numpy on the
-reduced frame; no BLAS calls), of which the edge ratios ~0.5 ms (~8% of stage 1 in-process, measured
-on 500 images of the bench's quality set). Never raises for an 8-bit frame of any size >= 1 x 1.
+reduced frame; no BLAS calls), of which the edge ratios and clipping statistics ~0.4-0.6 ms (~10%
+of stage 1 in-process, measured on 500 images of the bench's quality set). Never raises for an 8-bit
+frame of any size >= 1 x 1.
 """
 
 from __future__ import annotations
@@ -59,10 +67,12 @@ from PIL import Image
 
 CONTENT_COLUMNS = ("opaque_fraction", "opaque_brightness", "opaque_contrast", "opaque_entropy", "opaque_p05", "opaque_p95",
                    "n_colors", "top_color_share", "ink_fraction", "edge_sharpness", "native_sharpness", "edge_ratio_min",
-                   "edge_ratio_max", "jpeg_quality")
+                   "edge_ratio_max", "clip_share", "clip_rolloff", "jpeg_quality")
 
 SIGNAL_SIDE = 128  # colour/alpha statistics: nearest-neighbour subsample to at most this per side
 INK_LEVELS = 24  # grey distance from the dominant colour that counts as drawn
+LINE_STRIDE = 2  # edge ratios: diagonal and 2-pixel steps on every other line (cost; 3 is noisier)
+CLIP_LEVEL = 250  # grey at or above which a pixel counts as clipped (clip_share, clip_rolloff)
 MIN_RANGE = 8.0  # p99 - p1 grey range below which an image has no edge to measure (edge_sharpness null)
 _LEVELS = np.arange(256, dtype=np.float64)
 # libjpeg's standard luminance quantisation table (quality 50), any order: only its sum is used.
@@ -144,24 +154,41 @@ def _edge_ratios(g: np.ndarray, hv: tuple[np.ndarray, np.ndarray]) -> tuple[floa
     """(min, max) over the directions 0/45/90/135 degrees of top-1% 1-pixel step / top-1% 2-pixel
     step of the uint8 grey image `g` (at least 3 x 3); `hv` the histograms of its vertical and
     horizontal 1-pixel steps (taken for edge_sharpness). The diagonal and 2-pixel steps are taken
-    on every other line across the step's direction (half the cost; the top 1% of half the
-    steps estimates the top 1% of all of them)."""
+    on every LINE_STRIDE-th line across the step's direction (half the cost at 2; the top 1% of
+    half the steps estimates the top 1% of all of them, a stride of 3 reads noticeably noisier)."""
+    s = LINE_STRIDE
     one = {90: _top_mean(hv[0], max(1, int(hv[0].sum()) // 100)), 0: _top_mean(hv[1], max(1, int(hv[1].sum()) // 100)),
-           45: _step_top(g[1::2, 1:], g[:-1:2, :-1]), 135: _step_top(g[1::2, :-1], g[:-1:2, 1:])}
-    two = {90: _step_top(g[2:, ::2], g[:-2, ::2]), 0: _step_top(g[::2, 2:], g[::2, :-2]),
-           45: _step_top(g[2::2, 2:], g[:-2:2, :-2]), 135: _step_top(g[2::2, :-2], g[:-2:2, 2:])}
+           45: _step_top(g[1::s, 1:], g[:-1:s, :-1]), 135: _step_top(g[1::s, :-1], g[:-1:s, 1:])}
+    two = {90: _step_top(g[2:, ::s], g[:-2, ::s]), 0: _step_top(g[::s, 2:], g[::s, :-2]),
+           45: _step_top(g[2::s, 2:], g[:-2:s, :-2]), 135: _step_top(g[2::s, :-2], g[:-2:s, 2:])}
     ratios = [one[d] / two[d] if two[d] > 0 else 1.0 for d in (0, 45, 90, 135)]
     return min(ratios), max(ratios)
 
 
+def _clip_stats(grey: np.ndarray) -> dict[str, float | None]:
+    """clip_share and clip_rolloff (the lower median, an integer grey) of a uint8 grey image."""
+    clipped = grey >= CLIP_LEVEL
+    n = int(np.count_nonzero(clipped))
+    if n == 0 or n == grey.size:
+        return {"clip_share": n / grey.size, "clip_rolloff": None}
+    hist = np.zeros(256, dtype=np.int64)
+    for near, far, c_near, c_far in ((grey[:, 1:], grey[:, :-1], clipped[:, 1:], clipped[:, :-1]),
+                                     (grey[1:, :], grey[:-1, :], clipped[1:, :], clipped[:-1, :])):
+        hist += np.bincount(near[c_far & ~c_near], minlength=256)  # unclipped pixel right of / below a clipped one
+        hist += np.bincount(far[c_near & ~c_far], minlength=256)  # ... left of / above one
+    cdf = np.cumsum(hist)
+    return {"clip_share": n / grey.size, "clip_rolloff": float(np.searchsorted(cdf, cdf[-1] / 2))}
+
+
 def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
-    """edge_sharpness, native_sharpness and the directional edge ratios of the composited frame's
-    grey, never upscaled."""
+    """edge_sharpness, native_sharpness, the directional edge ratios and the clipping statistics of
+    the composited frame's grey, never upscaled."""
     k = max(1, min(flat.size) // size)
     grey_img = flat if flat.mode == "L" else flat.convert("L")
     grey = np.asarray(grey_img.reduce(k) if k > 1 else grey_img)
     if grey.shape[0] < 3 or grey.shape[1] < 3:
-        return {"edge_sharpness": None, "native_sharpness": 0.0, "edge_ratio_min": None, "edge_ratio_max": None}
+        return {"edge_sharpness": None, "native_sharpness": 0.0, "edge_ratio_min": None, "edge_ratio_max": None,
+                "clip_share": None, "clip_rolloff": None}
     g = grey.astype(np.int16)
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
     hv = (np.bincount(np.abs(np.diff(g, axis=0)).reshape(-1), minlength=256),
@@ -175,7 +202,8 @@ def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
     rmin, rmax = _edge_ratios(grey, hv) if ranged else (None, None)
     lv = lap.astype(np.float64).reshape(-1)
     var = float(np.einsum("i,i->", lv, lv)) / lv.size - (float(lv.sum()) / lv.size) ** 2  # einsum: no BLAS threads
-    return {"edge_sharpness": crisp, "native_sharpness": max(0.0, var), "edge_ratio_min": rmin, "edge_ratio_max": rmax}
+    return {"edge_sharpness": crisp, "native_sharpness": max(0.0, var), "edge_ratio_min": rmin, "edge_ratio_max": rmax,
+            **_clip_stats(grey)}
 
 
 def content_signals(img: Image.Image, frame: Image.Image, flat: Image.Image, size: int) -> dict[str, Any]:

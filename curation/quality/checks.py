@@ -57,8 +57,9 @@ EMPTY_OPAQUE = 0.001  # a cutout with fewer opaque pixels than this shows nothin
 
 @dataclass(frozen=True)
 class Condition:
-    metric: str  # a column name, or a derived metric of `_metric` (short_side, aspect_ratio, edge_ratio_spread)
-    op: str  # "<" or ">"
+    metric: str  # a column name, or a derived metric of `_metric` (short_side, aspect_ratio,
+    # edge_ratio_spread, jpeg_quality_or_lossless)
+    op: str  # "<", ">" or ">="
     threshold: float
 
 
@@ -90,7 +91,12 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("extreme_aspect_ratio", DRAWN, (c("aspect_ratio", ">", cfg.max_aspect_ratio),)),
         Check("extreme_aspect_ratio", PHOTO, (c("aspect_ratio", ">", cfg.photo_max_aspect_ratio),)),
         Check("too_dark", OPAQUE, (c("opaque_p95", "<", cfg.dark_p95), c("opaque_brightness", "<", cfg.dark_mean))),
-        Check("too_bright", PHOTO, (c("opaque_brightness", ">", cfg.bright_mean), c("opaque_p05", ">", cfg.bright_p05))),
+        # blown highlights that roll off softly (a photo, not a white page), in a picture that is
+        # neither blurred nor heavily compressed (either one rolls drawn edges off into white too)
+        Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
+                                     c("clip_rolloff", ">", cfg.bright_rolloff),
+                                     c("edge_ratio_min", ">", cfg.bright_min_edge_ratio),
+                                     c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))),
         Check("low_contrast", OPAQUE, (c("contrast", "<", cfg.min_contrast),)),
         # a cutout's content is its shape: a white icon on white is flat once composited, but not empty
         Check("low_contrast", CUTOUT, (c("contrast", "<", cfg.min_contrast), c("opaque_fraction", "<", EMPTY_OPAQUE))),
@@ -117,6 +123,8 @@ def _metric(name: str) -> pl.Expr:
     short = pl.min_horizontal("width", "height").cast(pl.Float64)
     if name == "short_side":
         return short
+    if name == "jpeg_quality_or_lossless":  # 100 for files without JPEG tables
+        return pl.col("jpeg_quality").cast(pl.Float64).fill_null(100.0)
     if name == "edge_ratio_spread":
         return pl.col("edge_ratio_max").cast(pl.Float64) - pl.col("edge_ratio_min").cast(pl.Float64)
     if name == "aspect_ratio":
@@ -126,7 +134,9 @@ def _metric(name: str) -> pl.Expr:
 
 def _holds(cond: Condition) -> pl.Expr:
     m = _metric(cond.metric)
-    return (m < cond.threshold) if cond.op == "<" else (m > cond.threshold)
+    if cond.op == "<":
+        return m < cond.threshold
+    return (m > cond.threshold) if cond.op == ">" else (m >= cond.threshold)
 
 
 def _detail(reason: str, metric: str, op: str | None, value: pl.Expr, threshold: float | None) -> pl.Expr:

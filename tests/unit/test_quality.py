@@ -40,7 +40,7 @@ def test_every_reason_is_recorded_and_complete():
         {"error_code": "truncated", "width": None, "height": None, "brightness": None},
         {"width": 6, "height": 400},  # too small AND extreme aspect ratio
         {"opaque_brightness": 10.0, "opaque_p95": 30.0, "contrast": 1.5},  # dark and low contrast
-        {"opaque_brightness": 240.0, "opaque_p05": 180.0},  # blown out
+        {"clip_share": 0.4, "clip_rolloff": 245.0, "edge_ratio_min": 0.7, "edge_ratio_max": 0.8},  # blown out
         {"edge_sharpness": 0.03},  # blurry
         {"top_color_share": 0.995, "ink_fraction": 0.002},  # an empty canvas with a speck
         {"jpeg_quality": 8},
@@ -68,6 +68,11 @@ def test_every_reason_is_recorded_and_complete():
          "threshold": cfg.photo_max_aspect_ratio}]
     dark = {d["metric"]: (d["value"], d["threshold"]) for d in details_of(out, "i3") if d["reason"] == "too_dark"}
     assert dark == {"opaque_p95": (30.0, cfg.dark_p95), "opaque_brightness": (10.0, cfg.dark_mean)}
+    bright = {d["metric"]: (d["op"], d["value"], d["threshold"]) for d in details_of(out, "i4")}
+    assert bright == {"clip_share": (">", pytest.approx(0.4), cfg.bright_clip_share),
+                      "clip_rolloff": (">", 245.0, cfg.bright_rolloff),
+                      "edge_ratio_min": (">", pytest.approx(0.7), cfg.bright_min_edge_ratio),
+                      "jpeg_quality_or_lossless": (">=", 100.0, cfg.min_jpeg_quality)}  # a PNG: no JPEG tables
     assert details_of(out, "i8")[0]["value"] == 3.0  # pHash distance to its representative
     assert details_of(out, "i0") == []
 
@@ -80,13 +85,13 @@ def test_thresholds_and_profile_are_configurable_and_bad_settings_fail():
         QualityConfig.from_overrides({"min_sidee": 3})
     with pytest.raises(ValueError, match="profile"):
         QualityConfig.from_overrides({"profile": "icons"})
-    # a pale, crisp flat-colour drawing: a graphic under auto/graphics, judged as a photo under `photo`
-    pale = {"opaque_brightness": 230.0, "opaque_p05": 150.0, "top_color_share": 0.6, "n_colors": 40, "edge_sharpness": 0.9}
-    inv, cl = frames([pale])
+    # a 5:1 crisp flat-colour banner: a graphic under auto/graphics, judged as a photo under `photo`
+    banner = {"width": 1000, "height": 200, "top_color_share": 0.6, "n_colors": 40, "edge_sharpness": 0.9}
+    inv, cl = frames([banner])
     kinds = {p: evaluate(inv, cl, QualityConfig(profile=p)).row(0, named=True) for p in ("auto", "graphics", "photo")}
     assert kinds["auto"]["content_kind"] == "graphic" and kinds["auto"]["keep"]
     assert kinds["graphics"]["keep"]
-    assert kinds["photo"]["content_kind"] == "photo" and kinds["photo"]["reasons"] == ["too_bright"]
+    assert kinds["photo"]["content_kind"] == "photo" and kinds["photo"]["reasons"] == ["extreme_aspect_ratio"]
 
 
 # ---------------------------------------------------------------------------- real images, end to end
@@ -150,8 +155,7 @@ def test_real_photos_are_kept_and_degradations_rejected_with_value_and_threshold
         named[f"{name}_blur"] = _png(photo.filter(ImageFilter.GaussianBlur(0.04 * min(photo.size))))
         named[f"{name}_under"] = _jpeg(_expose(photo, -6.0), 90)
         named[f"{name}_q6"] = _jpeg(photo, 6)
-    # blown out: +4 / +5 stops leave no dark tones (a photo with true blacks, like astronaut's sky,
-    # keeps them and is not judged over-exposed: see QualityConfig.bright_p05)
+    # blown out: +4 / +5 stops clip large areas that roll off softly (QualityConfig.bright_rolloff)
     named["chelsea_over"] = _jpeg(_expose(skimage_photo("chelsea"), 4.0), 90)
     named["rocket_over"] = _jpeg(_expose(skimage_photo("rocket"), 5.0), 90)
     named["blank"] = _png(Image.new("RGB", (400, 300), (238, 236, 230)))
@@ -168,7 +172,7 @@ def test_real_photos_are_kept_and_degradations_rejected_with_value_and_threshold
         assert failed and all(d["value"] is not None and d["threshold"] is not None for d in failed)
         for d in failed:  # the recorded value really fails the recorded threshold
             assert d["value"] < d["threshold"] if d["op"] == "<" else d["value"] > d["threshold"]
-    assert out["blank"]["reasons"] == ["too_bright", "low_contrast", "low_entropy"]  # a blank page fails all three
+    assert out["blank"]["reasons"] == ["low_contrast", "low_entropy"]  # a blank page: nothing clipped, no edges
     flat = [d for d in out["blank"]["reject_details"] if d["reason"] == "low_contrast"]
     assert flat == [{"reason": "low_contrast", "metric": "contrast", "op": "<", "value": 0.0, "threshold": cfg.min_contrast}]
 
@@ -277,3 +281,39 @@ def test_edge_ratios_of_drawn_images_and_degenerate_frames():
         rgb = img.convert("RGB")
         sig = content_signals(img, img, rgb, 128)
         assert sig["edge_ratio_min"] is None and sig["edge_ratio_max"] is None
+
+
+def test_clipping_signals_tell_a_blown_out_photo_from_clip_art_on_white():
+    cfg = QualityConfig()
+    named = {}
+    stops = {"chelsea": 4.0, "coffee": 3.0, "rocket": 5.0}
+    for name, st in stops.items():
+        photo = skimage_photo(name)
+        named[name] = _jpeg(photo, 92)
+        named[f"{name}_over"] = _jpeg(_expose(photo, st), 90)
+    # drawn sprites flattened on a white page (opaque): large clipped areas met at hard outlines
+    pages = []
+    for p in [p for p in arcade_sprites() if Image.open(p).mode == "RGBA"][::7]:  # spread over the kinds of sprite
+        page = Image.new("RGBA", Image.open(p).size, (255, 255, 255, 255))
+        page.alpha_composite(Image.open(p).convert("RGBA"))
+        if np.asarray(page.convert("L")).min() < 128:  # skip white-on-transparency art (a blank page here)
+            pages.append(page.convert("RGB"))
+    assert len(pages) >= 8
+    for i, page in enumerate(pages[:16]):
+        named[f"on_white{i}"] = _png(page)
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    out = _curate(named, cfg)
+    for name in stops:
+        assert rows[name]["clip_share"] < cfg.bright_clip_share and out[name]["keep"], (name, rows[name]["clip_share"])
+        r = rows[f"{name}_over"]
+        assert r["clip_share"] > cfg.bright_clip_share and r["clip_rolloff"] > cfg.bright_rolloff, (name, r)
+        assert "too_bright" in out[f"{name}_over"]["reasons"]
+    on_white = [k for k in named if k.startswith("on_white")]
+    clipped = [k for k in on_white if rows[k]["clip_share"] > cfg.bright_clip_share]
+    assert len(clipped) >= 12  # the white page is clipped like a blown-out photo ...
+    soft = [k for k in clipped if rows[k]["clip_rolloff"] > cfg.bright_rolloff]
+    # ... but met at outlines and colours; one playing card's grey-shaded face rolls off softly
+    assert len(soft) <= 1, [(k, rows[k]["clip_rolloff"]) for k in soft]
+    assert [k for k in on_white if "too_bright" in out[k]["reasons"]] == soft
+    flat = analyse_image(_png(Image.new("RGB", (64, 48), (255, 255, 255))))
+    assert flat["clip_share"] == 1.0 and flat["clip_rolloff"] is None  # nothing unclipped to roll off into
