@@ -153,6 +153,7 @@ class QualitySettings(StageConfig):
         "photo_min_native_sharpness": NON_NEGATIVE, "graphic_min_edge": NON_NEGATIVE,
         "photo_max_edge_ratio": NON_NEGATIVE, "photo_motion_edge_ratio": NON_NEGATIVE,
         "photo_motion_spread": NON_NEGATIVE, "graphic_max_edge_ratio": NON_NEGATIVE,
+        "graphic_soft_edge_ratio": NON_NEGATIVE, "graphic_ratio_max_edge": NON_NEGATIVE,
     }
 
     profile: str = Field(default=_QUALITY.profile, description="how each image's kind is found: auto | photo | graphics")
@@ -181,7 +182,9 @@ class QualitySettings(StageConfig):
     photo_min_native_sharpness: float = Field(default=_QUALITY.photo_min_native_sharpness,
                                               description="... (native Laplacian variance below this) are blurry")
     graphic_min_edge: float = Field(default=_QUALITY.graphic_min_edge,
-                                    description="graphics and cutouts: edge sharpness below this is blurry")
+                                    description="graphics and cutouts: edge sharpness below this ...")
+    graphic_soft_edge_ratio: float = Field(default=_QUALITY.graphic_soft_edge_ratio,
+                                           description="... with the sharpest edge ratio below this is blurry")
     photo_max_edge_ratio: float = Field(default=_QUALITY.photo_max_edge_ratio,
                                         description="photos: sharpest direction's edge ratio below this is blurry")
     photo_motion_edge_ratio: float = Field(default=_QUALITY.photo_motion_edge_ratio,
@@ -189,7 +192,9 @@ class QualitySettings(StageConfig):
     photo_motion_spread: float = Field(default=_QUALITY.photo_motion_spread,
                                        description="... with the sharpest this much above it is blurry (motion)")
     graphic_max_edge_ratio: float = Field(default=_QUALITY.graphic_max_edge_ratio,
-                                          description="graphics and cutouts: sharpest edge ratio below this is blurry")
+                                          description="graphics and cutouts: sharpest edge ratio below this ...")
+    graphic_ratio_max_edge: float = Field(default=_QUALITY.graphic_ratio_max_edge,
+                                          description="... with edge sharpness below this is blurry")
     reject_duplicates: bool = Field(default=_QUALITY.reject_duplicates,
                                     description="only a duplicate cluster's representative is kept")
 

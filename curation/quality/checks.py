@@ -112,8 +112,10 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("blurry", PHOTO, (c("edge_ratio_min", "<", cfg.photo_motion_edge_ratio),
                                 c("edge_ratio_spread", ">", cfg.photo_motion_spread),
                                 c("top_color_share", "<", cfg.near_empty_share))),
-        Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),)),
+        Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),
+                                c("edge_ratio_max", "<", cfg.graphic_soft_edge_ratio))),
         Check("blurry", DRAWN, (c("edge_ratio_max", "<", cfg.graphic_max_edge_ratio),
+                                c("edge_sharpness", "<", cfg.graphic_ratio_max_edge),
                                 c("top_color_share", "<", cfg.near_empty_share))),
         Check("compressed", ALL_KINDS, (c("jpeg_quality", "<", cfg.min_jpeg_quality),)),
     )

@@ -18,7 +18,8 @@ _RANGES = {"min_side": (1, _INF), "max_aspect_ratio": (1.0, _INF), "photo_max_as
            "photo_soft_edge": (0.0, 1.0), "photo_min_native_sharpness": (0.0, _INF),
            "graphic_min_edge": (0.0, 1.0), "photo_max_edge_ratio": (0.0, 1.5),
 "photo_motion_edge_ratio": (0.0, 1.5),
-           "photo_motion_spread": (0.0, 1.0), "graphic_max_edge_ratio": (0.0, 1.5)}
+           "photo_motion_spread": (0.0, 1.0), "graphic_max_edge_ratio": (0.0, 1.5),
+           "graphic_soft_edge_ratio": (0.0, 1.5), "graphic_ratio_max_edge": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,24 @@ class QualityConfig:
     - photo_motion_edge_ratio=0.55 with photo_motion_spread=0.05 (`blurry`, motion rule): the
       blurriest direction under 0.55 while the sharpest is at least 0.05 above it: a motion blur
       smears edges along its direction only. Focused photos' blurriest direction is >= 0.56
-      (skimage's `clock`, documented as shot while moving the camera, reads 0.52-0.56).
+      (skimage's `clock`, documented as shot while moving the camera, reads 0.52-0.56; the bench
+      labels it motion-blurred).
     - The blur rules on edge ratios skip near-empty canvases (top_color_share >= near_empty_share):
       a speck on a page is `low_entropy`, its soft outline is no blur.
     Graphics and cutouts (flat colour, hard edges, or transparency) get:
-    - graphic_min_edge=0.35 (`blurry`): drawn edges are 0.45-1.0 when crisp; a blurred or
-      upscaled drawing is 0.1-0.3. Brightness and entropy are not judged for them: white icons on
-      transparency and two-tone art are fine (a fully flat image still fails `low_contrast`).
-    - graphic_max_edge_ratio=0.64 (`blurry`, second rule): drawn edges step in one pixel (edge
-      ratio 0.7-1.0 in the sharpest direction); an upscaled or blurred drawing reads 0.50-0.64.
+    - graphic_min_edge=0.35 with graphic_soft_edge_ratio=0.66 (`blurry`): edge sharpness
+      (strongest steps over the grey range) under 0.35 AND the sharpest direction's edge ratio under
+      0.66. Crisp drawn edges are 0.45-1.0; a blurred or upscaled drawing is 0.1-0.3 with every
+      edge ratio 0.50-0.68. The edge ratio keeps flat-colour art whose strongest steps are small
+      anti-aliased steps between similar colours (arcade's 128 px tiles: sharpness 0.26-0.35, edge
+      ratio 0.69-0.90; they were rejected before the ratio joined). Brightness and entropy are not
+      judged for them: white icons on transparency and two-tone art are fine (a fully flat image
+      still fails `low_contrast`).
+    - graphic_max_edge_ratio=0.64 with graphic_ratio_max_edge=0.40 (`blurry`, second rule): the
+      sharpest direction's edge ratio under 0.64 (drawn edges step in one pixel: 0.7-1.0; an
+      upscaled or blurred drawing reads 0.50-0.64) AND edge sharpness under 0.40: a shape drawn with
+      a wide anti-aliased outline (arcade's xbox d-pad prompts: ratio 0.49-0.59) still has its full
+      contrast in few steps (sharpness 0.41-0.44).
     - reject_duplicates=True: only a cluster's representative enters the curated set.
     The edge-ratio and clipping thresholds were chosen on half A of the labelled set (bench/accuracy.py
     `halves`, split by source) and are reported on both halves.
@@ -109,6 +119,8 @@ class QualityConfig:
     photo_motion_edge_ratio: float = 0.55
     photo_motion_spread: float = 0.05
     graphic_max_edge_ratio: float = 0.64
+    graphic_soft_edge_ratio: float = 0.66
+    graphic_ratio_max_edge: float = 0.40
     reject_duplicates: bool = True
 
     def __post_init__(self) -> None:

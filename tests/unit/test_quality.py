@@ -317,3 +317,28 @@ def test_clipping_signals_tell_a_blown_out_photo_from_clip_art_on_white():
     assert [k for k in on_white if "too_bright" in out[k]["reasons"]] == soft
     flat = analyse_image(_png(Image.new("RGB", (64, 48), (255, 255, 255))))
     assert flat["clip_share"] == 1.0 and flat["clip_rolloff"] is None  # nothing unclipped to roll off into
+
+
+def test_crisp_flat_colour_tiles_are_kept_and_their_upscaled_thumbnails_are_blurry():
+    # arcade's 128 px tiles and d-pad prompts: flat colour whose strongest steps are small anti-aliased
+    # steps between similar colours (edge_sharpness < graphic_min_edge) or a wide anti-aliased outline
+    # (edge ratio < graphic_max_edge_ratio): crisp art the blur rules once rejected
+    cfg = QualityConfig()
+    wanted = {"dirtHalf.png", "stoneHalf_mid.png", "dpad_down.png"}
+    files = {p.name: p for p in arcade_sprites() if p.name in wanted}
+    assert set(files) == wanted, sorted(files)
+    named = {}
+    for name, path in files.items():
+        rgba = Image.open(path).convert("RGBA")
+        named[name] = _png(rgba)
+        thumb = rgba.resize((32, 32), Image.LANCZOS)  # a 32 px thumbnail blown up 4x with bicubic
+        named[f"{name}_up"] = _png(thumb.resize((128, 128), Image.BICUBIC))
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    assert rows["dirtHalf.png"]["edge_sharpness"] < cfg.graphic_min_edge  # the old rule alone rejected it
+    assert rows["dirtHalf.png"]["edge_ratio_max"] > cfg.graphic_soft_edge_ratio
+    assert rows["dpad_down.png"]["edge_ratio_max"] < cfg.graphic_max_edge_ratio  # the ratio rule alone rejected it
+    assert rows["dpad_down.png"]["edge_sharpness"] > cfg.graphic_ratio_max_edge
+    out = _curate(named, cfg)
+    for name in wanted:
+        assert out[name]["keep"], (name, out[name]["reject_details"], rows[name])
+        assert "blurry" in out[f"{name}_up"]["reasons"], (name, rows[f"{name}_up"])
