@@ -201,7 +201,7 @@ STAGES: tuple[Stage, ...] = (
                      "strips, rejects per reason, classes, embedding map, time per stage) and summary.json."),
     ),
     Stage(
-        SEMANTIC_DUPLICATES, (IMAGE_EMBEDDINGS,), "dedup", SEMANTIC,
+        SEMANTIC_DUPLICATES, (IMAGE_EMBEDDINGS, RAW_INVENTORY), "dedup", SEMANTIC,
         compute=Compute(cpu="2", memory="4Gi"), retry=WAIT_FOR_EARLIER,
         checks=("semantic_representatives_exist",),
         also_writes=(
