@@ -139,6 +139,7 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
     storage.write_parquet(rows, uri)
     storage.write_parquet(index, index_uri)
     blocks = store.write_blocks(keys, shard)
+    used = cfg.for_model(_one_model(emb))  # the rule semantic_dedup_shard applied
     sizes = rows.group_by("cluster_id").len()
     cross = int((rows["rep_shard"] != rows["shard"]).fill_null(False).sum())
     out = {
@@ -149,8 +150,9 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
             "duplicates": int((~rows["is_representative"]).sum()),
             "cross_shard_duplicates": cross,
             "largest_cluster": max_int(sizes["len"]),
-            "threshold": float(cfg.for_model(_one_model(emb)).threshold),
-            "wide_threshold": _maybe(cfg.for_model(_one_model(emb)).wide_threshold),
+            "threshold": float(used.threshold),
+            "search_threshold": float(used.search_threshold),  # = threshold when the two-stage rule is off
+            "max_align_diff": float(used.max_align_diff),
             "enabled": cfg.enabled,
             "skipped_without_embedding": skipped,
             "earlier_shards_compared": len(registry.earlier_keys(shard)),
@@ -171,10 +173,6 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
 def _one_model(emb: pl.DataFrame) -> str | None:
     models = emb["model"].drop_nulls().unique().to_list() if emb.height else []
     return models[0] if len(models) == 1 else None
-
-
-def _maybe(v: float | None) -> float:
-    return float("nan") if v is None else float(v)
 
 
 @dg.asset_check(asset=STAGE.name, blocking=False, partitions_def=SHARDS,

@@ -20,8 +20,9 @@ Measured on bench/semantic_set.py's labelled pairs at cosine >= 0.85 (EfficientN
 levels): re-encodes / resizes 0.8, SVG re-renders 2.1, 5-12% crops 5.9, re-framings 7.6; look-alikes
 (labelled not duplicates): wesnoth animation frames 8.7, cards 11.2, hue shifts and recoloured
 sprites 28.2. The grid is coarse, so frames and cards overlap the crops: the cosine has to do part
-of the work (`calibrate_two_stage` picks both limits). Cost: ~0.4 ms per pair on 2 shared cores
-(126 windows x 2 directions), only for pairs in [wide_threshold, threshold).
+of the work (`calibrate_two_stage` picks both limits). Cost: 0.2-0.5 ms per pair on 2 shared cores
+(126 windows x 2 directions; `align_diff` in semantic_calibration.json), only for pairs in
+[wide_threshold, threshold).
 
 `verified(cos, diff, ...)` is the pass's decision: a pair links when its cosine is >= the strict
 threshold (the embedding alone), or when it is >= the wide threshold *and* its alignment difference
@@ -85,7 +86,7 @@ def align_diff(ta: np.ndarray, tb: np.ndarray, block: int = 1024, *, grid: int =
     """Smallest mean absolute difference (levels) between one thumbnail and a window of the other,
     over the windows of `window_matrices` and both directions, on the interior cells of a grid x grid
     comparison grid; ta, tb: (n, 192) uint8 rows (`thumb_rgb`, paired row by row). Returns (n,)
-    float32. ~0.1 ms per pair (126 windows x 2 directions)."""
+    float32."""
     a, b = _thumbs(ta), _thumbs(tb)
     if len(a) != len(b):
         raise ValueError(f"align_diff needs paired rows, got {len(a)} and {len(b)}")
