@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 
 from partitions.discovery import discover_all
-from partitions.shards import SHARDS
+from partitions.shards import SHARDS_NAME
 from resources.corpus import CorpusResource, StageSettings
 from tests.conftest import arcade_sprites
 
@@ -41,7 +41,7 @@ class SpriteShards:
     def instance(self) -> Iterator[dg.DagsterInstance]:
         """A test instance that knows the shards."""
         with dg.instance_for_test() as instance:
-            instance.add_dynamic_partitions(SHARDS.name, self.keys)
+            instance.add_dynamic_partitions(SHARDS_NAME, self.keys)
             yield instance
 
 
@@ -64,12 +64,12 @@ def sprite_shards(tmp_path: Path, source: str, *, step: int, shard_size: int, n:
 
 def materialized_partitions(instance: dg.DagsterInstance, asset: str, limit: int = 20) -> list[str]:
     """The partition of every materialisation of `asset`, sorted (a partition twice shows twice)."""
-    return sorted(r.partition_key for r in instance.fetch_materializations(dg.AssetKey(asset), limit=limit).records)
+    return sorted(str(r.partition_key) for r in instance.fetch_materializations(dg.AssetKey(asset), limit=limit).records)
 
 
 def materialization_metadata(instance: dg.DagsterInstance, asset: str, limit: int = 20) -> dict[str, Mapping[str, Any]]:
     """partition -> metadata of `asset`'s materialisation; fails if a partition was materialised twice."""
     records = instance.fetch_materializations(dg.AssetKey(asset), limit=limit).records
-    out = {r.partition_key: r.asset_materialization.metadata for r in records}
+    out = {str(r.partition_key): r.asset_materialization.metadata for r in records if r.asset_materialization}
     assert len(out) == len(records), f"{asset}: a partition materialised more than once {materialized_partitions(instance, asset)}"
     return out
