@@ -133,12 +133,15 @@ def corpus_manifest_uri(corpus: CorpusResource) -> str:
 
 
 @stage_asset(CORPUS_MANIFEST)
-def corpus_manifest(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
+def corpus_manifest(context: dg.AssetExecutionContext, corpus: CorpusResource,
+                    settings: StageSettings) -> dg.MaterializeResult:
     """Every exported shard's manifest rows (no image bytes) and every supersede record of those
-    shards -> the corpus-level keepers (`curation.export.corpus_manifest`)."""
+    shards -> the corpus-level keepers (`curation.export.corpus_manifest`). With
+    `quality.reject_duplicates` off every copy is kept, so no record applies."""
     from assets.dedup import corpus_supersede_records
     from curation.export import corpus_manifest as build
     from curation.export import read_manifest_metadata
+    from curation.quality import QualityConfig
 
     root = export_root(corpus)
     uris = {k: storage.join(root, "manifests", f"{k}.parquet") for k in corpus.registry().keys()}
@@ -148,6 +151,8 @@ def corpus_manifest(context: dg.AssetExecutionContext, corpus: CorpusResource) -
                          allow_retries=False)
     rows = pl.concat([read_manifest_metadata(uris[k]) for k in shards], how="diagonal_relaxed")
     records = corpus_supersede_records(corpus, shards)  # only exported shards: their copies are in tars
+    if not make_config(QualityConfig, settings.quality).reject_duplicates:
+        records = records.head(0)
     listed, stats = build(rows, records)
     uri = corpus_manifest_uri(corpus)
     storage.write_parquet(listed, uri)
