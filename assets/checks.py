@@ -78,7 +78,7 @@ def _dedup_representatives_exist_one(corpus: CorpusResource, shard: str) -> dg.A
 
 @dg.asset_check(asset=CURATED_IMAGES, blocking=True, partitions_def=SHARDS,
                 description="Every inventory row has a decision; every reject has at least one reason; "
-                            "kept images are representatives.")
+                            "no duplicate ids.")
 def curated_decisions_complete(context: dg.AssetCheckExecutionContext, corpus: CorpusResource) -> dg.AssetCheckResult:
     return check_per_shard(context, lambda shard: _curated_decisions_complete_one(corpus, shard))
 

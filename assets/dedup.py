@@ -2,9 +2,11 @@
 shard. The same step writes `dedup_index` (the shard's hash index, plus the block files of the
 cross-shard index store, curation/index_store.py) that later shards dedup against."""
 
+import io
 import time
 
 import dagster as dg
+import polars as pl
 
 from assets._common import counts_md, make_config, per_shard_outputs, read_stage
 from assets.factory import stage_asset
@@ -33,6 +35,31 @@ def load_earlier_index(corpus: CorpusResource, keys: list[str], shard: str, cont
     except MissingEarlierIndexError as exc:
         raise dg.Failure(f"dedup of {exc}. Materialise {STAGE.name} for them first "
                          "(this step retries automatically in backfills).") from exc
+
+
+def corpus_supersede_records(corpus: CorpusResource, shards: list[str]) -> pl.DataFrame:
+    """The supersede records (SUPERSEDE_SCHEMA) in the `dedup_index` of each of `shards` that has one,
+    reading only the columns they need; an index written before supersede records existed has none.
+    An index file that cannot be read fails the step (not retried) naming the file: the corpus-level
+    view must not silently miss a shard's records."""
+    from curation.dedup import SUPERSEDE_SCHEMA, supersede_records
+
+    frames = [pl.DataFrame(schema=SUPERSEDE_SCHEMA)]
+    need = ["flags", *SUPERSEDE_SCHEMA]
+    for shard in shards:
+        uri = corpus.stage_uri(INDEX, shard)
+        if not storage.exists(uri):
+            continue
+        try:
+            buf = io.BytesIO(storage.read_bytes(uri))
+            if "supersedes" not in pl.read_parquet_schema(buf):
+                continue
+            buf.seek(0)
+            frames.append(supersede_records(pl.read_parquet(buf, columns=need)))
+        except Exception as exc:  # noqa: BLE001 - any decode failure
+            raise dg.Failure(f"{INDEX} file {uri} of shard {shard} cannot be read ({exc}): re-run "
+                             f"{STAGE.name} for that shard", allow_retries=False) from exc
+    return pl.concat(frames).sort("shard_seq", "image_id")
 
 
 @stage_asset(STAGE.name)

@@ -1,5 +1,6 @@
 """What ML users take away from a shard: model-head scores (`image_scores`), the training-ready export
-(`curated_export`, WebDataset tars + Parquet manifest) and the similarity index segment
+(`curated_export`, WebDataset tars + Parquet manifest per shard, and the corpus-level
+`corpus_manifest` over every exported shard) and the similarity index segment
 (`similarity_index`). The work is in the library: curation/scoring.py, curation/heads.py,
 curation/export/, curation/similarity.py; these functions read the stage inputs and record metadata."""
 
@@ -14,6 +15,7 @@ from assets._common import check_per_shard, counts_md, make_config, per_shard, r
 from assets.factory import stage_asset
 from curation import storage
 from curation.stages import (
+    CORPUS_MANIFEST,
     CURATED_EXPORT,
     CURATED_IMAGES,
     IMAGE_CLASSIFICATIONS,
@@ -124,6 +126,44 @@ def _curated_export_one(context, corpus: CorpusResource, settings: StageSettings
         "excluded": counts_md({str(r): int(n) for r, n in excluded.iter_rows()}),
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
+
+
+def corpus_manifest_uri(corpus: CorpusResource) -> str:
+    return corpus.stage_dir(CORPUS_MANIFEST, "manifest.parquet")
+
+
+@stage_asset(CORPUS_MANIFEST)
+def corpus_manifest(context: dg.AssetExecutionContext, corpus: CorpusResource,
+                    settings: StageSettings) -> dg.MaterializeResult:
+    """Every exported shard's manifest rows (no image bytes) and every supersede record of those
+    shards -> the corpus-level keepers (`curation.export.corpus_manifest`). With
+    `quality.reject_duplicates` off every copy is kept, so no record applies."""
+    from assets.dedup import corpus_supersede_records
+    from curation.export import corpus_manifest as build
+    from curation.export import read_manifest_metadata
+    from curation.quality import QualityConfig
+
+    root = export_root(corpus)
+    uris = {k: storage.join(root, "manifests", f"{k}.parquet") for k in corpus.registry().keys()}
+    shards = [k for k, u in uris.items() if storage.exists(u)]
+    if not shards:
+        raise dg.Failure("no shard has been exported yet: materialise curated_export for at least one shard first",
+                         allow_retries=False)
+    rows = pl.concat([read_manifest_metadata(uris[k]) for k in shards], how="diagonal_relaxed")
+    records = corpus_supersede_records(corpus, shards)  # only exported shards: their copies are in tars
+    if not make_config(QualityConfig, settings.quality).reject_duplicates:
+        records = records.head(0)
+    listed, stats = build(rows, records)
+    uri = corpus_manifest_uri(corpus)
+    storage.write_parquet(listed, uri)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": stats.rows,
+        "path": dg.MetadataValue.path(uri),
+        "shards": len(shards),
+        "exported_samples": rows.height,
+        "superseded": stats.superseded,
+        "supersede_records": records.height,
+    })
 
 
 @stage_asset(SIMILARITY_INDEX)

@@ -17,6 +17,7 @@ examples are added, removed, renamed or relabelled.
 
 Automation (run by the `curation_automation` sensor, off by default, orchestration/definitions.py):
 - `curation_summary`: after any shard's report is new, once no shard report is in progress.
+- `corpus_manifest`: after any shard's export is new, once no shard export is in progress.
 - `semantic_duplicates`: per shard, `eager()`: after that shard's embeddings are new.
 - `few_shot_probe`: after the examples' data version changed (not when few-shot is disabled).
 - `few_shot_examples`: observed on `EXAMPLES_CRON` (every 5 minutes).
@@ -36,6 +37,7 @@ from assets._common import make_config
 from assets.factory import with_freshness
 from curation.stages import (
     COMPUTE_TAG,
+    CORPUS_MANIFEST,
     CURATED_IMAGES,
     CURATION_SUMMARY,
     DEDUP_CLUSTERS,
@@ -92,9 +94,12 @@ def code_versions(resources: Mapping[str, Any]) -> dict[str, str]:
 
 
 def automation_conditions(resources: Mapping[str, Any]) -> dict[str, dg.AutomationCondition]:
-    after_new_shards = (AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress()
-                        & ~AC.in_progress()).with_label("after new shard reports, none in progress")
-    out: dict[str, dg.AutomationCondition] = {CURATION_SUMMARY: after_new_shards, SEMANTIC_DUPLICATES: AC.eager()}
+    def after_new(what: str) -> dg.AutomationCondition:
+        return (AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress()
+                & ~AC.in_progress()).with_label(f"after new shard {what}, none in progress")
+
+    out: dict[str, dg.AutomationCondition] = {CURATION_SUMMARY: after_new("reports"),
+                                              CORPUS_MANIFEST: after_new("exports"), SEMANTIC_DUPLICATES: AC.eager()}
     if resources["classifier"].fewshot_uri:
         out[FEW_SHOT_PROBE] = (AC.any_deps_match(AC.data_version_changed()).since_last_handled()
                                & ~AC.in_progress()).with_label("after the few-shot examples changed")

@@ -1,4 +1,7 @@
-"""Stage 3, `curated_images`: the quality-filtered set, with every reject's reasons."""
+"""Stage 3, `curated_images`: the quality-filtered set, with every reject's reasons. A copy that
+supersedes an earlier shard's copy of its cluster (the shard's own `dedup_index` records,
+curation/dedup/supersede.py) is kept here (`shard_keep`); the earlier copy is dropped only in the
+corpus-level view (`corpus_keep`), never by rewriting the earlier shard."""
 
 
 import time
@@ -8,8 +11,9 @@ import dagster as dg
 from assets._common import counts_md, make_config, per_shard, read_stage
 from assets.factory import stage_asset
 from curation import storage
+from curation.dedup import shard_keep, supersede_records
 from curation.quality import QualityConfig, evaluate, reject_counts
-from curation.stages import CURATED_IMAGES, DEDUP_CLUSTERS, RAW_INVENTORY
+from curation.stages import CURATED_IMAGES, DEDUP_CLUSTERS, DEDUP_INDEX, RAW_INVENTORY
 from resources.corpus import CorpusResource, StageSettings
 
 
@@ -24,6 +28,9 @@ def _curated_images_one(context: dg.AssetExecutionContext, corpus: CorpusResourc
     inventory = read_stage(context, corpus, RAW_INVENTORY, shard)
     clusters = read_stage(context, corpus, DEDUP_CLUSTERS, shard)
     curated = evaluate(inventory, clusters, cfg)
+    if cfg.reject_duplicates:  # else every copy is kept anyway
+        index = read_stage(context, corpus, DEDUP_INDEX, shard, asset=DEDUP_CLUSTERS)
+        curated = shard_keep(curated, supersede_records(index))
     uri = corpus.stage_uri(CURATED_IMAGES, shard)
     storage.write_parquet(curated, uri)
     kept = int(curated["keep"].sum())
@@ -32,6 +39,7 @@ def _curated_images_one(context: dg.AssetExecutionContext, corpus: CorpusResourc
         "path": dg.MetadataValue.path(uri),
         "kept": kept,
         "rejected": len(curated) - kept,
+        "supersedes_earlier": int(curated["supersedes"].is_not_null().sum()),
         "keep_rate": round(kept / max(1, len(curated)), 4),
         "elapsed_s": round(time.monotonic() - t0, 3),
         "rejects_by_reason": counts_md(reject_counts(curated)),

@@ -1,4 +1,9 @@
-"""Stage 6, `shard_report`, and the corpus roll-up `curation_summary` (duckdb over every shard)."""
+"""Stage 6, `shard_report`, and the corpus roll-up `curation_summary` (duckdb over every shard).
+
+A shard report shows its shard's own `curated_images` (a copy that supersedes an earlier shard's
+copy is kept there). The corpus report takes the corpus-level view: every shard's curated rows with
+every shard's supersede records applied (`curation.dedup.corpus_keep`), so an earlier, smaller copy
+counts as rejected with the reason `superseded` (and the per-shard kept counts follow)."""
 
 
 import time
@@ -6,7 +11,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import frame_md, per_shard, read_stage
+from assets._common import frame_md, make_config, per_shard, read_stage
 from assets.factory import stage_asset
 from curation import storage
 from curation.stages import (
@@ -21,7 +26,7 @@ from curation.stages import (
     SEMANTIC_DUPLICATES,
     SHARD_REPORT,
 )
-from resources.corpus import CorpusResource
+from resources.corpus import CorpusResource, StageSettings
 
 STAGE_ASSETS = REPORT_STAGES  # the report's time per stage, in stage order (curation/stages.py)
 REPORTS_DIR = "reports"
@@ -114,10 +119,14 @@ def _scan_required(corpus: CorpusResource, stage: str, shards: list[str]) -> pl.
 
 
 @stage_asset(CURATION_SUMMARY)
-def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
+def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource,
+                     settings: StageSettings) -> dg.MaterializeResult:
     import duckdb
 
-    from curation.report import build_corpus_report, corpus_counts, markdown_preview
+    from assets.dedup import corpus_supersede_records
+    from curation.dedup import SUPERSEDED, corpus_keep
+    from curation.quality import QualityConfig
+    from curation.report import build_corpus_report, corpus_counts, markdown_preview, with_kept_counts
 
     shards = [k for k in corpus.registry().keys() if storage.exists(corpus.stage_uri(CURATED_IMAGES, k))]
     if not shards:
@@ -133,6 +142,11 @@ def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) 
     out_dir = corpus.stage_dir(REPORTS_DIR, "corpus")
     inventory, clusters, curated = (_scan_required(corpus, stage, shards)
                                     for stage in (RAW_INVENTORY, DEDUP_CLUSTERS, CURATED_IMAGES))
+    records = corpus_supersede_records(corpus, shards)
+    if make_config(QualityConfig, settings.quality).reject_duplicates and records.height:
+        curated = corpus_keep(curated, records)  # the corpus-level view: the best copy wins
+        if shard_counts is not None:
+            shard_counts = with_kept_counts(shard_counts, curated)
     summary = build_corpus_report(
         inventory, clusters, curated, _scan(corpus, IMAGE_EMBEDDINGS, shards),
         _scan(corpus, IMAGE_CLASSIFICATIONS, shards), out_dir, timings=timings, shard_counts=shard_counts,
@@ -145,6 +159,8 @@ def curation_summary(context: dg.AssetExecutionContext, corpus: CorpusResource) 
             **_report_link("corpus/report.html"),
             "summary_json": dg.MetadataValue.path(storage.join(out_dir, "summary.json")),
             "shards": len(shards),
+            "supersede_records": records.height,
+            "superseded": int(summary["rejects_by_reason"].get(SUPERSEDED, 0)),
             "preview": dg.MetadataValue.md(md_counts),
             "per_shard": frame_md(shard_counts) if shard_counts is not None else "n/a (s3 root)",
         }

@@ -1,6 +1,7 @@
-"""Optional stage, `semantic_duplicates`: embedding-based near duplicates (crops, re-framings) within
-the shard and against every earlier shard (curation/semantic.py). It only records clusters; it does
-not change `curated_images`."""
+"""Optional stage, `semantic_duplicates`: embedding-based near duplicates (crops, re-framings,
+re-renders) within the shard and against every earlier shard (curation/semantic/). It reads the
+embeddings of stage 4 (the kept images) and stage 1's thumbnails (`thumb_rgb`, for the two-stage
+rule's crop-aware verification). It only records clusters; it does not change `curated_images`."""
 
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from curation.index_store import IndexStore, MissingEarlierIndexError
 from curation.scalars import max_int
 from curation.stages import (
     IMAGE_EMBEDDINGS,
+    RAW_INVENTORY,
     SEMANTIC_CENTER,
     SEMANTIC_DUPLICATES,
     SEMANTIC_INDEX,
@@ -26,7 +28,7 @@ from resources.corpus import CorpusResource
 
 STAGE = stage(SEMANTIC_DUPLICATES)
 
-_INDEX_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "keys", "vec"]
+_INDEX_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "keys", "vec", "thumb"]
 
 
 class SemanticDedupRunConfig(dg.Config):
@@ -37,6 +39,13 @@ class SemanticDedupRunConfig(dg.Config):
 
     enabled: bool = Field(default=True, description="False: every image is its own cluster (no comparisons).")
     threshold: float = Field(default=0.97, description="Cosine similarity at or above which an image joins a representative.")
+    calibrated: bool = Field(default=True, description=(
+        "Use the embedding model's calibrated rule (threshold, wide_threshold, max_align_diff) when one is recorded."))
+    wide_threshold: float | None = Field(default=None, description=(
+        "Two-stage rule: cosine from which a pair joins when its crop-aware thumbnail difference is <= "
+        "max_align_diff (None: threshold alone)."))
+    max_align_diff: float = Field(default=6.0, description=(
+        "Largest crop-aware 8x8 thumbnail difference (levels) of a verified pair."))
     band_bits: int = Field(default=16, description="SimHash bits per LSH band.")
     n_bands: int = Field(default=48, description="Number of LSH bands.")
     index_vectors: str = Field(default="int8", description="Index vectors: 'int8' (dim bytes), 'float16' (exact), 'proj'.")
@@ -46,7 +55,9 @@ class SemanticDedupRunConfig(dg.Config):
     def to_library(self):
         from curation.semantic import SemanticDedupConfig
 
-        return SemanticDedupConfig(enabled=self.enabled, threshold=self.threshold, band_bits=self.band_bits,
+        return SemanticDedupConfig(enabled=self.enabled, threshold=self.threshold, calibrated=self.calibrated,
+                                   wide_threshold=self.wide_threshold, max_align_diff=self.max_align_diff,
+                                   band_bits=self.band_bits,
                                    n_bands=self.n_bands, index_vectors=self.index_vectors, proj_dim=self.proj_dim,
                                    seed=self.seed)
 
@@ -87,8 +98,15 @@ def hashing_center(context, corpus: CorpusResource, registry: ShardRegistry, sha
 def _iter_representatives(store: IndexStore, keys: list[str], shard: str) -> Iterator[pl.DataFrame]:
     """The earlier shards' index rows, one block file at a time, representatives only (memory bounded
     by one block; the result does not depend on how rows are grouped, see curation.semantic.match_earlier)."""
-    for df in store.iter_earlier(keys, shard):
-        yield df.select(_INDEX_COLS).filter(pl.col("is_representative"))
+    for df in store.iter_earlier(keys, shard):  # indexes written before thumbnails have no "thumb"
+        yield df.select([c for c in _INDEX_COLS if c in df.columns]).filter(pl.col("is_representative"))
+
+
+def with_thumbnails(context, corpus: CorpusResource, shard: str, emb: pl.DataFrame) -> pl.DataFrame:
+    """`emb` with stage 1's ``thumb_rgb`` (INVENTORY_SCHEMA) joined by image_id (null where the
+    inventory has none: those pairs take the strict threshold alone)."""
+    inv = read_stage(context, corpus, RAW_INVENTORY, shard, columns=["image_id", "thumb_rgb"])
+    return emb.join(inv, on="image_id", how="left", maintain_order="left")
 
 
 @stage_asset(STAGE.name)
@@ -108,7 +126,7 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
     keys = registry.keys()
     emb = read_stage(context, corpus, IMAGE_EMBEDDINGS, shard, columns=["image_id", "shard", "model", "embedding"])
     skipped = int(emb["embedding"].null_count())
-    emb = emb.filter(pl.col("embedding").is_not_null())
+    emb = with_thumbnails(context, corpus, shard, emb.filter(pl.col("embedding").is_not_null()))
     store = semantic_index_store(corpus, context)
     center, center_written = hashing_center(context, corpus, registry, shard, emb)
     try:
@@ -121,6 +139,7 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
     storage.write_parquet(rows, uri)
     storage.write_parquet(index, index_uri)
     blocks = store.write_blocks(keys, shard)
+    used = cfg.for_model(_one_model(emb))  # the rule semantic_dedup_shard applied
     sizes = rows.group_by("cluster_id").len()
     cross = int((rows["rep_shard"] != rows["shard"]).fill_null(False).sum())
     out = {
@@ -131,7 +150,9 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
             "duplicates": int((~rows["is_representative"]).sum()),
             "cross_shard_duplicates": cross,
             "largest_cluster": max_int(sizes["len"]),
-            "threshold": float(cfg.threshold),
+            "threshold": float(used.threshold),
+            "search_threshold": float(used.search_threshold),  # = threshold when the two-stage rule is off
+            "max_align_diff": float(used.max_align_diff),
             "enabled": cfg.enabled,
             "skipped_without_embedding": skipped,
             "earlier_shards_compared": len(registry.earlier_keys(shard)),
@@ -147,6 +168,11 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
         out[SEMANTIC_CENTER] = {"path": dg.MetadataValue.path(corpus.stage_uri(SEMANTIC_CENTER, shard)),
                                 "dim": len(center), "fitted_on": shard}
     return out
+
+
+def _one_model(emb: pl.DataFrame) -> str | None:
+    models = emb["model"].drop_nulls().unique().to_list() if emb.height else []
+    return models[0] if len(models) == 1 else None
 
 
 @dg.asset_check(asset=STAGE.name, blocking=False, partitions_def=SHARDS,

@@ -12,8 +12,12 @@
 4. Scale: 1M synthetic clustered 1280-d embeddings (ReLU-like, non-negative, 20% with a near copy):
    keys/encoding throughput, index bytes per image (memory and Parquet), within-shard clustering of a
    10k shard, and the cross-shard query cost of a 10k shard against 100k and 1M earlier rows.
+5. Bucketed index (`--buckets 100000,1000000,...`, curation/semantic/buckets.py; `scale.bucket_index`):
+   one 10k query shard (fresh rows plus planted copies of earlier rows) against a corpus of 10k-row
+   shards read as the store's Fenwick block parts: query time, candidates, bytes read (4 KiB pages),
+   recall vs brute force.
 
-Run: .venv/bin/python -m bench.semantic [--quick]
+Run: .venv/bin/python -m bench.semantic [--quick] [--buckets SIZES]
 """
 
 from __future__ import annotations
@@ -264,21 +268,128 @@ def synthetic(n: int, dim: int, seed: int, dup_frac: float = 0.2) -> np.ndarray:
     topics = np.maximum(rng.standard_normal((200, dim)).astype(np.float32), 0)
     out = np.empty((n, dim), dtype=np.float16)
     for s in range(0, n, 65536):
-        m = min(65536, n - s)
-        z = np.maximum(offset + rng.standard_normal((m, dim)).astype(np.float32), 0)
-        z += topics[rng.integers(0, 200, m)] * 1.5
-        z /= np.linalg.norm(z, axis=1, keepdims=True)
-        nd = int(m * dup_frac)
-        src = rng.integers(0, m, nd)
-        dst = rng.choice(m, nd, replace=False)
-        target = rng.uniform(0.95, 0.99, nd).astype(np.float32)
-        noise = np.abs(rng.standard_normal((nd, dim)).astype(np.float32))
-        noise -= (noise * z[src]).sum(1, keepdims=True) * z[src]
-        noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-        z[dst] = target[:, None] * z[src] + np.sqrt(1 - target**2)[:, None] * noise
-        z[dst] /= np.linalg.norm(z[dst], axis=1, keepdims=True)
-        out[s:s + m] = z
+        out[s:s + min(65536, n - s)] = _rows(rng, offset, topics, min(65536, n - s), dup_frac)
     return out
+
+
+def _rows(rng: np.random.Generator, offset: np.ndarray, topics: np.ndarray, m: int, dup_frac: float) -> np.ndarray:
+    """m float32 unit rows of `synthetic` (ReLU of offset + noise, plus a topic), dup_frac of them
+    near copies (cosine 0.95-0.99) of another row of the same batch."""
+    dim = len(offset)
+    z = np.maximum(offset + rng.standard_normal((m, dim)).astype(np.float32), 0)
+    z += topics[rng.integers(0, 200, m)] * 1.5
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    nd = int(m * dup_frac)
+    src = rng.integers(0, m, nd)
+    dst = rng.choice(m, nd, replace=False)
+    target = rng.uniform(0.95, 0.99, nd).astype(np.float32)
+    noise = np.abs(rng.standard_normal((nd, dim)).astype(np.float32))
+    noise -= (noise * z[src]).sum(1, keepdims=True) * z[src]
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    z[dst] = target[:, None] * z[src] + np.sqrt(1 - target**2)[:, None] * noise
+    z[dst] /= np.linalg.norm(z[dst], axis=1, keepdims=True)
+    return z
+
+
+def synthetic_chunk(n: int, dim: int, seed: int, chunk: int, dup_frac: float = 0.2) -> np.ndarray:
+    """Like `synthetic`, but one corpus in chunks: the offset and the 200 topics come from `seed`,
+    the rows (and their near copies, within the chunk) from (seed, chunk)."""
+    base = np.random.default_rng(seed)
+    offset = base.standard_normal(dim).astype(np.float32) * 0.8
+    topics = np.maximum(base.standard_normal((200, dim)).astype(np.float32), 0)
+    return _rows(np.random.default_rng([seed, chunk]), offset, topics, n, dup_frac)
+
+
+def bucket_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int = 10_000,
+                 sample: int = 500, brute_force_max: int = 2_000_000) -> dict:
+    """Cross-shard query cost of the bucketed index (curation/semantic/buckets.py) for one 10k query
+    shard against the earlier shards of a corpus of 10k-row shards, read as the index store's
+    Fenwick blocks (shard p reads log2(p) block parts, memory-mapped .npy files on local disk).
+    Recall against brute force (exact cosine of the query vectors with the decoded index vectors,
+    threshold cfg.threshold) on `sample` planted copies of earlier rows plus `sample` fresh rows,
+    for corpora up to brute_force_max rows (beyond, brute force takes too long on 2 cores)."""
+    from curation.index_store import earlier_blocks
+    from curation.semantic.buckets import (
+        BucketConfig,
+        brute_force_query,
+        bucket_keys,
+        build_part,
+        load_part,
+        query_parts,
+        save_part,
+    )
+
+    dim, bcfg, chunk = 1280, BucketConfig(), 100_000
+    n_max = max(sizes)
+    res: dict = {"bucket_config": bcfg.__dict__, "shard_rows": shard_rows, "dim": dim}
+    t0 = time.perf_counter()
+    center = fit_center(synthetic_chunk(shard_rows, dim, 11, 0))
+    keys, bands, vecs = [], [], []
+    rng = np.random.default_rng(5)
+    planted_src = np.sort(np.concatenate([rng.integers(lo, hi, sample // len(sizes))
+                                          for lo, hi in zip((0,) + sizes[:-1], sizes)]))
+    planted = []
+    for c in range(0, n_max, chunk):
+        z = synthetic_chunk(min(chunk, n_max - c), dim, 11, 1 + c // chunk)
+        keys.append(bucket_keys(z, cfg, center, bcfg))
+        bands.append(band_keys(z, cfg, center))
+        vecs.append(encode(z, cfg))
+        here = planted_src[(planted_src >= c) & (planted_src < c + len(z))] - c
+        p = z[here] * 0.98 + 0.2 * np.abs(rng.standard_normal((len(here), dim)).astype(np.float32)) / np.sqrt(dim)
+        planted.append(p / np.linalg.norm(p, axis=1, keepdims=True))
+    keys_a, bands_a, vecs_a = np.concatenate(keys), np.concatenate(bands), np.concatenate(vecs)
+    del keys, bands, vecs
+    fresh = synthetic_chunk(shard_rows, dim, 11, 10_000)
+    q = np.concatenate([fresh[:shard_rows - len(planted_src)], *planted]).astype(np.float32)
+    res["generate_and_encode_s"] = round(time.perf_counter() - t0, 1)
+    res["planted_copies"] = len(planted_src)
+    qband = band_keys(q, cfg, center)
+    bf_rows = np.concatenate([np.arange(sample), np.arange(len(q) - len(planted_src), len(q))])
+    with tempfile.TemporaryDirectory(dir=os.environ.get("SEMANTIC_BENCH_TMP")) as tmp:
+        for n in sizes:
+            position = n // shard_rows + 1
+            folders = []
+            for a, b in earlier_blocks(position):  # the block parts shard `position` reads
+                lo, hi = (a - 1) * shard_rows, b * shard_rows
+                folder = os.path.join(tmp, f"{a}_{b}")
+                if not os.path.exists(folder):
+                    save_part(build_part(keys_a[lo:hi], vecs_a[lo:hi], bands_a[lo:hi], cfg), folder)
+                folders.append((folder, lo))
+            parts = [load_part(f) for f, _ in folders]
+            t0 = time.perf_counter()
+            qq, pp, rr, ss, st = query_parts(parts, q, cfg, center, bcfg, qband_keys=qband)
+            dt = time.perf_counter() - t0
+            offs = np.array([lo for _, lo in folders])
+            found = set(zip(qq.tolist(), (rr + offs[pp]).tolist()))
+            entry = {
+                "earlier_rows": n, "parts_read": len(parts), "part_rows": [len(p) for p in parts],
+                "query_s": round(dt, 2), "prefix_bits": st.prefix_bits,
+                "candidate_entries_per_query": round(st.rows / len(q), 1),
+                "candidate_pairs_per_query": round(st.pairs / len(q), 1),
+                "verified_per_query": round(st.verified / len(q), 2),
+                "bytes_read": st.bytes_read,
+                "index_bytes": sum(os.path.getsize(os.path.join(f, x)) for f, _ in folders for x in os.listdir(f)),
+                "matches": len(qq),
+            }
+            entry["bytes_read_fraction"] = round(st.bytes_read / entry["index_bytes"], 4)
+            res[f"shard_{position}_vs_{n}"] = entry
+            if n > brute_force_max:
+                print(json.dumps(entry), flush=True)
+                continue
+            t1 = time.perf_counter()
+            bq, bp, br, _ = brute_force_query(q[bf_rows], parts, cfg)
+            bf_s = time.perf_counter() - t1
+            truth = set(zip(bf_rows[bq].tolist(), (br + offs[bp]).tolist()))
+            sample_found = {f for f in found if f[0] in set(bf_rows.tolist())}
+            entry.update({
+                "brute_force_sample_queries": len(bf_rows), "brute_force_pairs": len(truth),
+                "recall_vs_brute_force": round(len(truth & sample_found) / max(1, len(truth)), 4),
+                "false_pairs": len(sample_found - truth), "brute_force_s": round(bf_s, 1),
+            })
+            print(json.dumps(entry), flush=True)
+            del parts
+    res["peak_rss_mb"] = round(peak_rss_mb(), 0)
+    return res
 
 
 def scale(n_index: int, cfg: SemanticDedupConfig) -> dict:
@@ -362,8 +473,21 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100k instead of 1M synthetic rows")
     ap.add_argument("--scale-only", action="store_true",
                     help="re-run only the synthetic scale part and update it in bench/results/semantic.json")
+    ap.add_argument("--buckets", default="",
+                    help="comma-separated earlier-row counts (e.g. 100000,1000000,5000000): run only the bucketed "
+                         "index's scale part and update scale.bucket_index in bench/results/semantic.json")
     args = ap.parse_args()
     t_all = time.perf_counter()
+    if args.buckets:
+        out = REPO / "bench" / "results" / "semantic.json"
+        result = json.loads(out.read_text()) if out.exists() else {}
+        sizes = tuple(int(v) for v in args.buckets.split(","))
+        bi = bucket_scale(sizes, SemanticDedupConfig())
+        bi["date"], bi["machine"] = today(), machine()
+        result.setdefault("scale", {})["bucket_index"] = bi
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(bi, indent=1))
+        return
     if args.scale_only:
         out = REPO / "bench" / "results" / "semantic.json"
         result = json.loads(out.read_text()) if out.exists() else {}

@@ -1,5 +1,5 @@
 """The benchmark suite: one command, real images, every figure as a ratio to its ceiling measured in
-the same run, and the projection to 5 million images.
+the same run, and projections (5M images on a GPU node, 1M on this machine) from measured inputs only.
 
     make bench            # = .venv/bin/python -m bench.suite
 
@@ -20,7 +20,8 @@ Runs, in order (each writes its own JSON under bench/results/):
                          <= 48 px) and kept-copy-is-largest rate, beside plain imagehash and
                          imagededup, on labelled sets built from packaged real images (cached under
                          data/bench/accuracy/);
-then merges them into bench/results/scale.json and prints a short table.
+then merges them into bench/results/scale.json with the projections of bench/projection.py (every
+input named with its result file and key) and prints a short table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import sys
 import time
 
 from bench.common import REPO, machine, today
+from bench.projection import projections
 
 RESULTS = REPO / "bench" / "results"
 GPU_RESULT = RESULTS / "embeddings-nvidia-h100.json"
@@ -47,49 +49,6 @@ def _run(module: str, *args: str) -> float:
 def _load(name: str) -> dict:
     p = RESULTS / name
     return json.loads(p.read_text()) if p.exists() else {}
-
-
-def projection(inv: dict, dedup: dict, gpu: dict, orch: dict, node_cores: int = 16) -> dict:
-    """Minutes for 5M images on one GPU node, from measured per-core and per-GPU rates."""
-    n = 5_000_000
-    per_core = inv["cpu_stage_img_per_s_per_core"]
-    scaling = inv.get("scaling_2_workers", 2.0) / 2.0  # parallel efficiency measured at 2 workers
-    cpu_rate = per_core * node_cores * scaling
-    gpu_rate = gpu.get("stage_img_per_s")
-    inventory_min = n / cpu_rate / 60
-    # the skewed set (real hashes with bit flips: 561k duplicates) is the slower, realistic case
-    dedup_s = dedup.get("dedup_5m_skewed_seconds") or dedup["dedup_5m_seconds"]
-    dedup_min = dedup_s / 60
-    embed_min = n / gpu_rate / 60 if gpu_rate else None
-    overhead = orch.get("dagster_overhead_fraction", 0.0)
-    # Shards flow through the stages as a pipeline: while the GPU embeds shard k, the CPU stages run
-    # on shard k+1, so the wall time is set by the slower of the two, plus dedup (serial over shards)
-    # and Dagster's overhead.
-    pipelined = max(inventory_min, embed_min or 0) + dedup_min
-    total = pipelined / (1 - overhead)
-    return {
-        "projection_5m_minutes": round(total, 1),
-        "projection_5m_parts_minutes": {
-            "inventory_hashes_quality": round(inventory_min, 1),
-            "dedup": round(dedup_min, 2),
-            "embeddings_gpu": round(embed_min, 1) if embed_min else None,
-        },
-        "projection_assumptions": [
-            f"one node with {node_cores} CPU cores and one H100, like the lent GPU machine",
-            f"stage 1 at {per_core:.0f} img/s per core (measured here on 500x375..1024x768 JPEGs) with the "
-            f"parallel efficiency measured at 2 workers ({scaling:.2f}) applied to all {node_cores} cores",
-            f"embeddings at {gpu_rate:.0f} img/s (bench/results/embeddings-nvidia-h100.json, ViT-B-32 fp16, "
-            "500x375 JPEGs, nvJPEG)" if gpu_rate else "no GPU figure available",
-            f"dedup of 5M hashes in {dedup_s:.0f} s on 2 cores (skewed real-like hashes; bench/results/dedup.json)",
-            "the optional semantic dedup pass is not included (its cross-shard cost grows with the corpus: "
-            "bench/results/semantic.json)",
-            "CPU stages of shard k+1 overlap the GPU stage of shard k (the gpu pool holds 1 slot, CPU steps run "
-            "beside it), so wall time = max(CPU stages, GPU stage) + dedup",
-            f"Dagster overhead fraction {overhead:.3f} of each shard's work (bench/results/overhead.json)",
-            "images read from local disk or a nearby object store at the stage's rate; classification and "
-            "reports are small next to these (a matrix product per shard, a few hundred thumbnails)",
-        ],
-    }
 
 
 def merge() -> dict:
@@ -130,8 +89,7 @@ def merge() -> dict:
     }
     if acc:
         out["accuracy"] = accuracy_summary(acc)
-    if inv and dedup:
-        out.update(projection(inv, dedup, gpu, orch))
+    out["projections"] = projections(RESULTS)
     return out
 
 
@@ -171,9 +129,9 @@ def table(s: dict) -> str:
                      f"{a['clean_photo_false_reject']} (targets 0.03 / 0.02); quality reasons below target "
                      f"{a['quality_reasons_below_target']}; dedup P {a['dedup_precision']} R {a['dedup_recall']} "
                      f"R<=48px {a['dedup_recall_small']} F1 {a['dedup_f1']} vs peers {a['peer_f1']}")
-    if "projection_5m_minutes" in s:
-        lines.append(f"projection for 5M images on one GPU node: {s['projection_5m_minutes']} min "
-                     f"{s['projection_5m_parts_minutes']}")
+    for name, p in s.get("projections", {}).items():
+        if name != "inputs":
+            lines.append(f"projection {name}: {p.get('minutes')} min {p.get('parts_minutes')}")
     return "\n".join(lines)
 
 

@@ -102,6 +102,10 @@ CURATED_SCHEMA: Schema = {
     "width": pl.Int32,
     "height": pl.Int32,
     "cluster_id": pl.String,
+    # a row that takes the place of an earlier shard's copy of its cluster (curation.dedup.supersede):
+    # the image_id and shard of the copy it supersedes; null otherwise
+    "supersedes": pl.String,
+    "superseded_shard": pl.String,
 }
 
 # image_embeddings: one row per kept image.

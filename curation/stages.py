@@ -109,6 +109,7 @@ SEMANTIC_DUPLICATES = "semantic_duplicates"
 SEMANTIC_INDEX = "semantic_index"
 SEMANTIC_CENTER = "semantic_center"
 CURATION_SUMMARY = "curation_summary"
+CORPUS_MANIFEST = "corpus_manifest"
 FEW_SHOT_EXAMPLES = "few_shot_examples"  # the labelled examples folder, an observed source
 
 
@@ -150,9 +151,10 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         CURATED_IMAGES, (RAW_INVENTORY, DEDUP_CLUSTERS), "curation", CURATE, in_report=True,
-        compute=SMALL_CPU, checks=("curated_decisions_complete",),
+        compute=SMALL_CPU, checks=("curated_decisions_complete",), algorithm=2,
         description=("Cluster representatives that pass the configurable checks (size, aspect ratio, brightness, "
-                     "contrast, entropy, sharpness); every other image with all of its reasons."),
+                     "contrast, entropy, sharpness), and copies that supersede a smaller copy of an earlier shard "
+                     "(`supersedes`); every other image with all of its reasons."),
     ),
     Stage(
         IMAGE_EMBEDDINGS, (CURATED_IMAGES,), "ml", CURATE, in_report=True,
@@ -201,7 +203,7 @@ STAGES: tuple[Stage, ...] = (
                      "strips, rejects per reason, classes, embedding map, time per stage) and summary.json."),
     ),
     Stage(
-        SEMANTIC_DUPLICATES, (IMAGE_EMBEDDINGS,), "dedup", SEMANTIC,
+        SEMANTIC_DUPLICATES, (IMAGE_EMBEDDINGS, RAW_INVENTORY), "dedup", SEMANTIC,
         compute=Compute(cpu="2", memory="4Gi"), retry=WAIT_FOR_EARLIER,
         checks=("semantic_representatives_exist",),
         also_writes=(
@@ -216,10 +218,19 @@ STAGES: tuple[Stage, ...] = (
                      "against every earlier shard: catches crops and re-framings that perceptual hashes miss."),
     ),
     Stage(
-        CURATION_SUMMARY, (SHARD_REPORT,), "reports", SUMMARY, partitioned=False,
+        CURATION_SUMMARY, (SHARD_REPORT,), "reports", SUMMARY, partitioned=False, algorithm=2,
         kinds=frozenset({"duckdb", "html", "polars"}), compute=SMALL_CPU, retry=Retry(max_retries=0),
         description=("Every shard rolled up: per-shard stage counts from one duckdb query over the stage outputs, and "
-                     "the corpus HTML report + summary.json (same sections as the shard reports, aggregated)."),
+                     "the corpus HTML report + summary.json (same sections as the shard reports, aggregated), with "
+                     "the best copy across shards applied (an earlier, smaller copy is rejected as `superseded`)."),
+    ),
+    Stage(
+        CORPUS_MANIFEST, (CURATED_EXPORT,), "export", SUMMARY, partitioned=False,
+        kinds=frozenset({"python", "polars", "parquet"}), compute=SMALL_CPU, retry=Retry(max_retries=0),
+        description=("The export's corpus-level manifest (<output_root>/corpus_manifest/manifest.parquet): exactly "
+                     "the samples a training job should read across every exported shard, i.e. per duplicate cluster "
+                     "the best exported copy, with the tar, key and shard manifest each lives in. Earlier shards' "
+                     "tars are never rewritten: a copy a later shard superseded stays in its tar, unlisted."),
     ),
 )
 

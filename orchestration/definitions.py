@@ -20,14 +20,18 @@ sensor, STOPPED by default so CLI users see no surprise runs) keeps curation_sum
 semantic_duplicates and few_shot_probe fresh. `build_definitions(resources)` builds it all for
 given resources; `defs` is it for the environment's defaults.
 
-The deployment is read when the definitions load (resources.environment.deployment()). The
-definitions are checked against the stage registry: every stage is an asset, every dataset a stage
-writes is an asset of that stage's step, and every declared check exists.
+The deployment is read when the definitions load (resources.environment.deployment()). Loaded by
+the `dagster` CLI's `asset materialize` / `job execute` of a shard without DAGSTER_HOME (a run on a
+throwaway instance that knows no shards), the process ends with one line naming DAGSTER_HOME, exit
+status 2 (`refuse_ephemeral_cli_run`); nothing else changes. The definitions are checked against
+the stage registry: every stage is an asset, every dataset a stage writes is an asset of that
+stage's step, and every declared check exists.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
@@ -50,6 +54,18 @@ from resources import environment
 from resources.classifier import ClassifierSettings
 from resources.corpus import CorpusResource, StageSettings
 from resources.models import EmbedderResource
+
+
+def refuse_ephemeral_cli_run(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    """End the process (one line on stderr, exit status 2) when it is the `dagster` CLI running a
+    shard on a throwaway instance (`environment.ephemeral_cli_run`); do nothing otherwise."""
+    problem = environment.ephemeral_cli_run(sys.argv if argv is None else argv, environ)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+refuse_ephemeral_cli_run()
 
 
 def executor_for(deployment: str) -> dg.ExecutorDefinition:

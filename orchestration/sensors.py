@@ -52,7 +52,8 @@ def evaluate_new_files(context: dg.SensorEvaluationContext, corpus: CorpusResour
         excluded = f", {res.skipped_note()}" if res.skipped.total else ""
         notes.append(f"{name}: listed {res.listed}, new {res.new_files}, shards {[s.key for s in res.shards]}{excluded}")
     cursor = json.dumps({k: c.to_json() for k, c in cursors.items()}, sort_keys=True)
-    context.log.info("; ".join(notes) or "no sources configured")
+    if notes or not failed:  # (when every source failed, the error below is the whole story)
+        context.log.info("; ".join(notes) or "no sources configured")
     if failed:
         context.log.error("; ".join(failed))
         if not new_keys:  # a source that cannot be listed fails the tick (red in the UI), not a grey skip

@@ -17,14 +17,16 @@ Contract
   set (it has no default) and a bad value surfaces as a config-type error, not as this one line.
   No secret is a resource field (s3fs reads AWS_* itself), so nothing here needs EnvVar's masking.
 * `check_source(name, uri)` checks a source location (a readable local folder, or a well-formed
-  s3:// URI) and `dagster_home()` the CLI's instance folder.
+  s3:// URI) and `dagster_home()` the CLI's instance folder. `ephemeral_cli_run(argv)` tells the
+  `dagster` CLI's `asset materialize` / `job execute` of a shard without DAGSTER_HOME (a run on a
+  throwaway instance that knows no shards) from everything else.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,7 +220,8 @@ ENV_VARS: tuple[EnvSetting, ...] = (
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: None),
     EnvSetting("EMBEDDER_CHUNK_SIZE", "Rows per resumable embedding chunk (EmbedderResource.chunk_size).", "2048",
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: 2048),
-    EnvSetting("DAGSTER_HOME", "The Dagster instance folder (holds dagster.yaml); required by the `curate` CLI.",
+    EnvSetting("DAGSTER_HOME", "The Dagster instance folder (holds dagster.yaml); required by the `curate` CLI, "
+           "and by `dagster asset materialize` / `dagster job execute` of a shard (refused without it).",
            "none (required)", "an existing folder", None, read_by="resources/environment.py (dagster_home)"),
     *(EnvSetting(name, meaning, default, allowed, read_by="orchestration/k8s.py") for name, meaning, default, allowed in (
         ("CURATION_K8S_GPU_NODE_SELECTOR", "Node selector of GPU step pods.", '`{"nvidia.com/gpu.present": "true"}`',
@@ -399,3 +402,52 @@ def dagster_home(environ: Mapping[str, str] | None = None) -> str:
     if not Path(raw).is_dir():
         raise SettingError("DAGSTER_HOME", raw, "an existing folder holding dagster.yaml")
     return raw
+
+
+# The `dagster` CLI commands that execute a run in this process, and how a partition is named there.
+DAGSTER_RUN_COMMANDS = (("asset", "materialize"), ("job", "execute"))
+_PARTITION_OPTIONS = ("--partition", "--partition-range")
+_PARTITION_TAGS = ("dagster/partition", "dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def _is_dagster_cli(program: str) -> bool:
+    """`program` (argv[0]) is the `dagster` console script or `python -m dagster`."""
+    path = Path(program)
+    return path.name.removesuffix(".exe") == "dagster" or (path.name == "__main__.py" and path.parent.name == "dagster")
+
+
+def _option_values(args: Sequence[str], option: str) -> list[str]:
+    """The values given to `option` (`--opt value` or `--opt=value`) in `args`."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif arg.startswith(option + "="):
+            out.append(arg.partition("=")[2])
+    return out
+
+
+def ephemeral_cli_run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> SettingError | None:
+    """The error to end with when this process is the `dagster` CLI executing a run of a shard
+    (`asset materialize` / `job execute` with `--partition`, `--partition-range` or a partition
+    tag in `--tags`) while DAGSTER_HOME is unset; None otherwise.
+
+    Without DAGSTER_HOME that CLI runs on a throwaway in-memory instance. Shards are dynamic
+    partitions registered in the instance, so none exists there: the run can only fail, with a
+    ~70-line traceback that never names DAGSTER_HOME. The code server, the webserver, `curate` and
+    the tests have another argv (or DAGSTER_HOME set) and get None."""
+    env = os.environ if environ is None else environ
+    if env.get("DAGSTER_HOME", "").strip() or len(argv) < 3 or not _is_dagster_cli(argv[0]):
+        return None
+    command = (argv[1], argv[2])
+    if command not in DAGSTER_RUN_COMMANDS:
+        return None
+    args = argv[3:]
+    names_shard = any(_option_values(args, option) for option in _PARTITION_OPTIONS) or any(
+        tag in tags for tags in _option_values(args, "--tags") for tag in _PARTITION_TAGS)
+    if not names_shard:
+        return None
+    return SettingError("DAGSTER_HOME", env.get("DAGSTER_HOME", ""),
+                        f"a folder holding dagster.yaml (not set, so `dagster {' '.join(command)}` would run on a "
+                        "throwaway instance that knows no shards): export DAGSTER_HOME=$PWD/dagster_home "
+                        "(`make setup` creates it) or use `curate run`")

@@ -8,12 +8,21 @@ checked when the config is built (at launch from the launchpad's run config, at 
 Python): a bad value raises `resources.environment.SettingError`, one line ``StageSettings.
 <stage>.<field>=VALUE: what is allowed``, never retried; an unknown key names the known ones.
 `to_library()` returns the library dataclass.
+
+Where the rules come from: a library config with a range table (`curation/quality/config.py`'s
+`_RANGES`, `{field: (lo, hi)}`) gives its fields' rules through `range_rules`, so the bounds here
+are the library's own and cannot drift; only the wording of the thing ("a share") is written here.
+Rules of libraries that check in code (`__post_init__`) are written out and compared with the
+library on probe values by tests/unit/test_stage_rules.py; `resource_only` names the rules the
+library does not have (the resource is stricter there on purpose). Whatever a rule lets through,
+the library's own check still runs (`to_library()`), its message as one line naming the section.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import dagster as dg
@@ -24,13 +33,44 @@ from curation.export.tars import ExportConfig
 from curation.heads import ACTIVATIONS, HeadSpec
 from curation.inventory import InventoryConfig
 from curation.quality import QualityConfig
+from curation.quality.config import _RANGES as QUALITY_RANGES  # the library's table: the rules derive from it
+from curation.quality.config import PROFILES as QUALITY_PROFILES
 from curation.similarity import STORAGES, IndexConfig
 from resources.environment import SettingError
 
 Rule = tuple[Callable[[Any], bool], str]
 POSITIVE: Rule = (lambda v: v > 0, "a number > 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, "a number >= 0")
-GREY_LEVEL: Rule = (lambda v: 0 <= v <= 255, "a grey level in [0, 255]")
+Range = tuple[float, float]  # inclusive bounds of a library range table; +-inf: unbounded
+
+
+def _bound(x: float) -> str:
+    return f"{x:g}"
+
+
+def range_rule(lo: float, hi: float, what: str | None = None) -> Rule:
+    """The rule `lo <= v <= hi` of a library range table, worded "`what` in [lo, hi]" (or ">= lo" /
+    "<= hi" for an unbounded side). `what` defaults to "a whole number" for integer bounds, else
+    "a number"; a "{}" in it places the bounds (e.g. "a ratio {} (long side / short side)")."""
+    bounds = (f">= {_bound(lo)}" if math.isinf(hi) else f"<= {_bound(hi)}" if math.isinf(lo)
+              else f"in [{_bound(lo)}, {_bound(hi)}]")
+    finite = [b for b in (lo, hi) if not math.isinf(b)]
+    what = what or ("a whole number" if all(isinstance(b, int) for b in finite) else "a number")
+    allowed = what.format(bounds) if "{}" in what else f"{what} {bounds}"
+    return (lambda v: lo <= v <= hi, allowed)
+
+
+def range_rules(table: Mapping[str, Range], what: Mapping[str, str] | None = None) -> dict[str, Rule]:
+    """One `range_rule` per field of a library range table; `what` words some of them."""
+    what = what or {}
+    return {name: range_rule(lo, hi, what.get(name)) for name, (lo, hi) in table.items()}
+
+
+def choice_rule(choices: tuple[str, ...]) -> Rule:
+    """The value is one of the library's `choices`, worded "'a', 'b' or 'c'"."""
+    quoted = [repr(c) for c in choices]
+    allowed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+    return (lambda v: v in choices, allowed)
 
 
 class StageConfig(dg.Config):
@@ -39,6 +79,7 @@ class StageConfig(dg.Config):
     library: ClassVar[type]
     section: ClassVar[str]
     rules: ClassVar[dict[str, Rule]] = {}
+    resource_only: ClassVar[frozenset[str]] = frozenset()  # rules the library does not have
 
     @model_validator(mode="before")
     @classmethod
@@ -83,8 +124,9 @@ class InventorySettings(StageConfig):
         # curation.imaging.WHASH_IMAGE_SCALE: the wavelet hash needs at least a 64 x 64 analysis image
         "analysis_size": (lambda v: v >= 64, "a whole number of pixels >= 64"),
         "background": (lambda v: len(v) == 3 and all(0 <= c <= 255 for c in v), "three channel values in [0, 255]"),
-        "start_method": (lambda v: v in ("forkserver", "spawn"), "'forkserver' or 'spawn'"),
+        "start_method": choice_rule(("forkserver", "spawn")),
     }
+    resource_only: ClassVar[frozenset[str]] = frozenset({"start_method"})
 
     max_pixels: int = Field(default=_INV.max_pixels,
                             description="declared width*height above which a file is DECOMPRESSION_BOMB, undecoded")
@@ -114,6 +156,7 @@ class DedupSettings(StageConfig):
         "strict_phash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
         "strict_dhash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
     }
+    resource_only: ClassVar[frozenset[str]] = frozenset({"min_contrast", "min_entropy", "pair_batch", "index_batch"})
 
     phash_radius: int = Field(default=_DEDUP.phash_radius, description="max pHash Hamming distance of a duplicate")
     dhash_radius: int = Field(default=_DEDUP.dhash_radius, description="max dHash Hamming distance of a duplicate")
@@ -138,23 +181,17 @@ class QualitySettings(StageConfig):
 
     library: ClassVar[type] = QualityConfig
     section: ClassVar[str] = "StageSettings.quality"
-    rules: ClassVar[dict[str, Rule]] = {
-        "profile": (lambda v: v in ("auto", "photo", "graphics"), "'auto', 'photo' or 'graphics'"),
-        "min_side": (lambda v: v >= 1, "a whole number of pixels >= 1"),
-        "max_aspect_ratio": (lambda v: v >= 1, "a ratio >= 1 (long side / short side)"),
-        "photo_max_aspect_ratio": (lambda v: v >= 1, "a ratio >= 1 (long side / short side)"),
-        "min_contrast": NON_NEGATIVE,
-        "min_jpeg_quality": (lambda v: 0 <= v <= 100, "a JPEG quality in [0, 100]"),
-        "near_empty_share": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
-        "near_empty_ink": (lambda v: 0 <= v <= 1, "a share in [0, 1]"),
-        "dark_p95": GREY_LEVEL, "dark_mean": GREY_LEVEL, "bright_rolloff": GREY_LEVEL,
-        "bright_clip_share": (lambda v: 0 <= v <= 1, "a share in [0, 1]"), "bright_min_edge_ratio": NON_NEGATIVE,
-        "photo_min_edge": NON_NEGATIVE, "photo_soft_edge": NON_NEGATIVE,
-        "photo_min_native_sharpness": NON_NEGATIVE, "graphic_min_edge": NON_NEGATIVE,
-        "photo_max_edge_ratio": NON_NEGATIVE, "photo_motion_edge_ratio": NON_NEGATIVE,
-        "photo_motion_spread": NON_NEGATIVE, "graphic_max_edge_ratio": NON_NEGATIVE,
-        "graphic_soft_edge_ratio": NON_NEGATIVE, "graphic_ratio_max_edge": NON_NEGATIVE,
-    }
+    rules: ClassVar[dict[str, Rule]] = {"profile": choice_rule(QUALITY_PROFILES), **range_rules(QUALITY_RANGES, {
+        "min_side": "a whole number of pixels", "max_aspect_ratio": "a ratio {} (long side / short side)",
+        "photo_max_aspect_ratio": "a ratio {} (long side / short side)", "min_contrast": "a grey-level std",
+        "min_jpeg_quality": "a JPEG quality", "near_empty_share": "a share", "near_empty_ink": "a share",
+        "dark_p95": "a grey level", "dark_mean": "a grey level", "bright_rolloff": "a grey level",
+        "bright_clip_share": "a share", "bright_min_edge_ratio": "an edge ratio",
+        "photo_min_edge": "an edge sharpness", "photo_soft_edge": "an edge sharpness",
+        "photo_min_native_sharpness": "a Laplacian variance", "graphic_min_edge": "an edge sharpness",
+        "photo_max_edge_ratio": "an edge ratio", "photo_motion_edge_ratio": "an edge ratio",
+        "photo_motion_spread": "an edge-ratio spread", "graphic_max_edge_ratio": "an edge ratio",
+        "graphic_soft_edge_ratio": "an edge ratio", "graphic_ratio_max_edge": "an edge sharpness"})}
 
     profile: str = Field(default=_QUALITY.profile, description="how each image's kind is found: auto | photo | graphics")
     min_side: int = Field(default=_QUALITY.min_side, description="shorter side below this (px) is too_small")
@@ -228,7 +265,7 @@ class SimilaritySettings(StageConfig):
         "m": (lambda v: v >= 2, "a whole number >= 2"),
         "ef_construction": (lambda v: v >= 2, "a whole number >= 2"),
         "ef_search": (lambda v: v >= 2, "a whole number >= 2"),
-        "storage": (lambda v: v in STORAGES, f"one of {', '.join(STORAGES)}"),
+        "storage": choice_rule(STORAGES),
     }
 
     m: int = Field(default=_INDEX.m, description="HNSW graph degree")

@@ -35,10 +35,15 @@ Overview
   an earlier cluster has more pixels (then more bytes; ties keep the earlier copy) than that
   cluster's best copy so far, the shard's index row records that it *supersedes* it
   (FLAG_SUPERSEDES, ``supersedes``, ``superseded_shard``): the earlier partition is not touched.
-  The curated set and the export take the corpus-level view, `corpus_keep(curated, records)`
-  with `supersede_records(index rows of this and later shards)`: the cluster keeps its best
-  acceptable copy (kept, or rejected only as a duplicate), every other copy is dropped with the
-  reason ``superseded``.
+  Who applies it: the shard's own `curated_images` keeps the superseding copy (`shard_keep` with
+  the shard's own records: kept when acceptable, i.e. kept or rejected only as a duplicate, with
+  ``supersedes`` / ``superseded_shard`` naming the copy it replaces), so it is embedded and
+  exported with its shard, and a shard's outputs still depend only on it and earlier shards. The
+  corpus-level readers take the corpus view, `corpus_keep(all shards' curated rows, all shards'
+  records)`: per cluster the best acceptable copy is kept and every other kept copy is dropped
+  with the reason ``superseded`` (the corpus report, `curation_summary`); the export's corpus
+  manifest (`curation.export.corpus_manifest`) does the same over the exported rows, so it lists
+  the best *exported* copy and a stale earlier tar's copy is left out, never rewritten.
 * **No all-pairs comparison.** Candidate pairs come from multi-index hashing over *both* hashes
   (`near_pairs`): pHash is cut into ``phash_radius + 1`` bit blocks and dHash into
   ``dhash_radius + 1`` blocks. By the pigeonhole principle a pair within both radii has at least one
@@ -82,17 +87,19 @@ from curation.dedup.prepare import representative_rank
 from curation.dedup.query import query_index
 from curation.dedup.search import near_pairs
 from curation.dedup.shard import dedup_shard
-from curation.dedup.supersede import SUPERSEDE_SCHEMA, corpus_keep, find_supersedes, supersede_records
+from curation.dedup.supersede import SUPERSEDE_SCHEMA, SUPERSEDED, corpus_keep, find_supersedes, shard_keep, supersede_records
 from curation.dedup.verify import VerifyFeatures, chromaticity, verify_candidates
 
 __all__ = [
     "FLAG_SUPERSEDES",
     "INDEX_SCHEMA",
+    "SUPERSEDED",
     "SUPERSEDE_SCHEMA",
     "DedupConfig",
     "VerifyFeatures",
     "corpus_keep",
     "find_supersedes",
+    "shard_keep",
     "supersede_records",
     "best_earlier_match",
     "block_plan",

@@ -16,15 +16,20 @@ earlier output:
   against it like a representative, so a chain 48 px -> 64 px -> 256 px is recorded link by link.
 * `supersede_records(index)`: the supersede records of index rows (SUPERSEDE_SCHEMA), i.e. the
   ``dedup_index`` rows with FLAG_SUPERSEDES: nothing new has to be persisted.
+* `shard_keep(curated, records)`: one shard's `curated_images` with its own records applied (the
+  superseding copy kept, naming what it replaces; never depends on later shards).
 * `corpus_keep(curated, records)`: the corpus-level keep decision. Per cluster with records, the
   candidates are the representative (the cluster_id) and its superseders in shard order (each
   better than the one before); the winner is the last candidate that is acceptable, i.e. kept at
   shard level or rejected only as ``duplicate``. The winner is kept; every other candidate that was
   kept at shard level is dropped with reason ``superseded``. Clusters without records, and
-  clusters whose candidates all fail quality, are unchanged.
+  clusters whose candidates all fail quality, are unchanged. The corpus report (`curation_summary`)
+  and the export's corpus manifest (`curation.export.corpus`) read through it.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -33,9 +38,10 @@ from curation.dedup.config import FLAG_REP, FLAG_SUPERSEDES
 from curation.dedup.prepare import Assignment, ShardArrays
 from curation.schema import Schema
 
-__all__ = ["SUPERSEDE_SCHEMA", "SUPERSEDED", "corpus_keep", "find_supersedes", "supersede_records"]
+__all__ = ["SUPERSEDE_SCHEMA", "SUPERSEDED", "corpus_keep", "find_supersedes", "shard_keep", "supersede_records"]
 
 SUPERSEDED = "superseded"
+BEST_COPY_METRIC = "best_copy_pixels"  # the `superseded` reject detail: pixels of the copy that won
 
 SUPERSEDE_SCHEMA: Schema = {
     "cluster_id": pl.String,  # the cluster (its first representative's image_id)
@@ -93,32 +99,82 @@ def supersede_records(index: pl.DataFrame) -> pl.DataFrame:
     return rec.select([pl.col(c).cast(t) for c, t in SUPERSEDE_SCHEMA.items()])
 
 
-def corpus_keep(curated: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def corpus_keep(curated: Frame, records: pl.DataFrame, *, trace: bool = False) -> Frame:
     """The corpus-level view of curated rows (CURATED_SCHEMA: image_id, keep, reasons, ...).
 
     `curated` must hold the rows of the shard(s) to decide and the rows of every image that
     `records` (SUPERSEDE_SCHEMA, of those shards and all later ones) names as superseder; rows of
-    representatives not in `curated` are simply not output. Returns `curated` with ``keep`` and
-    ``reasons`` replaced by the corpus-level decision (module docstring), same rows and order."""
+    representatives not in `curated` are simply not output. Returns `curated` (a DataFrame or a
+    LazyFrame, returned as the same kind) with ``keep`` and ``reasons`` (and ``reject_details``
+    when present: the winner's ``duplicate`` entry removed, a ``superseded`` entry added to each
+    dropped copy, metric ``best_copy_pixels`` = the winner's width x height, no threshold)
+    replaced by the corpus-level decision (module docstring), same rows and order. `trace` adds
+    ``superseded_by``: the winner's image_id on the rows dropped as superseded, else null."""
+    lazy = curated.lazy()
+    columns = lazy.collect_schema().names()
     if records.height == 0:
-        return curated
+        if not trace:
+            return curated
+        out = lazy.with_columns(pl.lit(None, pl.String).alias("superseded_by"))
+        return out.collect() if isinstance(curated, pl.DataFrame) else out
     reps = records.select("cluster_id", pl.col("cluster_id").alias("image_id"), pl.lit(-1, pl.Int32).alias("shard_seq"))
-    chain = pl.concat([reps.unique(), records.select("cluster_id", "image_id", "shard_seq")])
-    status = curated.select(
+    chain = pl.concat([reps.unique(), records.select("cluster_id", "image_id", "shard_seq")]).lazy()
+    sized = "width" in columns and "height" in columns
+    px = (pl.col("width").cast(pl.Int64) * pl.col("height").cast(pl.Int64)) if sized else pl.lit(None, pl.Int64)
+    status = lazy.join(chain.select("image_id"), on="image_id", how="semi").select(
         "image_id",
-        (pl.col("keep") | (pl.col("reasons").list.set_difference(pl.lit(["duplicate"])).list.len() == 0)).alias("ok"))
+        (pl.col("keep") | (pl.col("reasons").list.set_difference(pl.lit(["duplicate"])).list.len() == 0)).alias("ok"),
+        px.alias("px"))
     chain = chain.join(status, on="image_id", how="left").with_columns(pl.col("ok").fill_null(False))
     winner = (chain.filter(pl.col("ok")).sort("shard_seq").group_by("cluster_id")
-              .agg(pl.col("image_id").last().alias("winner")))
+              .agg(pl.col("image_id").last().alias("winner"), pl.col("px").last().alias("winner_px")))
     chain = chain.join(winner, on="cluster_id", how="inner").with_columns(
-        (pl.col("image_id") == pl.col("winner")).alias("wins")).select("image_id", "wins").unique("image_id")
-    out = curated.join(chain, on="image_id", how="left", maintain_order="left")
+        (pl.col("image_id") == pl.col("winner")).alias("wins")).select(
+        "image_id", "wins", "winner", "winner_px").unique("image_id", keep="first")
+    out = lazy.join(chain, on="image_id", how="left", maintain_order="left")
     decided = pl.col("wins").is_not_null()
     drop = decided & ~pl.col("wins") & pl.col("keep")
-    out = out.with_columns(
+    wins = decided & pl.col("wins")
+    updates = [
         pl.when(decided).then(pl.col("wins")).otherwise(pl.col("keep")).alias("keep"),
         pl.when(drop).then(pl.col("reasons").list.concat(pl.lit([SUPERSEDED])))
-        .when(decided & pl.col("wins")).then(pl.lit([], dtype=pl.List(pl.String)))
+        .when(wins).then(pl.lit([], dtype=pl.List(pl.String)))
         .otherwise(pl.col("reasons")).alias("reasons"),
-    )
-    return out.select(curated.columns)
+    ]
+    if "reject_details" in columns:
+        dtype = lazy.collect_schema()["reject_details"]
+        inner = dtype.inner if isinstance(dtype, pl.List) else None
+        if isinstance(inner, pl.Struct):
+            fill = {"reason": pl.lit(SUPERSEDED), "metric": pl.lit(BEST_COPY_METRIC), "value": pl.col("winner_px")}
+            entry = pl.struct(*[fill.get(f.name, pl.lit(None)).cast(f.dtype).alias(f.name) for f in inner.fields])
+            updates.append(
+                pl.when(drop).then(pl.col("reject_details").list.concat(pl.concat_list(entry)))
+                .when(wins).then(pl.lit([], dtype=dtype))
+                .otherwise(pl.col("reject_details")).alias("reject_details"))
+    if trace:
+        updates.append(pl.when(drop).then(pl.col("winner")).otherwise(None).alias("superseded_by"))
+    out = out.with_columns(updates)
+    out = out.select(*columns, *(["superseded_by"] if trace else []))
+    return out.collect() if isinstance(curated, pl.DataFrame) else out
+
+
+def shard_keep(curated: pl.DataFrame, records: pl.DataFrame) -> pl.DataFrame:
+    """`curated_images` of one shard with that shard's own supersede records applied: a row that
+    supersedes an earlier cluster's best copy and is acceptable (kept, or rejected only as a
+    duplicate) is kept, with ``supersedes`` / ``superseded_shard`` naming the copy it replaces;
+    every other row is unchanged (both columns null). Depends only on this shard's inputs, so
+    the shard's output never changes when later shards arrive; the earlier copy is dropped in
+    the corpus-level view (`corpus_keep` over every shard), not in its own shard's file."""
+    own = records.filter(pl.col("image_id").is_in(curated["image_id"].implode()))
+    out = corpus_keep(curated, own)
+    names = own.select("image_id", pl.col("supersedes").alias("_sup"), pl.col("superseded_shard").alias("_sup_shard"))
+    out = out.drop("supersedes", "superseded_shard", strict=False).join(names, on="image_id", how="left",
+                                                                        maintain_order="left")
+    won = pl.col("keep") & pl.col("_sup").is_not_null()
+    return out.with_columns(pl.when(won).then(pl.col("_sup")).otherwise(None).cast(pl.String).alias("supersedes"),
+                            pl.when(won).then(pl.col("_sup_shard")).otherwise(None).cast(pl.String)
+                            .alias("superseded_shard")).drop("_sup", "_sup_shard").select(
+        *[c for c in curated.columns if c not in ("supersedes", "superseded_shard")], "supersedes", "superseded_shard")

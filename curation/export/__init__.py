@@ -20,21 +20,32 @@ into place locally; one completed multipart upload on S3). The tar boundaries ar
 anything is written, from the inventory's byte counts, and recorded in `tars/<shard>/_plan.json`, so a
 killed export resumes: tars of the same plan that already exist are kept, the rest are written, and
 the manifest (written last) marks the shard complete.
+
+Across shards (`corpus`): a shard's export is never rewritten, so when a later shard brings a larger
+copy of an earlier shard's picture both tars hold a copy. `corpus_manifest` (the unpartitioned
+`corpus_manifest` asset, `<output_root>/corpus_manifest/manifest.parquet`) lists exactly the
+corpus-level keepers, the best exported copy of each cluster, with the tar, key and shard manifest
+each lives in: training jobs read it (or filter the shard manifests / tars by its `key`s) to skip
+the stale earlier copies.
 """
 
+from curation.export.corpus import CorpusManifestStats, corpus_manifest, read_manifest_metadata
 from curation.export.manifest import hf_features, write_manifest
 from curation.export.samples import SAMPLE_COLUMNS, build_samples, sample_json
 from curation.export.tars import ExportConfig, ExportResult, TarPlan, export_shard, plan_tars
 
 __all__ = [
     "SAMPLE_COLUMNS",
+    "CorpusManifestStats",
     "ExportConfig",
     "ExportResult",
     "TarPlan",
     "build_samples",
+    "corpus_manifest",
     "export_shard",
     "hf_features",
     "plan_tars",
+    "read_manifest_metadata",
     "sample_json",
     "write_manifest",
 ]

@@ -59,11 +59,14 @@ Corpus counts: `corpus_counts(con, output_root)` runs one DuckDB query over the 
 same numbers are computed from the frames. Every other section is computed from the frames, which
 may be `pl.LazyFrame`s (e.g. `pl.scan_parquet` over all shards): only the columns a section needs
 are collected, and at most `max_map_points` embeddings. For `s3://` roots the caller must have
-configured DuckDB's httpfs extension and credentials on `con`.
+configured DuckDB's httpfs extension and credentials on `con`. The corpus report is meant to get
+the corpus-level curated view (`curation.dedup.corpus_keep`: an earlier shard's copy superseded by
+a larger later one is rejected as `superseded`); `with_kept_counts(shard_counts, curated)` recounts
+the DuckDB table's `kept` column from that view.
 """
 
 from curation.report.build import build_corpus_report, build_shard_report
-from curation.report.counts import corpus_counts, stage_counts_by_shard
+from curation.report.counts import corpus_counts, stage_counts_by_shard, with_kept_counts
 from curation.report.markdown import markdown_preview, preview_thumbs
 from curation.report.spec import (
     DEFAULT_MAX_MAP_POINTS,
@@ -108,4 +111,5 @@ __all__ = [
     "preview_thumbs",
     "render_tile",
     "stage_counts_by_shard",
+    "with_kept_counts",
 ]

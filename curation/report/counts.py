@@ -92,6 +92,16 @@ def stage_counts_by_shard(inventory: Frame, clusters: Frame, curated: Frame, emb
     return out.with_columns(fill).select("shard", *[pl.col(s).cast(pl.Int64) for s in STAGES]).sort("shard")
 
 
+def with_kept_counts(shard_counts: pl.DataFrame, curated: Frame) -> pl.DataFrame:
+    """`shard_counts` with its `kept` column recounted from `curated` (e.g. the corpus-level view,
+    where an earlier shard's superseded copy is no longer kept); shards without curated rows: 0."""
+    cur = collect_columns(curated, ["shard", "keep"])
+    assert cur is not None
+    kept = cur.group_by("shard").agg(pl.col("keep").fill_null(False).sum().cast(pl.Int64).alias("_kept"))
+    out = shard_counts.join(kept, on="shard", how="left", maintain_order="left")
+    return out.with_columns(pl.col("_kept").fill_null(0).alias("kept")).select(shard_counts.columns)
+
+
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 

@@ -2,8 +2,9 @@
 
 Modules: `config` (SemanticDedupConfig, schemas), `lsh` (hyperplanes, centre, band keys, Hamming
 limits), `vectors` (int8 / float16 / projection encodings, dot products), `pairs` (LSH pair search,
-cross-index query, brute force), `match` (best earlier representative) and `shard` (the
-`semantic_dedup_shard` pipeline).
+cross-index query, brute force), `match` (best earlier representative), `verify` (the two-stage
+rule's crop-aware thumbnail check), `calibrate` (per-model rules from labelled pairs) and `shard`
+(the `semantic_dedup_shard` pipeline).
 
 Why
 ---
@@ -14,6 +15,12 @@ so this pass runs on stage 4's embeddings (the curated set, i.e. after the hash 
 
 Design (mirrors curation/dedup/)
 ----------------------------------
+* **Two-stage rule, per model.** A pair links when its cosine is >= ``threshold``, or >=
+  ``wide_threshold`` and stage 1's 8x8 thumbnails align (one image against windows of the other,
+  `verify.align_diff` <= ``max_align_diff``): crops, re-framings and re-renders whose cosine falls
+  short of the strict threshold, but not recolours. Calibrated per embedding model on labelled
+  pairs (`calibrate`, bench/results/semantic_calibration.json). The candidate search (LSH, the
+  cross-shard query) runs at ``wide_threshold``; leader clustering runs on the pairs that link.
 * **Deterministic.** Every random quantity (LSH hyperplanes, the index projection) comes from a fixed
   seed and the embedding dimension only: nothing is fitted to data, nothing depends on run order.
 * **No chaining.** Leader (star) clustering in priority order (input order = curated order; the

@@ -5,11 +5,12 @@ encoding (invalid values raise ValueError in the constructor). `SEMANTIC_SCHEMA`
 output; `index_schema(cfg, dim)` the persisted cross-shard index, one row per embedded image::
 
     image_id str, shard str, shard_seq Int32, cluster_id str, rep_shard str, similarity Float32,
-    is_representative bool, keys Array(UInt32, n_bands), vec Array(Int8 | Float16, dim | proj_dim)
-    (keys and vec are null for members: only representatives are matched against)
+    is_representative bool, keys Array(UInt32, n_bands), vec Array(Int8 | Float16, dim | proj_dim),
+    thumb Binary (192 bytes: stage 1's thumbnail, for the two-stage rule; older indexes lack it)
+    (keys, vec and thumb are null for members: only representatives are matched against)
 
-Bytes per representative: 4 * n_bands + the vector: 192 + 1,280 (int8, 1280-d, the defaults) in
-memory; see bench/results/semantic.json for Parquet sizes.
+Bytes per representative: 4 * n_bands + the vector + the thumbnail: 192 + 1,280 (int8, 1280-d, the
+defaults) + 192 in memory; see bench/results/semantic.json for Parquet sizes.
 """
 
 from __future__ import annotations
@@ -55,9 +56,24 @@ class SemanticDedupConfig:
         photo corpora without look-alikes can use 0.94-0.95 (with band_bits 14, n_bands 64). The
         leader clustering keeps clusters star-shaped either way: a false link costs one image,
         never a chain.
-    calibrated: True replaces `threshold` by the embedding model's calibrated threshold when one is
-        recorded (`for_model`, `curation.semantic.calibrate`): cosines differ between models, so
-        one constant does not fit them all. False: `threshold` as given.
+    calibrated: True replaces `threshold`, `wide_threshold` and `max_align_diff` by the embedding
+        model's calibrated rule when one is recorded (`for_model`, `curation.semantic.calibrate`):
+        cosines differ between models, so one constant does not fit them all. False: as given.
+    wide_threshold: None (the default: no verification stage, `threshold` alone) or a cosine <=
+        `threshold`. Two-stage rule (`curation.semantic.verify`): a pair whose cosine is in
+        [wide_threshold, threshold) links only when the crop-aware difference of the two stage-1
+        8x8 thumbnails (`align_diff`: one image against a window of the other) is <=
+        `max_align_diff`; pairs >= threshold link on the cosine alone. This catches crops,
+        re-framings and re-renders whose cosine falls below the strict threshold while keeping
+        recolours and animation frames apart (bench/results/semantic_calibration.json). Needs a
+        ``thumb_rgb`` column in the input (without one, or for a row without a thumbnail, only
+        `threshold` applies). LSH candidates are searched at wide_threshold: use band_bits 14 x
+        n_bands 64 or more bands when it is < 0.95 (see band_bits).
+        Calibrated for EfficientNet-Lite0 (`CALIBRATED_VERIFY`): wide_threshold 0.85 with
+        max_align_diff 6.0; LSH candidate recall at 0.85 on the labelled set is 0.82 with the
+        default 16 x 48 bands, 0.94 with 14 x 64 and 0.98 with 12 x 64 (bench/results/
+        semantic_calibration.json, `lsh_candidate_recall_at_wide_threshold`).
+    max_align_diff: 6.0 levels (0..255): the largest `align_diff` of a verified pair.
     band_bits / n_bands: 16 bits x 48 bands (192 bytes of keys per representative), hashing around
         the corpus centre (`fit_center`). On the demo embeddings a centred bit agrees with p ~0.85
         for pairs >= 0.95 and ~0.50 for random pairs. Measured recall vs brute force on the demo
@@ -87,6 +103,8 @@ class SemanticDedupConfig:
     enabled: bool = True
     threshold: float = 0.97
     calibrated: bool = True
+    wide_threshold: float | None = None
+    max_align_diff: float = 6.0
     band_bits: int = 16
     n_bands: int = 48
     index_vectors: str = "int8"
@@ -96,15 +114,29 @@ class SemanticDedupConfig:
 
     def for_model(self, model_id: str | None) -> SemanticDedupConfig:
         """This config with `model_id`'s calibrated threshold (`curation.semantic.calibrate.
-        CALIBRATED_THRESHOLDS`) when `calibrated` is true and the model has one; else unchanged."""
-        from curation.semantic.calibrate import CALIBRATED_THRESHOLDS
+        CALIBRATED_THRESHOLDS`) and, when recorded, its two-stage rule (`CALIBRATED_VERIFY`:
+        wide_threshold, max_align_diff) when `calibrated` is true and the model has one; else unchanged."""
+        from curation.semantic.calibrate import CALIBRATED_THRESHOLDS, CALIBRATED_VERIFY
 
         t = CALIBRATED_THRESHOLDS.get(model_id or "") if self.calibrated else None
-        return self if t is None else replace(self, threshold=t)
+        if t is None:
+            return self
+        wide, diff = CALIBRATED_VERIFY.get(model_id or "", (None, self.max_align_diff))
+        return replace(self, threshold=t, wide_threshold=wide, max_align_diff=diff)
+
+    @property
+    def search_threshold(self) -> float:
+        """The cosine the candidate search verifies at: wide_threshold when set, else threshold."""
+        return self.threshold if self.wide_threshold is None else self.wide_threshold
 
     def __post_init__(self) -> None:
         if not (-1.0 <= self.threshold <= 1.0):
             raise ValueError("threshold must be a cosine in [-1, 1]")
+        if self.wide_threshold is not None and not (-1.0 <= self.wide_threshold <= self.threshold):
+            raise ValueError(f"wide_threshold must be None or a cosine in [-1, threshold={self.threshold}], "
+                             f"got {self.wide_threshold}")
+        if not (0.0 <= self.max_align_diff <= 255.0):
+            raise ValueError(f"max_align_diff must be in [0, 255] levels, got {self.max_align_diff}")
         if not (1 <= self.band_bits <= 32):
             raise ValueError("band_bits must be in [1, 32]")
         if self.n_bands < 1:
@@ -139,4 +171,5 @@ def index_schema(cfg: SemanticDedupConfig, dim: int) -> Schema:
         "is_representative": pl.Boolean,
         "keys": pl.Array(pl.UInt32, cfg.n_bands),
         "vec": vec,
+        "thumb": pl.Binary,  # stage 1's 8x8 RGB thumbnail (two-stage verification; null when unknown)
     }

@@ -9,6 +9,7 @@ index vectors; `best_earlier_match` decides which earlier representative a row j
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,7 @@ from curation.semantic.config import SemanticDedupConfig
 from curation.semantic.lsh import hamming_limits
 from curation.semantic.pairs import query_pairs
 from curation.semantic.vectors import query_vectors
+from curation.semantic.verify import verify_links
 
 __all__ = ["MATCH_SCHEMA", "best_earlier_match", "match_earlier"]
 
@@ -35,28 +37,40 @@ def best_earlier_match(candidates: pl.DataFrame) -> pl.DataFrame:
         subset="q", keep="first", maintain_order=True)
 
 
+def _thumb_rows(col: pl.Series) -> np.ndarray:
+    from curation.imaging.features import thumb_array
+
+    return thumb_array(col.cast(pl.Binary).to_list())[0]
+
+
 def match_earlier(
     x: np.ndarray, keys: np.ndarray, earlier: pl.DataFrame | Iterable[pl.DataFrame] | None, cfg: SemanticDedupConfig,
     chunk: int = 131072, *, center: np.ndarray | None = None, prefilter: bool = True,
+    thumbs: np.ndarray | None = None,
 ) -> pl.DataFrame:
     """Best earlier representative (`best_earlier_match`) for each query row with cosine >= threshold.
     `earlier` may be one index frame or an iterable of them (e.g. one per earlier shard, read
     lazily: memory is then bounded by one shard's index). center: the hashing centre `keys` were
     computed with (for the Hamming pre-filter, `hamming_limits`; prefilter=False verifies every
-    candidate, "proj" always does). Index vectors are decoded for candidate rows only. Returns
+    candidate, "proj" always does). Index vectors are decoded for candidate rows only. With
+    cfg.wide_threshold, candidates are searched at it and those below threshold must pass
+    `verify_links` on `thumbs` (the query rows' thumbnails) and the index's ``thumb`` column
+    (older indexes without one: threshold alone). Returns
     MATCH_SCHEMA columns: q (row of x), seq (shard_seq), s (similarity), cluster_id, rep_shard."""
     empty = pl.DataFrame(schema=MATCH_SCHEMA)
     if earlier is None or len(x) == 0:
         return empty
     frames = [earlier] if isinstance(earlier, pl.DataFrame) else earlier
     qvec = query_vectors(x, cfg)
-    max_ham = hamming_limits(x, cfg, center) if prefilter and cfg.index_vectors != "proj" else None
+    wide = cfg.search_threshold < cfg.threshold
+    search = replace(cfg, threshold=cfg.search_threshold) if wide else cfg
+    max_ham = hamming_limits(x, search, center) if prefilter and cfg.index_vectors != "proj" else None
     best = empty
     for frame in frames:
         if frame is None or frame.height == 0:
             continue
         usable = pl.col("is_representative") & pl.col("keys").is_not_null() & pl.col("vec").is_not_null()
-        reps = frame.select(_MATCH_COLS)
+        reps = frame.select(_MATCH_COLS + (["thumb"] if wide and "thumb" in frame.columns else []))
         if not reps.select(usable.fill_null(False).all()).item():  # copy only when some rows are unusable
             reps = reps.filter(usable)
         if reps.height == 0:
@@ -65,9 +79,14 @@ def match_earlier(
         for s in range(0, reps.height, chunk):
             part = reps.slice(s, chunk)
             qq, rr, ss = query_pairs(keys, qvec, part["keys"].to_numpy().astype(np.uint32, copy=False),
-                                     part["vec"].to_numpy(), cfg, max_hamming=max_ham, raw_index=True)
+                                     part["vec"].to_numpy(), search, max_hamming=max_ham, raw_index=True)
             found.append((qq, rr + s, ss))
         qq, rr, ss = (np.concatenate([f[k] for f in found]) for k in range(3))
+        if wide:
+            ithumb = _thumb_rows(reps["thumb"].gather(rr)) if "thumb" in reps.columns and thumbs is not None else None
+            ok = verify_links(ss, None if ithumb is None else thumbs[qq], ithumb, cfg.threshold,  # type: ignore[index]
+                              cfg.wide_threshold, cfg.max_align_diff)
+            qq, rr, ss = qq[ok], rr[ok], ss[ok]
         if len(qq) == 0:
             continue
         m = pl.DataFrame({

@@ -9,6 +9,7 @@ representatives (`match_earlier`); leader clustering of the rest within the shar
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -19,8 +20,9 @@ from curation.semantic.lsh import band_keys
 from curation.semantic.match import match_earlier
 from curation.semantic.pairs import lsh_pairs
 from curation.semantic.vectors import encode
+from curation.semantic.verify import verify_links
 
-__all__ = ["build_index", "cluster_within_shard", "semantic_dedup_shard", "unit_embeddings"]
+__all__ = ["build_index", "cluster_within_shard", "semantic_dedup_shard", "thumbnails", "unit_embeddings"]
 
 _DEFAULT_CONFIG = SemanticDedupConfig()  # frozen: safe to share as the default argument
 
@@ -39,14 +41,30 @@ def unit_embeddings(col: pl.Series) -> np.ndarray:
     return x / np.where(nrm > 0, nrm, 1.0)
 
 
+def thumbnails(current: pl.DataFrame) -> np.ndarray | None:
+    """(n, 192) uint8 stage-1 thumbnails of the ``thumb_rgb`` column (zero rows where null), or None
+    without the column (then only the strict threshold applies)."""
+    if "thumb_rgb" not in current.columns:
+        return None
+    from curation.imaging.features import thumb_array
+
+    return thumb_array(current["thumb_rgb"].cast(pl.Binary).to_list())[0]
+
+
 def cluster_within_shard(
-    keys: np.ndarray, x: np.ndarray, rest: np.ndarray, cl_local: np.ndarray, sim: np.ndarray, cfg: SemanticDedupConfig
+    keys: np.ndarray, x: np.ndarray, rest: np.ndarray, cl_local: np.ndarray, sim: np.ndarray, cfg: SemanticDedupConfig,
+    thumbs: np.ndarray | None = None,
 ) -> None:
-    """Leader clustering of the rows `rest` (input order is the priority) over LSH pairs at cosine >=
-    threshold: sets cl_local (the leader's row) and sim (cosine with the leader) of members in place."""
+    """Leader clustering of the rows `rest` (input order is the priority) over LSH pairs that link
+    (cosine >= threshold, or >= wide_threshold and verified on `thumbs`, `verify_links`): sets
+    cl_local (the leader's row) and sim (cosine with the leader) of members in place."""
     if len(rest) <= 1:
         return
-    i, j, s = lsh_pairs(keys[rest], x[rest], cfg)
+    i, j, s = lsh_pairs(keys[rest], x[rest], replace(cfg, threshold=cfg.search_threshold))
+    if cfg.search_threshold < cfg.threshold:
+        ok = verify_links(s, None if thumbs is None else thumbs[rest[i]], None if thumbs is None else thumbs[rest[j]],
+                          cfg.threshold, cfg.wide_threshold, cfg.max_align_diff)
+        i, j, s = i[ok], j[ok], s[ok]
     lead = leader_clusters(len(rest), i, j, np.arange(len(rest)))
     cl_local[rest] = rest[lead]
     if len(i):
@@ -56,10 +74,10 @@ def cluster_within_shard(
 
 def build_index(
     rows: pl.DataFrame, keys: np.ndarray, x: np.ndarray, is_rep: np.ndarray, cfg: SemanticDedupConfig,
-    dim: int, shard_seq: int,
+    dim: int, shard_seq: int, thumbs: np.ndarray | None = None,
 ) -> pl.DataFrame:
-    """This shard's index rows (`index_schema`): the output rows plus shard_seq, with keys and the
-    encoded vector (`encode`) for representatives only."""
+    """This shard's index rows (`index_schema`): the output rows plus shard_seq, with keys, the
+    encoded vector (`encode`) and the thumbnail (null when unknown) for representatives only."""
     schema = index_schema(cfg, dim)
     if len(x):
         vec = encode(x, cfg)
@@ -67,7 +85,10 @@ def build_index(
         width = cfg.proj_dim if cfg.index_vectors == "proj" else dim
         vec = np.empty((0, width), np.float16 if cfg.index_vectors == "float16" else np.int8)
     rep_mask = pl.Series(is_rep, dtype=pl.Boolean)
+    thumb = (pl.Series("thumb", [bytes(t) if t.any() else None for t in thumbs], dtype=pl.Binary)
+             if thumbs is not None else pl.Series("thumb", [None] * len(rows), dtype=pl.Binary))
     return rows.with_columns(
+        pl.when(rep_mask).then(thumb).otherwise(None).alias("thumb"),
         pl.lit(shard_seq, dtype=pl.Int32).alias("shard_seq"),
         pl.when(rep_mask).then(pl.Series("keys", keys, dtype=schema["keys"])).otherwise(None).alias("keys"),
         pl.when(rep_mask).then(pl.Series("vec", vec, dtype=schema["vec"])).otherwise(None).alias("vec"),
@@ -85,7 +106,8 @@ def semantic_dedup_shard(
     """Semantic dedup of one shard's embeddings against itself and the earlier shards' index.
 
     current: columns image_id, shard, embedding (List(Float32) or Array; no nulls; L2-normalised,
-        re-normalised here anyway). Row order is the representative priority (first row highest).
+        re-normalised here anyway), optionally thumb_rgb (stage 1's thumbnail: the two-stage rule,
+        `cfg.wide_threshold`). Row order is the representative priority (first row highest).
     earlier_index: the earlier shards' index rows (`index_schema`): one frame, an iterable of frames
         (one per earlier shard; memory bounded by one), or None.
     shard_seq: the shard's registration number, recorded in its index rows (earlier shards win).
@@ -104,6 +126,7 @@ def semantic_dedup_shard(
             cfg = cfg.for_model(models[0])  # the model's calibrated threshold, when recorded
     n = current.height
     x = unit_embeddings(current["embedding"])
+    thumbs = thumbnails(current)
     dim = x.shape[1] if n else 1
     if shard_seq is None:
         shard_seq = (int(earlier_index["shard_seq"].max()) + 1  # type: ignore[arg-type]
@@ -119,7 +142,7 @@ def semantic_dedup_shard(
     rep_shard = shards.alias("rep_shard")
 
     if cfg.enabled and n:
-        m = match_earlier(x, keys, earlier_index, cfg, center=center)
+        m = match_earlier(x, keys, earlier_index, cfg, center=center, thumbs=thumbs)
         joined = m["q"].to_numpy().astype(np.int64)
         sim[joined] = m["s"].to_numpy()
         if len(joined):
@@ -128,7 +151,7 @@ def semantic_dedup_shard(
         is_joined = np.zeros(n, dtype=bool)
         is_joined[joined] = True
         rest = np.flatnonzero(~is_joined)
-        cluster_within_shard(keys, x, rest, cl_local, sim, cfg)
+        cluster_within_shard(keys, x, rest, cl_local, sim, cfg, thumbs)
         moved = rest[cl_local[rest] != rest]
         if len(moved):
             cluster_id = cluster_id.scatter(moved, ids.gather(cl_local[moved]))
@@ -144,4 +167,4 @@ def semantic_dedup_shard(
         "rep_shard": rep_shard.alias("rep_shard"),
         "similarity": pl.Series(np.minimum(sim, 1.0), dtype=pl.Float32),
     }, schema=SEMANTIC_SCHEMA)
-    return rows, build_index(rows, keys, x, is_rep, cfg, dim, shard_seq)
+    return rows, build_index(rows, keys, x, is_rep, cfg, dim, shard_seq, thumbs)

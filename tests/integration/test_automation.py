@@ -94,14 +94,14 @@ def test_automation_requests_exactly_what_new_shards_and_examples_need(corpus_se
         tick = Ticks(defs, instance)
         assert tick() == {}  # nothing materialised: nothing to follow up
         run(defs, "curate", instance, keys[0])
-        # shard 1 landed: its semantic pass and the summary; shard 2 (no embeddings) not
-        assert tick() == {"semantic_duplicates": {keys[0]}, "curation_summary": {None}}
+        # shard 1 landed: its semantic pass, the summary and the corpus manifest; shard 2 (no embeddings) not
+        assert tick() == {"semantic_duplicates": {keys[0]}, "curation_summary": {None}, "corpus_manifest": {None}}
         assert tick() == {}  # requested once, not again while nothing changes
         run(defs, "semantic", instance, keys[0])
         run(defs, "summary", instance)
         assert tick() == {}
         run(defs, "curate", instance, keys[1])
-        assert tick() == {"semantic_duplicates": {keys[1]}, "curation_summary": {None}}
+        assert tick() == {"semantic_duplicates": {keys[1]}, "curation_summary": {None}, "corpus_manifest": {None}}
         assert tick() == {}
 
         observe_examples(defs, instance)  # first observation of the examples: train the probe
@@ -171,4 +171,4 @@ def test_a_quality_threshold_change_marks_curated_images_and_below_stale(corpus_
         run(changed, "curate", instance, keys[0])  # re-running the shard makes its chain fresh again
         again = stale_status(changed, instance, keys[0])
         assert {k for k, v in again.items() if v == "STALE"} == {
-            "semantic_duplicates", "semantic_index", "curation_summary"}, again
+            "semantic_duplicates", "semantic_index", "curation_summary", "corpus_manifest"}, again

@@ -92,7 +92,7 @@ def test_the_daemon_follows_a_new_shard_with_its_semantic_pass_and_the_summary(t
             assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [r.status for r in runs]
             launched = set().union(*(r.asset_selection or set() for r in runs))
             assert {k.to_user_string() for k in launched} <= {
-                "semantic_duplicates", "semantic_index", "semantic_center", "curation_summary"}, launched
+                "semantic_duplicates", "semantic_index", "semantic_center", "curation_summary", "corpus_manifest"}, launched
             assert not materialized(instance, "semantic_duplicates", keys[1])  # shard 2 was never curated
             assert (out / "reports" / "corpus" / "report.html").exists()
             # nothing new: the next two ticks launch nothing

@@ -10,12 +10,9 @@ import polars as pl
 import pytest
 
 from assets._common import BACKFILL_POLICY
-from partitions.discovery import discover_all
-from partitions.shards import SHARDS
 from resources.classifier import ClassifierSettings
-from resources.corpus import CorpusResource, StageSettings
 from resources.models import EmbedderResource
-from tests.conftest import arcade_sprites
+from tests.shards import materialization_metadata, materialized_partitions, sprite_shards
 
 pytestmark = pytest.mark.slow
 
@@ -40,28 +37,18 @@ def test_one_run_over_a_range_of_shards(tmp_path):
     from assets.quality import curated_images
     from assets.reports import shard_report
 
-    src, out = tmp_path / "src", tmp_path / "out"
-    src.mkdir()
-    sprites = arcade_sprites()[::25][:9]
-    for i, p in enumerate(sprites):
-        shutil.copyfile(p, src / f"a{i:02d}{p.suffix}")
-    shutil.copyfile(sprites[0], src / "z_copy_of_a00.png")  # lands in the last shard: a cross-shard duplicate
-    corpus = CorpusResource(output_root=str(out), sources={"r": str(src)}, shard_size=4)
-    keys = [s.key for s in discover_all(corpus.registry(), "r", str(src), shard_size=4)]
+    shards = sprite_shards(tmp_path, "r", step=25, shard_size=4,
+                           copies={"z_copy_of_a00.png": 0})  # lands in the last shard: a cross-shard duplicate
+    out, sprites, keys = shards.out, shards.sprites, shards.keys
     assert keys == ["r-000001", "r-000002", "r-000003"]
-    resources = {"corpus": corpus, "settings": StageSettings(inventory_workers=1),
-                 "embedder": EmbedderResource(device="cpu"), "classifier": ClassifierSettings(fewshot_uri="")}
+    resources = shards.resources(embedder=EmbedderResource(device="cpu"), classifier=ClassifierSettings(fewshot_uri=""))
     assets = [raw_inventory, dedup_clusters, curated_images, image_embeddings, image_classifications, shard_report]
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SHARDS.name, keys)
-        res = dg.materialize([*assets, *ALL_CHECKS], instance=instance, resources=resources,
-                             tags={"dagster/asset_partition_range_start": keys[0],
-                                   "dagster/asset_partition_range_end": keys[-1]})
+    with shards.instance() as instance:
+        res = dg.materialize([*assets, *ALL_CHECKS], instance=instance, resources=resources, tags=shards.range_tags)
         assert res.success
         assert all(e.passed for e in res.get_asset_check_evaluations())
         for asset in ("raw_inventory", "shard_report"):
-            mats = instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
-            assert sorted(r.partition_key for r in mats) == keys, asset
+            assert materialized_partitions(instance, asset) == keys, asset
         # every shard's outputs, and the copy in the last shard joined the first shard's cluster
         for k in keys:
             assert (out / "reports" / "shards" / k / "report.html").exists()
@@ -85,19 +72,13 @@ def test_dedup_reads_earlier_indexes_as_blocks_and_results_do_not_depend_on_them
     from assets.dedup import dedup_clusters
     from assets.inventory import raw_inventory
 
-    src, out = tmp_path / "src", tmp_path / "out"
-    src.mkdir()
-    sprites = arcade_sprites()[::30][:9]
-    for i, p in enumerate(sprites):
-        shutil.copyfile(p, src / f"a{i:02d}{p.suffix}")
-    shutil.copyfile(sprites[1], src / "z_copy.png")  # 10 files, shards of 2: the copy is in shard 5
-    corpus = CorpusResource(output_root=str(out), sources={"b": str(src)}, shard_size=2)
-    keys = [s.key for s in discover_all(corpus.registry(), "b", str(src), shard_size=2)]
+    shards = sprite_shards(tmp_path, "b", step=30, shard_size=2,
+                           copies={"z_copy.png": 1})  # 10 files, shards of 2: the copy is in shard 5
+    out, keys = shards.out, shards.keys
     assert len(keys) == 5
-    resources = {"corpus": corpus, "settings": StageSettings(inventory_workers=1)}
+    resources = shards.resources()
     blocks = out / "dedup_index_blocks"
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SHARDS.name, keys)
+    with shards.instance() as instance:
         for k in keys:
             assert dg.materialize([raw_inventory, dedup_clusters], partition_key=k, instance=instance,
                                   resources=resources).success
@@ -123,34 +104,24 @@ def test_multi_shard_run_records_each_shards_own_metadata(tmp_path):
     from assets.inventory import raw_inventory
     from assets.reports import stage_timings
 
-    src, out = tmp_path / "src", tmp_path / "out"
-    src.mkdir()
-    sprites = arcade_sprites()[::25][:9]
-    for i, p in enumerate(sprites):
-        shutil.copyfile(p, src / f"a{i:02d}{p.suffix}")
-    corpus = CorpusResource(output_root=str(out), sources={"m": str(src)}, shard_size=4)
-    keys = [s.key for s in discover_all(corpus.registry(), "m", str(src), shard_size=4)]
+    shards = sprite_shards(tmp_path, "m", step=25, shard_size=4)
+    out, keys = shards.out, shards.keys
     assert len(keys) == 3
-    resources = {"corpus": corpus, "settings": StageSettings(inventory_workers=1)}
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(SHARDS.name, keys)
-        res = dg.materialize([raw_inventory, dedup_clusters], instance=instance, resources=resources,
-                             tags={"dagster/asset_partition_range_start": keys[0],
-                                   "dagster/asset_partition_range_end": keys[-1]})
+    with shards.instance() as instance:
+        res = dg.materialize([raw_inventory, dedup_clusters], instance=instance, resources=shards.resources(),
+                             tags=shards.range_tags)
         assert res.success
         for asset in ("raw_inventory", "dedup_clusters"):
-            mats = {r.partition_key: r.asset_materialization
-                    for r in instance.fetch_materializations(dg.AssetKey(asset), limit=10).records}
+            mats = materialization_metadata(instance, asset)
             assert sorted(mats) == keys, asset
             for k in keys:
                 rows = pl.read_parquet(out / asset / f"{k}.parquet").height
-                md = mats[k].metadata
+                md = mats[k]
                 assert md["dagster/row_count"].value == rows, (asset, k)
                 assert md["path"].value == str(out / asset / f"{k}.parquet"), (asset, k)
         sizes = [pl.read_parquet(out / "raw_inventory" / f"{k}.parquet").height for k in keys]
         assert sizes == [4, 4, 1]
-        inv = {r.partition_key: r.asset_materialization.metadata
-               for r in instance.fetch_materializations(dg.AssetKey("raw_inventory"), limit=10).records}
+        inv = materialization_metadata(instance, "raw_inventory")
         assert [inv[k]["decoded"].value + inv[k]["errors"].value for k in keys] == sizes
         # the report's time per stage is the shard's own time, not the range's total
         for k in keys:

@@ -234,7 +234,7 @@ def test_curate_run_console_shape(cli_env, tmp_path):
     DEBUG event and no line printed twice. `--verbose` adds the DEBUG events, still short."""
     import re
 
-    from curation.stages import CURATE, CURATION_SUMMARY, SHARD_STAGES
+    from curation.stages import CURATE, SHARD_STAGES, SUMMARY, stages_in
     from tests.conftest import write_real_images
 
     src = tmp_path / "sprites"
@@ -256,7 +256,8 @@ def test_curate_run_console_shape(cli_env, tmp_path):
 
     job_assets = {k.to_user_string() for k in defs.resolve_job_def(JOB_OF[CURATE]).asset_layer.selected_asset_keys}
     assert set(SHARD_STAGES) <= job_assets
-    assert per_stage == sorted([(k, s) for k in shards for s in job_assets] + [("corpus", CURATION_SUMMARY)]), own
+    corpus_stages = [("corpus", s.name) for s in stages_in(SUMMARY)]  # curation_summary, corpus_manifest
+    assert per_stage == sorted([(k, s) for k in shards for s in job_assets] + corpus_stages), own
     assert own[0] == "source t: 2 new shard(s) ['t-000001', 't-000002']"
     assert own[1] == "2 shard(s); 2 to materialise"
     done = [ln for ln in own if ln.startswith("shard ")]

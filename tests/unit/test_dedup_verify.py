@@ -18,6 +18,7 @@ from curation.dedup import (
     DedupConfig,
     corpus_keep,
     dedup_shard,
+    shard_keep,
     supersede_records,
 )
 from curation.imaging.analyse import analyse_image
@@ -130,3 +131,87 @@ def test_larger_copy_in_a_later_shard_wins_without_rewriting_earlier_shards() ->
     assert sorted(kept) == sorted([half_id, s0["image_id"][1]])
     # with no later records a shard's decision is its own
     assert corpus_keep(_curated(s0, o0), rec.head(0)).equals(_curated(s0, o0))
+
+
+@pytest.fixture(scope="module")
+def chain() -> dict:
+    """A 48 px -> 64 px -> full-size chain of one card over three shards, plus a gem in shard 0."""
+    f = ARCADE / "cards" / "cardSpades2.png"
+    s0 = rows([("card/small.png", resized(f, 0.5)), ("gem/orig.png", (ARCADE / "items" / "gemRed.png").read_bytes())],
+              "s0")
+    s1 = rows([("card/half.png", resized(f, 0.75))], "s1")
+    s2 = rows([("card/full.png", f.read_bytes()), ("card/tiny.png", resized(f, 0.4))], "s2")
+    o0, i0 = dedup_shard(s0, None)
+    o1, i1 = dedup_shard(s1, i0)
+    o2, i2 = dedup_shard(s2, pl.concat([i0, i1]))
+    cur = [_curated(s, o) for s, o in ((s0, o0), (s1, o1), (s2, o2))]
+    cur = [c.with_columns(pl.when(pl.col("keep")).then(pl.lit([], DETAIL_LIST)).otherwise(pl.lit([DUP], DETAIL_LIST))
+                          .alias("reject_details")) for c in cur]
+    return {"cur": cur, "idx": [i0, i1, i2], "ids": [s["image_id"].to_list() for s in (s0, s1, s2)]}
+
+
+DETAIL_LIST = CURATED_SCHEMA["reject_details"]
+DUP = {"reason": "duplicate", "metric": None, "op": None, "value": None, "threshold": None}
+
+
+def test_each_shard_keeps_its_superseding_copy_and_the_corpus_view_keeps_the_best(chain) -> None:
+    (c0, c1, c2), (i0, i1, i2), (ids0, ids1, ids2) = chain["cur"], chain["idx"], chain["ids"]
+    small, gem, half, full, tiny = ids0[0], ids0[1], ids1[0], ids2[0], ids2[1]
+    # shard level: each shard's own records only; its superseding copy is kept and names what it replaces
+    k0 = shard_keep(c0, supersede_records(i0))
+    assert k0.drop("supersedes", "superseded_shard").equals(c0.drop("supersedes", "superseded_shard"))
+    assert k0["supersedes"].null_count() == k0.height
+    k1, k2 = shard_keep(c1, supersede_records(i1)), shard_keep(c2, supersede_records(i2))
+    assert k1.columns == c1.columns and k1.row(0, named=True) == {
+        **c1.row(0, named=True), "keep": True, "reasons": [], "reject_details": [], "supersedes": small,
+        "superseded_shard": "s0"}
+    assert k2.select("image_id", "keep", "reasons", "supersedes").rows() == [
+        (full, True, [], half), (tiny, False, ["duplicate"], None)]
+    # the same shard-level result whether or not other shards' records are passed
+    everything = supersede_records(pl.concat([i0, i1, i2], how="diagonal_relaxed"))
+    assert shard_keep(c1, everything).equals(k1)
+
+    # corpus level over the shard files as written, lazily: the full-size copy wins; the others say why
+    view = corpus_keep(pl.concat([k0, k1, k2]).lazy(), everything, trace=True)
+    assert isinstance(view, pl.LazyFrame)
+    got = view.collect()
+    assert got.filter(pl.col("keep"))["image_id"].to_list() == [gem, full]
+    for dropped in (small, half):
+        r = got.filter(pl.col("image_id") == dropped).row(0, named=True)
+        assert r["reasons"] == ["superseded"] and r["superseded_by"] == full
+        (detail,) = r["reject_details"]
+        assert (detail["reason"], detail["metric"], detail["threshold"]) == ("superseded", "best_copy_pixels", None)
+        assert detail["value"] == c2["width"][0] * c2["height"][0]  # the full-size copy's pixels
+    assert got.filter(pl.col("image_id") == tiny)["superseded_by"].to_list() == [None]  # a plain duplicate
+    # DataFrame in, DataFrame out, same rows as the lazy view
+    assert corpus_keep(pl.concat([k0, k1, k2]), everything, trace=True).equals(got)
+
+
+def test_corpus_manifest_lists_the_best_exported_copy(chain) -> None:
+    from curation.export import corpus_manifest
+
+    (i0, i1, i2), (ids0, ids1, ids2) = chain["idx"], chain["ids"]
+    small, gem, half, full = ids0[0], ids0[1], ids1[0], ids2[0]
+    records = supersede_records(pl.concat([i0, i1, i2], how="diagonal_relaxed"))
+    rows_ = [(small, "s0", "tars/s0/a.tar"), (gem, "s0", "tars/s0/a.tar"), (half, "s1", "tars/s1/a.tar"),
+             (full, "s2", "tars/s2/a.tar")]
+    manifests = pl.DataFrame(rows_, schema={"image_id": pl.String, "shard": pl.String, "tar": pl.String},
+                             orient="row").with_columns(pl.col("image_id").alias("key"))
+    listed, stats = corpus_manifest(manifests, records)
+    assert listed["image_id"].to_list() == [gem, full] and (stats.rows, stats.superseded) == (2, 2)
+    assert listed.select("supersedes", "superseded_shard", "manifest").rows() == [
+        (None, None, "manifests/s0.parquet"), (half, "s1", "manifests/s2.parquet")]
+    # the full-size copy was not exported (e.g. a model head rejected it): the best exported copy stays
+    listed, stats = corpus_manifest(manifests.filter(pl.col("image_id") != full), records)
+    assert listed["image_id"].to_list() == [gem, half] and stats.superseded == 1
+    # only the first shard exported so far: its copy is listed, nothing is lost
+    listed, _ = corpus_manifest(manifests.filter(pl.col("shard") == "s0"), records.head(0))
+    assert listed["image_id"].to_list() == [small, gem]
+
+
+def test_kept_counts_follow_the_corpus_view() -> None:
+    from curation.report import with_kept_counts
+
+    counts = pl.DataFrame({"shard": ["s0", "s1", "s2"], "listed": [2, 1, 2], "kept": [2, 1, 1]})
+    view = pl.DataFrame({"shard": ["s0", "s0", "s2", "s2"], "keep": [False, True, True, False]})
+    assert with_kept_counts(counts, view.lazy()).rows() == [("s0", 2, 1), ("s1", 1, 0), ("s2", 2, 1)]

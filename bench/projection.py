@@ -1,0 +1,119 @@
+"""Projections rebuilt from measured inputs only: every input is read from a committed bench result and
+named with its file and key, so a projection can always be traced to the run that measured it.
+
+    python -m bench.projection          # prints the projections (bench.suite stores them in scale.json)
+
+Two projections:
+* ``five_million_gpu_node``: 5M images on one node like the lent GPU machine (16 cores, one GPU):
+  stage 1 at the per-core CPU rate times the cores times the 2-worker parallel efficiency, the GPU
+  embedding stage at its measured rate, shards pipelined (CPU stages of shard k+1 beside the GPU stage
+  of shard k), plus dedup of 5M hashes and Dagster's measured overhead fraction.
+* ``one_million_this_machine``: stages 1-3 and the shard reports for 1M images on the 2-core machine the
+  benches ran on (100 shards of 10,000; no embeddings): what `bench/million.py` would be compared with.
+
+Neither is a measurement. No million-image run has been made (docs/not-done.md), so the gap between
+``one_million_this_machine`` and a real run is not known yet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO
+
+RESULTS = REPO / "bench" / "results"
+
+
+class Inputs:
+    """Measured values read from bench/results/*.json; each read is recorded with its file and key."""
+
+    def __init__(self, root: Path = RESULTS) -> None:
+        self.root = root
+        self.used: dict[str, dict[str, Any]] = {}
+        self._cache: dict[str, dict] = {}
+
+    def get(self, name: str, file: str, *keys: str) -> float | None:
+        if file not in self._cache:
+            p = self.root / file
+            self._cache[file] = json.loads(p.read_text()) if p.exists() else {}
+        v: Any = self._cache[file]
+        for k in keys:
+            v = v.get(k) if isinstance(v, dict) else None
+        value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        self.used[name] = {"value": value, "file": f"bench/results/{file}", "key": ".".join(keys),
+                           "measured": self._cache[file].get("date")}
+        return value
+
+
+def _minutes(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds / 60, 1)
+
+
+def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> dict:
+    per_core = inp.get("stage1_img_per_cpu_s", "inventory.json", "img_per_cpu_s", "jpeg_stage_1_worker")
+    eff = inp.get("stage1_parallel_efficiency_2_workers", "inventory.json", "parallel_efficiency_2_workers_cpu")
+    gpu = inp.get("embeddings_gpu_stage_img_per_s", "embeddings-nvidia-h100.json", "stage_img_per_s")
+    dedup_s = inp.get("dedup_5m_hashes_seconds", "dedup.json", "dedup_5m_skewed_seconds")
+    overhead = inp.get("dagster_overhead_fraction", "overhead.json", "dagster_overhead_fraction") or 0.0
+    if not (per_core and eff):
+        return {"minutes": None, "why_not": "stage 1 rate or parallel efficiency missing"}
+    stage1_s = n / (per_core * cores * eff)
+    embed_s = n / gpu if gpu else None
+    total = (max(stage1_s, embed_s or 0.0) + (dedup_s or 0.0)) / (1 - overhead)
+    return {
+        "images": n, "minutes": _minutes(total),
+        "parts_minutes": {"stage_1": _minutes(stage1_s), "embeddings_gpu": _minutes(embed_s),
+                          "dedup": round((dedup_s or 0.0) / 60, 2)},
+        "assumptions": [
+            f"{cores} cores at the per-core rate and 2-worker efficiency measured on the 2-core VM "
+            "(16-worker efficiency not measured: no GPU machine was lent since)",
+            "shards pipelined: wall = max(CPU stages, GPU stage) + dedup, divided by (1 - Dagster overhead)",
+            "JPEG photos 500x375..1024x768 (the inventory bench's corpus); the semantic pass is not included",
+        ],
+    }
+
+
+def one_million_this_machine(inp: Inputs, cores: int = 2, n: int = 1_000_000, shard: int = 10_000) -> dict:
+    per_core = inp.get("stage1_img_per_cpu_s", "inventory.json", "img_per_cpu_s", "jpeg_stage_1_worker")
+    eff = inp.get("stage1_parallel_efficiency_2_workers", "inventory.json", "parallel_efficiency_2_workers_cpu")
+    cross = inp.get("dedup_shard_10k_vs_1m_index_seconds", "dedup.json", "cross_shard",
+                    "shard_10000_index_1000000", "dedup_shard_seconds")
+    plain = inp.get("shard_10k_plain_seconds", "overhead.json", "plain_seconds")
+    multi = inp.get("shard_10k_dagster_multiprocess_seconds", "overhead.json", "multiprocess_seconds")
+    report_s = inp.get("shard_report_seconds_2000_images", "demo.json", "stages", "demo-000001", "shard_report",
+                       "elapsed_s")
+    if not (per_core and eff):
+        return {"minutes": None, "why_not": "stage 1 rate or parallel efficiency missing"}
+    shards = n // shard
+    stage1_s = n / (per_core * cores * eff)
+    dedup_s = shards * (cross or 0.0)  # every shard against an index of up to 1M rows: an upper bound
+    # the shard report's cost is mostly thumbnails of a bounded sample, so per shard, not per image
+    reports_s = shards * (report_s or 0.0)
+    dagster_s = shards * max(0.0, (multi or 0.0) - (plain or 0.0))  # seconds Dagster adds per 10k shard
+    total = stage1_s + dedup_s + reports_s + dagster_s
+    return {
+        "images": n, "shards": shards, "minutes": _minutes(total),
+        "parts_minutes": {"stage_1": _minutes(stage1_s), "dedup": _minutes(dedup_s), "reports": _minutes(reports_s),
+                          "dagster": _minutes(dagster_s)},
+        "assumptions": [
+            f"{cores} workers at the measured per-core rate and efficiency (JPEG photos; small packaged "
+            "graphics decode faster, large ones slower)",
+            "dedup: every shard costs what a 10k shard against a 1M-row index cost (upper bound)",
+            "shard report: the demo's measured report time per shard (2,000 images, loaded machine)",
+            "Dagster: the seconds its multiprocess executor added to a 10k shard, per shard",
+            "no million-image run has been made: the gap between this figure and a real run is not known",
+        ],
+    }
+
+
+def projections(root: Path = RESULTS) -> dict:
+    inp = Inputs(root)
+    out = {"five_million_gpu_node": five_million_gpu_node(inp), "one_million_this_machine": one_million_this_machine(inp)}
+    out["inputs"] = inp.used
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(projections(), indent=2))
