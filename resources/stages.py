@@ -186,7 +186,7 @@ class QualitySettings(StageConfig):
         "photo_max_aspect_ratio": "a ratio {} (long side / short side)", "min_contrast": "a grey-level std",
         "min_jpeg_quality": "a JPEG quality", "near_empty_share": "a share", "near_empty_ink": "a share",
         "dark_p95": "a grey level", "dark_mean": "a grey level", "bright_rolloff": "a grey level",
-        "bright_clip_share": "a share", "bright_min_edge_ratio": "an edge ratio",
+        "bright_clip_share": "a share", "bright_min_edge_ratio": "an edge ratio", "bright_min_mean": "a grey level",
         "photo_min_edge": "an edge sharpness", "photo_soft_edge": "an edge sharpness",
         "photo_min_native_sharpness": "a Laplacian variance", "graphic_min_edge": "an edge sharpness",
         "photo_max_edge_ratio": "an edge ratio", "photo_motion_edge_ratio": "an edge ratio",
@@ -212,7 +212,9 @@ class QualitySettings(StageConfig):
     bright_rolloff: float = Field(default=_QUALITY.bright_rolloff,
                                   description="... with the grey next to the clipped pixels above this ...")
     bright_min_edge_ratio: float = Field(default=_QUALITY.bright_min_edge_ratio,
-                                         description="... in a picture whose blurriest edge ratio is above this: too_bright")
+                                         description="... in a picture whose blurriest edge ratio is above this ...")
+    bright_min_mean: float = Field(default=_QUALITY.bright_min_mean,
+                                   description="... and whose opaque pixels' mean grey is above this: too_bright")
     photo_min_edge: float = Field(default=_QUALITY.photo_min_edge, description="photos: edge sharpness below this is blurry")
     photo_soft_edge: float = Field(default=_QUALITY.photo_soft_edge,
                                    description="photos: soft edges below this with little native detail ...")

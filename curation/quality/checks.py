@@ -92,10 +92,14 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("extreme_aspect_ratio", PHOTO, (c("aspect_ratio", ">", cfg.photo_max_aspect_ratio),)),
         Check("too_dark", OPAQUE, (c("opaque_p95", "<", cfg.dark_p95), c("opaque_brightness", "<", cfg.dark_mean))),
         # blown highlights that roll off softly (a photo, not a white page), in a picture that is
-        # neither blurred nor heavily compressed (either one rolls drawn edges off into white too)
+        # neither blurred nor heavily compressed (either one rolls drawn edges off into white too),
+        # not dark overall (a white glyph on black), and without transparency (over-exposure is a
+        # camera's fault; art with a cut-out shape, like a playing card's rounded corners, is not)
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
                                      c("clip_rolloff", ">", cfg.bright_rolloff),
                                      c("edge_ratio_min", ">", cfg.bright_min_edge_ratio),
+                                     c("opaque_brightness", ">", cfg.bright_min_mean),
+                                     c("opaque_fraction", ">=", 1.0),
                                      c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))),
         Check("low_contrast", OPAQUE, (c("contrast", "<", cfg.min_contrast),)),
         # a cutout's content is its shape: a white icon on white is flat once composited, but not empty

@@ -14,6 +14,7 @@ _RANGES = {"min_side": (1, _INF), "max_aspect_ratio": (1.0, _INF), "photo_max_as
            "min_contrast": (0.0, 255.0), "min_jpeg_quality": (0, 100), "near_empty_share": (0.0, 1.0),
            "near_empty_ink": (0.0, 1.0), "dark_p95": (0.0, 255.0), "dark_mean": (0.0, 255.0),
            "bright_clip_share": (0.0, 1.0), "bright_rolloff": (0.0, 255.0), "bright_min_edge_ratio": (0.0, 1.5),
+           "bright_min_mean": (0.0, 255.0),
            "photo_min_edge": (0.0, 1.0),
            "photo_soft_edge": (0.0, 1.0), "photo_min_native_sharpness": (0.0, _INF),
            "graphic_min_edge": (0.0, 1.0), "photo_max_edge_ratio": (0.0, 1.5),
@@ -56,6 +57,13 @@ class QualityConfig:
       Replaces "mean > 200 and 5th percentile > 100", which fired on pale clip art and missed
       over-exposed photos that keep some dark tones, and judges graphics too (an over-exposed photo
       often reads as a flat-colour graphic).
+    - bright_min_mean=100 (`too_bright`, with the above): the opaque pixels' mean grey is above 100.
+      A white glyph or drawing on black (an MNIST digit, re-encoded or downscaled) clips and rolls
+      off softly at its strokes, but is a dark picture, not an over-exposed one; over-exposed images
+      of the labelled set have mean 71-255 (9 of 150 below 100, most of them missed anyway).
+      Images with any transparency (opaque_fraction < 1) are never `too_bright`: over-exposure is a
+      camera's fault, and white art with a cut-out shape (arcade's playing cards, rounded corners)
+      rolls off softly into white by design; every over-exposed image of the labelled set is opaque.
     Photos (kind `photo`) also get:
     - dark_p95=50 with dark_mean=30 (`too_dark`): 95% of the pixels below grey 50 and a mean
       below 30 (an exposure 4+ stops short); night photos keep highlights above 50.
@@ -111,6 +119,7 @@ class QualityConfig:
     bright_clip_share: float = 0.05
     bright_rolloff: float = 236.0
     bright_min_edge_ratio: float = 0.58
+    bright_min_mean: float = 100.0
     photo_min_edge: float = 0.08
     photo_soft_edge: float = 0.25
     photo_min_native_sharpness: float = 3.0

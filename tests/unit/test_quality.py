@@ -72,6 +72,8 @@ def test_every_reason_is_recorded_and_complete():
     assert bright == {"clip_share": (">", pytest.approx(0.4), cfg.bright_clip_share),
                       "clip_rolloff": (">", 245.0, cfg.bright_rolloff),
                       "edge_ratio_min": (">", pytest.approx(0.7), cfg.bright_min_edge_ratio),
+                      "opaque_brightness": (">", 120.0, cfg.bright_min_mean),
+                      "opaque_fraction": (">=", 1.0, 1.0),  # no transparency
                       "jpeg_quality_or_lossless": (">=", 100.0, cfg.min_jpeg_quality)}  # a PNG: no JPEG tables
     assert details_of(out, "i8")[0]["value"] == 3.0  # pHash distance to its representative
     assert details_of(out, "i0") == []
@@ -171,7 +173,8 @@ def test_real_photos_are_kept_and_degradations_rejected_with_value_and_threshold
         failed = [d for d in row["reject_details"] if d["reason"] == reason]
         assert failed and all(d["value"] is not None and d["threshold"] is not None for d in failed)
         for d in failed:  # the recorded value really fails the recorded threshold
-            assert d["value"] < d["threshold"] if d["op"] == "<" else d["value"] > d["threshold"]
+            assert {"<": d["value"] < d["threshold"], ">": d["value"] > d["threshold"],
+                    ">=": d["value"] >= d["threshold"]}[d["op"]], d
     assert out["blank"]["reasons"] == ["low_contrast", "low_entropy"]  # a blank page: nothing clipped, no edges
     flat = [d for d in out["blank"]["reject_details"] if d["reason"] == "low_contrast"]
     assert flat == [{"reason": "low_contrast", "metric": "contrast", "op": "<", "value": 0.0, "threshold": cfg.min_contrast}]
@@ -342,3 +345,32 @@ def test_crisp_flat_colour_tiles_are_kept_and_their_upscaled_thumbnails_are_blur
     for name in wanted:
         assert out[name]["keep"], (name, out[name]["reject_details"], rows[name])
         assert "blurry" in out[f"{name}_up"]["reasons"], (name, rows[f"{name}_up"])
+
+
+def test_white_glyphs_on_black_and_cut_out_white_cards_are_not_too_bright():
+    # MNIST digits (white strokes on black, enlarged 4x like the demo's), re-encoded as JPEG and
+    # downscaled: their strokes clip and roll off softly, but the picture is dark (bright_min_mean)
+    cfg = QualityConfig()
+    X, _ = mnist_digits(40)
+    named = {}
+    for i in range(0, 40, 4):
+        big = Image.fromarray(X[i].reshape(28, 28).astype(np.uint8)).resize((112, 112), Image.Resampling.NEAREST)
+        named[f"digit{i}_jpeg"] = _jpeg(big.convert("RGB"), 85)
+        named[f"digit{i}_down"] = _png(big.resize((56, 56), Image.Resampling.LANCZOS))
+    # arcade's playing cards: white art with rounded (transparent) corners and grey-shaded faces
+    cards = [p for p in arcade_sprites() if p.name.startswith("card") and Image.open(p).mode == "RGBA"][:8]
+    assert len(cards) >= 4
+    for p in cards:
+        named[p.name] = _png(Image.open(p).convert("RGBA"))
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    out = _curate(named, cfg)
+    clipped_digits = [k for k in named if k.startswith("digit") and rows[k]["clip_share"] > cfg.bright_clip_share]
+    assert clipped_digits  # the strokes do clip: only the mean keeps the rule from firing
+    for k in named:
+        assert "too_bright" not in out[k]["reasons"], (k, rows[k], out[k]["reject_details"])
+    for p in cards:
+        assert rows[p.name]["opaque_fraction"] < 1.0
+    # the same card flattened on white (opaque, no cut-out shape left) is judged like a photo again
+    flat = Image.new("RGBA", Image.open(cards[0]).size, (255, 255, 255, 255))
+    flat.alpha_composite(Image.open(cards[0]).convert("RGBA"))
+    assert analyse_image(_png(flat.convert("RGB")))["opaque_fraction"] == 1.0
