@@ -1,7 +1,7 @@
 """The Dagster UI, looked at as a person would, over a small corpus of real images.
 
 1. Files arrive: 30 real images (skimage photos with a byte copy, a downscaled copy and a truncated
-   file; arcade sprites). `python -m orchestration.cli run` registers them as two shards and
+   file; arcade sprites, one of them swapped for a photo out of focus). `python -m orchestration.cli run` registers them as two shards and
    materialises every stage, the few-shot probe and the corpus summary in a fresh DAGSTER_HOME
    (the repo's dagster.yaml). Then 15 more files arrive and `cli register` only registers them:
    the third shard is a partition that is NOT materialised.
@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from curation.stages import CURATE, stages_in
 from tests.browser import Browser, find_chromium, kill_group
-from tests.conftest import arcade_sprites, mnist_digits
+from tests.conftest import arcade_sprites, mnist_digits, skimage_photo
 from tests.photo_corpus import build_photo_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +71,10 @@ def build_corpus(src: Path, fewshot: Path) -> None:
     """30 real images now (two shards of 15); the few-shot examples (MNIST 0/1/7)."""
     build_photo_corpus(src)  # 11 files: 8 photos, an exact copy, a downscaled copy, a truncated file
     sprites = _mkdir(src / "sprites")
-    for i, s in enumerate(arcade_sprites()[::25][:19]):
+    for i, s in enumerate(arcade_sprites()[::25][:18]):
         shutil.copyfile(s, sprites / f"s{i:02d}{s.suffix}")
+    # a real reject in shard 2 (a photo out of focus), so its report lists rejects per reason
+    skimage_photo("rocket").resize((320, 213)).filter(ImageFilter.GaussianBlur(4)).save(sprites / "s18.png")
     X, y = mnist_digits(3000)
     for label in (0, 1, 7):
         (fewshot / str(label)).mkdir(parents=True, exist_ok=True)
