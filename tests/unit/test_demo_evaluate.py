@@ -41,7 +41,7 @@ def _corpus(root: Path) -> dict:
     X, y = mnist()
     i = int(next(k for k in range(len(y)) if y[k] == 3))
     (root / DIGIT).parent.mkdir(parents=True)
-    Image.fromarray(X[i]).resize((112, 112), Image.Resampling.NEAREST).save(root / DIGIT)
+    Image.fromarray(X[i]).save(root / DIGIT)
     (root / "broken").mkdir()
     (root / "broken/empty.png").write_bytes(b"")
     return {"duplicate_groups": [["photos/astronaut.png", COPY]], "broken": ["broken/empty.png"],
