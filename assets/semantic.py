@@ -118,6 +118,7 @@ def semantic_duplicates(context: dg.AssetExecutionContext, config: SemanticDedup
 def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: SemanticDedupRunConfig,
                              corpus: CorpusResource, shard: str) -> dict[str, dict]:
     from curation.semantic import semantic_dedup_shard
+    from curation.semantic.shard import applied_config
     from partitions.shards import shard_seq
 
     t0 = time.monotonic()
@@ -139,7 +140,7 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
     storage.write_parquet(rows, uri)
     storage.write_parquet(index, index_uri)
     blocks = store.write_blocks(keys, shard)
-    used = cfg.for_model(_one_model(emb))  # the rule semantic_dedup_shard applied
+    used = applied_config(emb, cfg)  # the rule semantic_dedup_shard applied
     sizes = rows.group_by("cluster_id").len()
     cross = int((rows["rep_shard"] != rows["shard"]).fill_null(False).sum())
     out = {
@@ -168,11 +169,6 @@ def _semantic_duplicates_one(context: dg.AssetExecutionContext, config: Semantic
         out[SEMANTIC_CENTER] = {"path": dg.MetadataValue.path(corpus.stage_uri(SEMANTIC_CENTER, shard)),
                                 "dim": len(center), "fitted_on": shard}
     return out
-
-
-def _one_model(emb: pl.DataFrame) -> str | None:
-    models = emb["model"].drop_nulls().unique().to_list() if emb.height else []
-    return models[0] if len(models) == 1 else None
 
 
 @dg.asset_check(asset=STAGE.name, blocking=False, partitions_def=SHARDS,

@@ -19,6 +19,7 @@ is null never fires.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import polars as pl
@@ -138,11 +139,11 @@ def _metric(name: str) -> pl.Expr:
     return pl.col(name).cast(pl.Float64)
 
 
+_OPS = {"<": operator.lt, ">": operator.gt, ">=": operator.ge}  # Condition.op -> comparison
+
+
 def _holds(cond: Condition) -> pl.Expr:
-    m = _metric(cond.metric)
-    if cond.op == "<":
-        return m < cond.threshold
-    return (m > cond.threshold) if cond.op == ">" else (m >= cond.threshold)
+    return _OPS[cond.op](_metric(cond.metric), cond.threshold)
 
 
 def _detail(reason: str, metric: str, op: str | None, value: pl.Expr, threshold: float | None) -> pl.Expr:

@@ -22,7 +22,7 @@ from curation.semantic.pairs import lsh_pairs
 from curation.semantic.vectors import encode
 from curation.semantic.verify import verify_links
 
-__all__ = ["build_index", "cluster_within_shard", "semantic_dedup_shard", "thumbnails", "unit_embeddings"]
+__all__ = ["applied_config", "build_index", "cluster_within_shard", "semantic_dedup_shard", "thumbnails", "unit_embeddings"]
 
 _DEFAULT_CONFIG = SemanticDedupConfig()  # frozen: safe to share as the default argument
 
@@ -95,6 +95,16 @@ def build_index(
     ).select(list(schema)).cast(schema)  # type: ignore[arg-type]
 
 
+def applied_config(current: pl.DataFrame, cfg: SemanticDedupConfig) -> SemanticDedupConfig:
+    """The rule `semantic_dedup_shard` applies to `current`: when its ``model`` column holds one
+    model_id, that model's calibrated rule (`cfg.for_model`), else `cfg` unchanged."""
+    if "model" in current.columns and current.height:
+        models = current["model"].drop_nulls().unique().to_list()
+        if len(models) == 1:
+            return cfg.for_model(models[0])
+    return cfg
+
+
 def semantic_dedup_shard(
     current: pl.DataFrame,
     earlier_index: pl.DataFrame | Iterable[pl.DataFrame] | None,
@@ -120,10 +130,7 @@ def semantic_dedup_shard(
     cfg.enabled False: every row is its own representative (similarity 1.0), no comparisons.
     A ``model`` column (one model_id) selects that model's calibrated threshold (`cfg.for_model`).
     """
-    if "model" in current.columns and current.height:
-        models = current["model"].drop_nulls().unique().to_list()
-        if len(models) == 1:
-            cfg = cfg.for_model(models[0])  # the model's calibrated threshold, when recorded
+    cfg = applied_config(current, cfg)
     n = current.height
     x = unit_embeddings(current["embedding"])
     thumbs = thumbnails(current)
