@@ -60,13 +60,20 @@ def run(defs: dg.Definitions, job: str, instance, partition: str | None = None) 
 
 
 class Ticks:
-    """The automation sensor's evaluations, one per call, with its cursor carried between them."""
+    """The automation sensor's evaluations, one per call, with its cursor carried between them.
+
+    Ticks run on a clock of their own that starts now and advances 1 ms per tick, so the examples'
+    5-minute cron passes only when a test moves the clock (`later`), never because the test itself
+    happened to run across a 5-minute boundary."""
 
     def __init__(self, defs: dg.Definitions, instance):
         self.defs, self.instance, self.cursor = defs, instance, None
+        self.now = datetime.datetime.now(datetime.UTC)
 
-    def __call__(self) -> dict[str, set]:
-        result = dg.evaluate_automation_conditions(self.defs, self.instance, cursor=self.cursor)
+    def __call__(self, later: datetime.timedelta = datetime.timedelta(milliseconds=1)) -> dict[str, set]:
+        self.now += later
+        result = dg.evaluate_automation_conditions(self.defs, self.instance, cursor=self.cursor,
+                                                   evaluation_time=self.now)
         self.cursor = result.cursor
         graph = self.defs.resolve_asset_graph()
         out = {}
@@ -114,10 +121,8 @@ def test_automation_requests_exactly_what_new_shards_and_examples_need(corpus_se
         assert tick() == {"few_shot_probe": {None}}
         assert tick() == {}
         # the examples folder itself is observed on its cron, by the same sensor
-        later = dg.evaluate_automation_conditions(
-            defs, instance, cursor=tick.cursor,
-            evaluation_time=datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=6))
-        assert later.total_requested == 1 and later.get_num_requested(dg.AssetKey("few_shot_examples")) == 1
+        assert tick(later=datetime.timedelta(minutes=6)) == {"few_shot_examples": {None}}
+        assert tick() == {}
 
 
 def stale_status(defs: dg.Definitions, instance, partition: str) -> dict[str, str]:
