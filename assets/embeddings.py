@@ -24,7 +24,7 @@ def image_embeddings(context: dg.AssetExecutionContext, corpus: CorpusResource,
 def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResource, embedder: EmbedderResource,
                           shard: str) -> dict:
     from curation.embedding import embed_shard
-    from curation.imaging.policy import source_reader
+    from curation.imaging.policy import decode_rgb, source_reader
 
     t0 = time.monotonic()
     curated = read_stage(context, corpus, CURATED_IMAGES, shard, columns=["image_id", "uri", "keep"])
@@ -37,9 +37,11 @@ def _image_embeddings_one(context: dg.AssetExecutionContext, corpus: CorpusResou
         image_opener(root),
         model,
         read_bytes=source_reader(root),  # raw bytes for the nvJPEG path on GPU, same limits as stage 1
+        decode_bytes=decode_rgb,  # the decode of image_opener, for decoding in processes on a GPU host
         chunk_dir=corpus.stage_dir(f"{IMAGE_EMBEDDINGS}_chunks", shard),
         shard=shard,
         chunk_size=embedder.chunk_size,
+        decode_processes=embedder.decode_processes,
         progress=progress,
     )
     uri = corpus.stage_uri(IMAGE_EMBEDDINGS, shard)

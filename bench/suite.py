@@ -12,6 +12,8 @@ Runs, in order (each writes its own JSON under bench/results/):
   bench/embeddings.py    the embedding stage vs the bare model and a naive end-to-end loop (CPU here;
                          the GPU figures come from bench/results/embeddings-nvidia-h100.json, run on the
                          lent H100 through the same script);
+  bench/decode_pool.py   the embedding stage's CPU decode of PNG graphics in reader threads vs decode
+                         processes vs independent processes (the cores' ceiling), same files, one run;
   bench/peers.py         stage 1 (and stage 1 + dedup) beside imagehash, imagededup and fastdup, each
                          in its own venv, on the same files: images per CPU-second, peak RSS, ratios;
   bench/overhead.py Dagster's own time per shard at the default shard size (10,000 images);
@@ -86,6 +88,8 @@ def merge() -> dict:
         "embeddings_gpu": {k: gpu.get(k) for k in ("device_name", "date", "model", "model_only_img_per_s",
                                                    "ceiling_img_per_s", "stage_img_per_s", "stage_over_ceiling",
                                                    "peak_rss_mb", "peak_gpu_mem_mb")},
+        "embeddings_decode_pool": {k: _load("decode_pool.json").get(k) for k in (
+            "workers", "img_per_s", "processes_over_threads", "processes_over_ceiling")},
     }
     if acc:
         out["accuracy"] = accuracy_summary(acc)
@@ -145,6 +149,7 @@ def main() -> None:
         timings["peers"] = _run("bench.peers")
         timings["dedup"] = _run("bench.dedup")
         timings["embeddings_cpu"] = _run("bench.embeddings", "--device", "cpu")
+        timings["decode_pool"] = _run("bench.decode_pool")
         timings["overhead"] = _run("bench.overhead")
         timings["accuracy"] = _run("bench.accuracy")
     scale = merge()

@@ -151,6 +151,20 @@ def _text(setting: str, raw: str) -> str:
     return raw.strip()
 
 
+def auto_or_count(setting: str, raw: Any) -> int | None:
+    """'auto' (or empty) -> None; a whole number >= 0 -> that int; else SettingError naming `setting`."""
+    text = str(raw).strip().lower() if raw is not None else ""
+    if text in ("", "auto"):
+        return None
+    try:
+        value = int(text) if not isinstance(raw, bool) else -1
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise SettingError(setting, raw, "'auto' or a whole number >= 0 (0: decode in the reader threads)")
+    return value
+
+
 def _http_base(setting: str, raw: str) -> str:
     url = raw.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
@@ -220,6 +234,9 @@ ENV_VARS: tuple[EnvSetting, ...] = (
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: None),
     EnvSetting("EMBEDDER_CHUNK_SIZE", "Rows per resumable embedding chunk (EmbedderResource.chunk_size).", "2048",
            "a whole number >= 1", lambda s, raw: positive_int(s, raw), lambda: 2048),
+    EnvSetting("EMBEDDER_DECODE_PROCESSES", "Processes that decode the rows nvJPEG does not take, for the "
+           "embedding stage (EmbedderResource.decode_processes).", "`auto`: cpus - 2 on CUDA, 0 (threads) on the CPU",
+           "`auto` or a whole number >= 0 (0: decode in the reader threads)", auto_or_count, lambda: None),
     EnvSetting("DAGSTER_HOME", "The Dagster instance folder (holds dagster.yaml); required by the `curate` CLI, "
            "and by `dagster asset materialize` / `dagster job execute` of a shard (refused without it).",
            "none (required)", "an existing folder", None, read_by="resources/environment.py (dagster_home)"),
@@ -263,7 +280,7 @@ def raw(name: str, environ: Mapping[str, str] | None = None) -> str:
 CORPUS_VARS = ("CURATION_SOURCES", "CURATION_OUTPUT_ROOT", "CURATION_SHARD_SIZE",
                "CURATION_BACKFILL_SHARDS_PER_RUN", "CURATION_DEPLOYMENT")
 EMBEDDER_VARS = ("EMBEDDER_KIND", "EMBEDDER_MODEL", "EMBEDDER_PRETRAINED", "EMBEDDER_DEVICE",
-                 "EMBEDDER_PRECISION", "EMBEDDER_BATCH_SIZE", "EMBEDDER_CHUNK_SIZE")
+                 "EMBEDDER_PRECISION", "EMBEDDER_BATCH_SIZE", "EMBEDDER_CHUNK_SIZE", "EMBEDDER_DECODE_PROCESSES")
 CLASSIFIER_VARS = ("CURATION_FEWSHOT_URI",)
 
 
@@ -375,6 +392,7 @@ def embedder_settings(environ: Mapping[str, str] | None = None, strict: bool = F
         "precision": get("EMBEDDER_PRECISION", environ),
         "batch_size": get("EMBEDDER_BATCH_SIZE", environ),
         "chunk_size": get("EMBEDDER_CHUNK_SIZE", environ),
+        "decode_processes": get("EMBEDDER_DECODE_PROCESSES", environ),
     }
     if strict:
         check_model_name("EMBEDDER_MODEL", out["kind"], out["model_name"], deep=False)

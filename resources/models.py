@@ -74,6 +74,10 @@ class EmbedderResource(dg.ConfigurableResource):
         default_factory=_from_env("chunk_size"),
         description="rows per resumable embedding chunk (default 2048 or $EMBEDDER_CHUNK_SIZE): a killed "
                     "step redoes at most one chunk")
+    decode_processes: Optional[int] = Field(  # noqa: UP045
+        default_factory=_from_env("decode_processes"),
+        description="processes decoding the rows nvJPEG does not take (PNG, WebP, ...); empty = auto: cpus - 2 "
+                    "on CUDA, 0 (decode in reader threads) on the CPU ($EMBEDDER_DECODE_PROCESSES)")
     environment_errors: list[str] = Field(
         default_factory=lambda: environment_errors(env.EMBEDDER_VARS),
         description="Bad EMBEDDER_* variables found when the code location loaded; runs fail while any is listed.")
@@ -86,6 +90,7 @@ class EmbedderResource(dg.ConfigurableResource):
         if self.batch_size is not None:
             env.positive_int(name + "batch_size", self.batch_size)
         env.positive_int(name + "chunk_size", self.chunk_size)
+        env.auto_or_count(name + "decode_processes", self.decode_processes)
         env.check_model_name(name + "model_name", self.kind, self.model_name, deep=False)
         if self.pretrained is not None and not str(self.pretrained).strip():
             raise SettingError(name + "pretrained", self.pretrained, "a tag, a checkpoint path or URI, 'random' or 'packaged'")

@@ -121,25 +121,11 @@ class Embedder(ABC):
 
     def pil_to_array(self, img: Image.Image) -> np.ndarray:
         """RGB (alpha composited on white), shortest side -> resize_size (bicubic), centre crop
-        image_size -> uint8 array [S, S, 3]. Pure PIL/numpy (no torch ops): safe and cheap to call
-        from many threads."""
-        from PIL import Image
+        image_size -> uint8 array [S, S, 3] (`curation.embedding.decode_pool.to_model_array`: pure
+        PIL/numpy, safe to call from many threads and from decode processes)."""
+        from curation.embedding.decode_pool import to_model_array
 
-        if img.mode != "RGB":
-            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(bg, rgba).convert("RGB")
-            else:
-                img = img.convert("RGB")
-        w, h = img.size
-        scale = self.resize_size / min(w, h)
-        nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=None)
-        left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
-        img = img.crop((left, top, left + self.image_size, top + self.image_size))
-        return np.asarray(img, dtype=np.uint8)
+        return to_model_array(img, self.resize_size, self.image_size)
 
     def pil_to_uint8(self, img: Image.Image) -> torch.Tensor:
         """`pil_to_array` as a CHW uint8 tensor [3, S, S]."""

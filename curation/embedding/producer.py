@@ -7,10 +7,11 @@ Batches never span chunks, and the last batch of a chunk says so (`Batch.last_in
 
 * Images are read in small groups by `num_workers` threads; `ordered_prefetch` keeps a window of
   groups in flight and yields them in input order, so rows come out in input order.
-* Each row is decoded on the CPU (`read_image` + `Embedder.pil_to_array`) or, when nvJPEG is used
-  (`read_bytes` given), read as bytes; JPEGs fit for the GPU (`jpeg_ok_for_gpu`) are decoded with
-  nvJPEG on a side CUDA stream when the batch is assembled, and the ones nvJPEG rejects fall back
-  to the CPU.
+* Each row is decoded on the CPU in the reader thread (`read_image` + `Embedder.pil_to_array`), or,
+  with a `decode_pool`, read as bytes (`read_bytes`) in the thread and decoded in the pool's worker
+  processes (`curation.embedding.decode_pool`: same arrays, not bound by the GIL). With `nvjpeg`,
+  rows are read as bytes and JPEGs fit for the GPU (`jpeg_ok_for_gpu`) are decoded with nvJPEG on a
+  side CUDA stream when the batch is assembled; the ones nvJPEG rejects fall back to the CPU.
 * A row that cannot be read or decoded becomes an error (`format_image_error`) at its position.
 * CPU pixels are stacked into one array per batch (pinned host memory on CUDA).
 * At most `prefetch_batches` assembled batches wait for the consumer. An exception in the producer
@@ -35,13 +36,13 @@ import numpy as np
 
 from curation.embedding.base import Embedder
 from curation.embedding.chunks import ChunkLayout
+from curation.embedding.decode_pool import DecodePool, Loaded
 from curation.embedding.errors import RetryableDeviceError, format_image_error, is_cuda_failure
 from curation.embedding.gpu_decode import decode_on_gpu, jpeg_ok_for_gpu
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
 
-Loaded = tuple[str, Any]  # ('hwc', uint8 array) | ('jpeg', bytes) | ('err', message)
 Group = tuple[int, int, int, bool]  # (chunk, start, end, ends_batch)
 
 
@@ -87,25 +88,31 @@ _END = object()
 
 class BatchProducer:
     """Batches of the `pending` chunks of a shard whose rows are read from `uris` (see the module
-    docstring). `read_bytes` is given only when JPEGs go to nvJPEG."""
+    docstring). `read_bytes` is needed when JPEGs go to nvJPEG (`nvjpeg`) or rows are decoded in a
+    `decode_pool`."""
 
     def __init__(self, embedder: Embedder, uris: list[str], layout: ChunkLayout, pending: list[int],
                  read_image: Callable[[str], Image.Image], read_bytes: Callable[[str], bytes] | None,
-                 num_workers: int, prefetch_batches: int, stats: dict[str, float]):
+                 num_workers: int, prefetch_batches: int, stats: dict[str, float], *, nvjpeg: bool = False,
+                 decode_pool: DecodePool | None = None):
+        if (nvjpeg or decode_pool is not None) and read_bytes is None:
+            raise ValueError("BatchProducer: nvjpeg and decode_pool need a read_bytes callable")
         self.embedder = embedder
         self.uris = uris
         self.layout = layout
         self.pending = pending
         self.read_image = read_image
         self.read_bytes = read_bytes
+        self.nvjpeg = nvjpeg
+        self.decode_pool = decode_pool
         self.num_workers = num_workers
         self.stats = stats
-        self.group_size = 64 if read_bytes is not None else 4
+        self.group_size = 64 if nvjpeg else 4
         self._on_cuda = embedder.device.startswith("cuda")
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch_batches))
         self._stop = threading.Event()
         self._side_stream = None
-        if read_bytes is not None:
+        if nvjpeg:
             import torch
 
             self._side_stream = torch.cuda.Stream(device=embedder.device)
@@ -188,10 +195,32 @@ class BatchProducer:
     def _load_group(self, group: Group) -> list[Loaded]:
         c, p0, p1, _ = group
         base = self.layout.start(c)
-        return [self._load_one(self.uris[base + p]) for p in range(p0, p1)]
+        uris = [self.uris[base + p] for p in range(p0, p1)]
+        if self.decode_pool is None:
+            return [self._load_one(uri) for uri in uris]
+        return self._load_group_in_pool(self.decode_pool, uris)
+
+    def _load_group_in_pool(self, pool: DecodePool, uris: list[str]) -> list[Loaded]:
+        """Read in this thread; JPEGs for nvJPEG stay bytes, the rest is decoded by `pool`."""
+        assert self.read_bytes is not None
+        out: list[Loaded | None] = [None] * len(uris)
+        todo: list[tuple[int, str, bytes]] = []
+        for i, uri in enumerate(uris):
+            try:
+                data = self.read_bytes(uri)
+            except Exception as exc:  # noqa: BLE001 - recorded per image
+                out[i] = ("err", format_image_error(exc))
+                continue
+            if self.nvjpeg and jpeg_ok_for_gpu(data):
+                out[i] = ("jpeg", data)
+            else:
+                todo.append((i, uri, data))
+        for (i, _, _), res in zip(todo, pool.decode([(uri, data) for _, uri, data in todo]), strict=True):
+            out[i] = res
+        return [r for r in out if r is not None]
 
     def _load_one(self, uri: str) -> Loaded:
-        if self.read_bytes is not None:
+        if self.nvjpeg and self.read_bytes is not None:
             try:
                 data = self.read_bytes(uri)
                 if jpeg_ok_for_gpu(data):

@@ -27,6 +27,7 @@ import polars as pl
 from curation import storage
 from curation.embedding.base import Embedded, Embedder
 from curation.embedding.chunks import ChunkLayout, ChunkStore, ChunkWriter
+from curation.embedding.decode_pool import DecodePool, DecodeSpec
 from curation.embedding.output import EMBED_OUTPUT_SCHEMA, TopK, chunk_frame
 from curation.embedding.producer import Batch, BatchProducer
 
@@ -49,6 +50,8 @@ def embed_shard(
     gpu_decode: str = "auto",
     prefetch_batches: int = 2,
     stats: dict[str, float] | None = None,
+    decode_bytes: Callable[[bytes], Image.Image] | None = None,
+    decode_processes: int | None = None,
 ) -> pl.DataFrame:
     """Embed every row of `items` (columns image_id, uri) and return one row per input row, in input
     order, with columns image_id, shard, model, embedding, error, in_topk_labels, in_topk_probs
@@ -73,14 +76,20 @@ def embed_shard(
     nvJPEG decode + GPU resize (gpu_decode_s), assembling batches (assemble_s), waiting for reads
     (load_wait_s), and building chunk frames (frame_s).
 
-    CPU decoding (PIL) runs in threads and is GIL-bound: about 1,100 images/s on a 16-core host,
-    whatever the thread count; JPEG corpora on a GPU go through nvJPEG instead (~7-9k images/s on an
-    H100 with ViT-B-32, see bench/results).
+    CPU decoding runs in the reader threads, or in `decode_processes` worker processes
+    (`curation.embedding.decode_pool`) when `decode_bytes` (bytes -> image, picklable, the same
+    decode as `read_image`, e.g. `curation.imaging.policy.decode_rgb`) and `read_bytes` are given:
+    threads read, processes decode and resize, so decoding is not bound by the GIL (in threads it
+    stalls near 1,100 images/s on a 16-core host, whatever the thread count). Default (None): on
+    CUDA, cpus - 2 processes (at least 1); on the CPU, 0 (threads: the model needs the cores).
+    JPEG corpora on a GPU go through nvJPEG (~7-9k images/s on an H100 with ViT-B-32, see
+    bench/results).
     """
     st: dict[str, float] = stats if stats is not None else {}
     for k in _PHASES:
         st.setdefault(k, 0.0)
-    use_nvjpeg, num_workers = _decode_plan(items, embedder, chunk_size, read_bytes, gpu_decode, num_workers)
+    use_nvjpeg, num_workers, processes = _decode_plan(items, embedder, chunk_size, read_bytes, gpu_decode,
+                                                      num_workers, decode_bytes, decode_processes)
 
     ids: list[str] = items["image_id"].to_list()
     uris: list[str] = items["uri"].to_list()
@@ -91,15 +100,26 @@ def embed_shard(
     if frames:
         tracker.report(tracker.written)
     if pending:
-        producer = BatchProducer(embedder, uris, store.layout, pending, read_image,
-                                 read_bytes if use_nvjpeg else None, num_workers, prefetch_batches, st)
-        _embed_pending(producer, embedder, ids, shard, store, tracker, frames, st)
+        pool = None
+        if processes:
+            assert decode_bytes is not None
+            pool = DecodePool(DecodeSpec(decode_bytes, embedder.resize_size, embedder.image_size), processes)
+        try:
+            producer = BatchProducer(embedder, uris, store.layout, pending, read_image,
+                                     read_bytes if use_nvjpeg or pool is not None else None, num_workers,
+                                     prefetch_batches, st, nvjpeg=use_nvjpeg, decode_pool=pool)
+            _embed_pending(producer, embedder, ids, shard, store, tracker, frames, st)
+        finally:
+            if pool is not None:
+                pool.close()
     return _assemble(frames, store.layout.n_chunks)
 
 
 def _decode_plan(items: pl.DataFrame, embedder: Embedder, chunk_size: int, read_bytes: Callable | None,
-                 gpu_decode: str, num_workers: int | None) -> tuple[bool, int]:
-    """Validate the arguments; (whether JPEGs go to nvJPEG, number of reader threads)."""
+                 gpu_decode: str, num_workers: int | None, decode_bytes: Callable | None = None,
+                 decode_processes: int | None = None) -> tuple[bool, int, int]:
+    """Validate the arguments; (whether JPEGs go to nvJPEG, number of reader threads, number of
+    decode processes, 0 for decoding in the reader threads)."""
     if not {"image_id", "uri"} <= set(items.columns):
         raise ValueError(f"items needs columns image_id, uri; got {items.columns}")
     if chunk_size < 1:
@@ -109,12 +129,21 @@ def _decode_plan(items: pl.DataFrame, embedder: Embedder, chunk_size: int, read_
     use_nvjpeg = embedder.device.startswith("cuda") and read_bytes is not None and gpu_decode in ("auto", "on")
     if gpu_decode == "on" and not use_nvjpeg:
         raise ValueError("gpu_decode='on' needs a CUDA embedder and a read_bytes callable")
+    on_cuda = embedder.device.startswith("cuda")
+    if decode_processes is None:
+        decode_processes = max(1, (os.cpu_count() or 1) - 2) if on_cuda and decode_bytes and read_bytes else 0
+    if decode_processes < 0:
+        raise ValueError(f"decode_processes must be >= 0, got {decode_processes}")
+    if decode_processes and (decode_bytes is None or read_bytes is None):
+        raise ValueError("decode_processes > 0 needs decode_bytes and read_bytes callables")
     if num_workers is None:
         remote = items.height > 0 and storage.is_s3(str(items["uri"][0]))
         # Local reads feeding nvJPEG are cheap and Python-bound (more threads only fight over the
-        # GIL); PIL decoding scales a little with threads; S3 reads are latency-bound.
-        num_workers = 32 if remote else (2 if use_nvjpeg else min(8, os.cpu_count() or 1))
-    return use_nvjpeg, num_workers
+        # GIL); PIL decoding scales a little with threads; S3 reads are latency-bound; with decode
+        # processes, one reader thread per process (each waits on its group) keeps them all busy.
+        local = decode_processes + 2 if decode_processes else (2 if use_nvjpeg else min(8, os.cpu_count() or 1))
+        num_workers = max(32, local) if remote else local
+    return use_nvjpeg, num_workers, decode_processes
 
 
 class _Progress:

@@ -57,7 +57,11 @@ def test_embedder_env_vars_configure_the_resource(clean_env):
     assert res.spec() == EmbedderSpec.from_env(environ)
     assert res.spec() == EmbedderSpec(kind="open_clip", model_name="ViT-B-32", pretrained="laion2b_s34b_b79k",
                                       device="cuda:1", precision="bf16", batch_size=64)
-    assert res.chunk_size == 512
+    assert res.chunk_size == 512 and res.decode_processes is None  # auto
+    clean_env.setenv("EMBEDDER_DECODE_PROCESSES", "0")
+    assert EmbedderResource().decode_processes == 0
+    clean_env.setenv("EMBEDDER_DECODE_PROCESSES", "auto")
+    assert EmbedderResource().decode_processes is None
     clean_env.setenv("EMBEDDER_MODEL", "ViT-L-14")
     clean_env.setenv("EMBEDDER_PRETRAINED", "s3://models/ckpt.safetensors")
     assert EmbedderResource().spec() == EmbedderSpec.from_env(dict(os.environ))
@@ -99,6 +103,8 @@ def test_empty_fewshot_uri_disables_fewshot(clean_env):
     ("EMBEDDER_PRECISION", "fp8", "one of 'auto', 'fp32', 'fp16', 'bf16'"),
     ("EMBEDDER_BATCH_SIZE", "0", "a whole number >= 1"),
     ("EMBEDDER_CHUNK_SIZE", "many", "a whole number >= 1"),
+    ("EMBEDDER_DECODE_PROCESSES", "-1", "'auto' or a whole number >= 0"),
+    ("EMBEDDER_DECODE_PROCESSES", "all", "'auto' or a whole number >= 0"),
 ])
 def test_bad_env_value_is_one_line_naming_it(name, raw, allowed):
     with pytest.raises(SettingError) as info:
