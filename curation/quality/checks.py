@@ -59,7 +59,7 @@ EMPTY_OPAQUE = 0.001  # a cutout with fewer opaque pixels than this shows nothin
 @dataclass(frozen=True)
 class Condition:
     metric: str  # a column name, or a derived metric of `_metric` (short_side, aspect_ratio,
-    # edge_ratio_spread, jpeg_quality_or_lossless)
+    # edge_ratio_spread, jpeg_quality_or_lossless, clip_raggedness, unclipped_boundary)
     op: str  # "<", ">" or ">="
     threshold: float
 
@@ -87,6 +87,9 @@ def kind_expr(profile: str) -> pl.Expr:
 def checks(cfg: QualityConfig) -> tuple[Check, ...]:
     """The threshold checks of `cfg`, in REASONS order (corrupt and duplicate are not threshold checks)."""
     c = Condition
+    not_blurred = (c("edge_ratio_min", ">", cfg.bright_min_edge_ratio), c("mid_ratio", ">", cfg.bright_min_mid_ratio))
+    exposed = (c("opaque_brightness", ">", cfg.bright_min_mean), c("opaque_fraction", ">=", 1.0),
+               c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))
     return (
         Check("too_small", ALL_KINDS, (c("short_side", "<", cfg.min_side),)),
         Check("extreme_aspect_ratio", DRAWN, (c("aspect_ratio", ">", cfg.max_aspect_ratio),)),
@@ -98,10 +101,24 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         # camera's fault; art with a cut-out shape, like a playing card's rounded corners, is not)
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
                                      c("clip_rolloff", ">", cfg.bright_rolloff),
-                                     c("edge_ratio_min", ">", cfg.bright_min_edge_ratio),
-                                     c("opaque_brightness", ">", cfg.bright_min_mean),
-                                     c("opaque_fraction", ">=", 1.0),
-                                     c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))),
+                                     *not_blurred, *exposed)),
+        # a blown-out texture (grass, gravel, sand): the clipping breaks up into specks, and nothing
+        # unclipped is flat colour
+        Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
+                                     c("clip_raggedness", ">", cfg.bright_raggedness),
+                                     c("flat_share", "<", cfg.bright_texture_flat), *exposed)),
+        # a large blown area beside a solid, textured subject (a sky behind a person): what is left
+        # unclipped is neither flat colour nor thin lines on white (drawings meet their page that way)
+        Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_area_share),
+                                     c("flat_share", "<", cfg.bright_photo_flat),
+                                     c("unclipped_boundary", "<", cfg.bright_max_boundary),
+                                     *not_blurred, *exposed)),
+        # the whole frame blown white
+        Check("too_bright", OPAQUE, (c("clip_share", ">=", cfg.bright_blown_share), *exposed[1:])),
+        # a dark scene exposed up (a night sky): its darkest tones lifted, its highlights clipped
+        Check("too_bright", PHOTO, (c("opaque_brightness", "<", cfg.bright_min_mean),
+                                    c("opaque_p05", ">", cfg.bright_dark_p05),
+                                    c("clip_share", ">", cfg.bright_dark_clip_share), *exposed[1:])),
         Check("low_contrast", OPAQUE, (c("contrast", "<", cfg.min_contrast),)),
         # a cutout's content is its shape: a white icon on white is flat once composited, but not empty
         Check("low_contrast", CUTOUT, (c("contrast", "<", cfg.min_contrast), c("opaque_fraction", "<", EMPTY_OPAQUE))),
@@ -134,6 +151,10 @@ def _metric(name: str) -> pl.Expr:
         return pl.col("jpeg_quality").cast(pl.Float64).fill_null(100.0)
     if name == "edge_ratio_spread":
         return pl.col("edge_ratio_max").cast(pl.Float64) - pl.col("edge_ratio_min").cast(pl.Float64)
+    if name in ("clip_raggedness", "unclipped_boundary"):  # null unless some but not all pixels clip
+        share = pl.col("clip_share").cast(pl.Float64)
+        per = (share * (1.0 - share)).sqrt() if name == "clip_raggedness" else 1.0 - share
+        return pl.when((share > 0.0) & (share < 1.0)).then(pl.col("clip_boundary").cast(pl.Float64) / per)
     if name == "aspect_ratio":
         return pl.max_horizontal("width", "height").cast(pl.Float64) / pl.max_horizontal(short, pl.lit(1.0))
     return pl.col(name).cast(pl.Float64)
