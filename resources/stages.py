@@ -193,7 +193,9 @@ class QualitySettings(StageConfig):
         "photo_min_edge": "an edge sharpness", "photo_soft_edge": "an edge sharpness",
         "photo_min_native_sharpness": "a Laplacian variance", "graphic_min_edge": "an edge sharpness",
         "photo_max_edge_ratio": "an edge ratio", "photo_motion_edge_ratio": "an edge ratio",
-        "photo_motion_spread": "an edge-ratio spread", "graphic_max_edge_ratio": "an edge ratio",
+        "photo_motion_spread": "an edge-ratio spread", "photo_smear_edge_ratio": "an edge ratio",
+        "photo_smear_spread": "an edge-ratio spread", "photo_smear_mid_ratio": "a step ratio", "photo_smear_max_flat": "a share",
+        "graphic_max_edge_ratio": "an edge ratio",
         "graphic_soft_edge_ratio": "an edge ratio", "graphic_ratio_max_edge": "an edge sharpness"})}
 
     profile: str = Field(default=_QUALITY.profile, description="how each image's kind is found: auto | photo | graphics")
@@ -251,6 +253,14 @@ class QualitySettings(StageConfig):
                                            description="photos: blurriest direction's edge ratio below this ...")
     photo_motion_spread: float = Field(default=_QUALITY.photo_motion_spread,
                                        description="... with the sharpest this much above it is blurry (motion)")
+    photo_smear_edge_ratio: float = Field(default=_QUALITY.photo_smear_edge_ratio,
+                                          description="photos: blurriest edge ratio below this ...")
+    photo_smear_spread: float = Field(default=_QUALITY.photo_smear_spread,
+                                      description="... with the sharpest this much above it ...")
+    photo_smear_mid_ratio: float = Field(default=_QUALITY.photo_smear_mid_ratio,
+                                         description="... and mean 2-px / 4-px step ratio below this ...")
+    photo_smear_max_flat: float = Field(default=_QUALITY.photo_smear_max_flat,
+                                        description="... and a flat-colour share below this is blurry (a smear)")
     graphic_max_edge_ratio: float = Field(default=_QUALITY.graphic_max_edge_ratio,
                                           description="graphics and cutouts: sharpest edge ratio below this ...")
     graphic_ratio_max_edge: float = Field(default=_QUALITY.graphic_ratio_max_edge,

@@ -134,6 +134,13 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("blurry", PHOTO, (c("edge_ratio_min", "<", cfg.photo_motion_edge_ratio),
                                 c("edge_ratio_spread", ">", cfg.photo_motion_spread),
                                 c("top_color_share", "<", cfg.near_empty_share))),
+        # a milder smear in a picture without fine texture (a focused photo keeps its grain) that is
+        # not flat colour (tiles the auto profile classes as photos have no grain to lose either)
+        Check("blurry", PHOTO, (c("edge_ratio_min", "<", cfg.photo_smear_edge_ratio),
+                                c("edge_ratio_spread", ">", cfg.photo_smear_spread),
+                                c("mid_ratio", "<", cfg.photo_smear_mid_ratio),
+                                c("flat_share", "<", cfg.photo_smear_max_flat),
+                                c("top_color_share", "<", cfg.near_empty_share))),
         Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),
                                 c("edge_ratio_max", "<", cfg.graphic_soft_edge_ratio))),
         Check("blurry", DRAWN, (c("edge_ratio_max", "<", cfg.graphic_max_edge_ratio),

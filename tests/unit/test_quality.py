@@ -265,8 +265,31 @@ def test_edge_ratios_find_gaussian_blur_upscaled_thumbnails_and_motion_blur():
             assert {"edge_ratio_min", "edge_ratio_max"} & set(details), (key, details)
             if tag in ("h", "v"):  # along an axis: the motion rule itself, with its spread
                 assert r["edge_ratio_max"] - r["edge_ratio_min"] > cfg.photo_motion_spread, (key, r)
-                assert details["edge_ratio_min"]["value"] < details["edge_ratio_min"]["threshold"] == cfg.photo_motion_edge_ratio
-                assert details["edge_ratio_spread"]["value"] > details["edge_ratio_spread"]["threshold"] == cfg.photo_motion_spread
+                fired = [(d["metric"], d["threshold"]) for d in out[key]["reject_details"] if d["reason"] == "blurry"]
+                assert r["edge_ratio_min"] < cfg.photo_motion_edge_ratio  # (the smear rule may fire too)
+                assert {("edge_ratio_min", cfg.photo_motion_edge_ratio), ("edge_ratio_spread", cfg.photo_motion_spread)} <= set(fired)
+
+
+def test_a_milder_smear_is_blurry_by_the_smear_rule():
+    # a 1.5% smear leaves the blurriest direction just above photo_motion_edge_ratio, but evens
+    # out the photo's grain (mid_ratio), which the focused photo keeps
+    cfg = QualityConfig()
+    named: dict[str, bytes] = {}
+    for name, dirs in (("astronaut", {"h": (0, 1), "v": (1, 0)}), ("chelsea", {"v": (1, 0)})):
+        photo = skimage_photo(name)
+        named[name] = _png(photo)
+        for tag, (dy, dx) in dirs.items():
+            named[f"{name}_smear_{tag}"] = _png(_motion(photo, int(0.015 * min(photo.size)), dy, dx))
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    out = _curate(named, cfg)
+    for key, r in rows.items():
+        if "_smear_" not in key:
+            assert out[key]["keep"] and r["mid_ratio"] > cfg.photo_smear_mid_ratio, (key, r)
+            continue
+        assert r["edge_ratio_min"] >= cfg.photo_motion_edge_ratio, (key, r)  # the first motion rule misses it
+        details = {d["metric"]: d for d in out[key]["reject_details"] if d["reason"] == "blurry"}
+        assert details["mid_ratio"]["value"] < details["mid_ratio"]["threshold"] == cfg.photo_smear_mid_ratio, (key, r)
+        assert details["edge_ratio_min"]["threshold"] == cfg.photo_smear_edge_ratio
 
 
 def test_edge_ratios_of_drawn_images_and_degenerate_frames():
