@@ -17,6 +17,8 @@ decide. For a reason r:
   false_reject(category) = clean images of the category rejected for any reason / clean images.
   "clean graphics" = graphic_alpha, graphic_opaque, line_art, icon_small, sprite; "clean photos" =
   photo (photo_tiny, 28 px Fashion-MNIST, is reported on its own).
+  too_small and extreme_aspect_ratio are scored on positives made at load time from the set's clean
+  images (`derived_set`: 4-7 px thumbnails and 1:8-1:10 bands, under CACHE/quality_derived).
 
 Dedup (dedup set), pairwise: positives = all unordered pairs of files in the same labelled group;
 predicted = all unordered pairs of files in the same cluster (cluster_id); a true positive is a
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from PIL import Image
 
 from bench.accuracy_peers import (
     components,
@@ -111,9 +114,76 @@ def relabel(labels: pl.DataFrame) -> pl.DataFrame:
                                pl.when(hit).then(False).otherwise(pl.col("clean")).alias("clean"))
 
 
+# Positives for the size and shape checks, which the cached sets do not hold, made at load time
+# from the set's own clean photos and graphics (the cached sets stay as built; the files are written
+# once under CACHE / "quality_derived", deterministically): `tiny` = the picture resized (Lanczos,
+# centre crop to at most 2:1 first) to a shorter side of 4-7 px, below min_side -> too_small;
+# `strip` = a centred 1:8-1:10 band across the full width or height of a picture whose longer side
+# is at least 160 px (so the band's shorter side stays >= 16 px) -> extreme_aspect_ratio. PNG, so
+# nothing else is degraded. Each keeps its source, so it falls in the same half.
+DERIVED_FROM = ("photo", "graphic_alpha", "graphic_opaque", "line_art", "sprite")
+DERIVED_PER_KIND = 30
+DERIVED_EXPECT = {"tiny": ["too_small"], "strip": ["extreme_aspect_ratio"]}
+
+
+def _tiny(img: Image.Image, i: int) -> Image.Image:
+    w, h = img.size
+    if max(w, h) > 2 * min(w, h):  # centre crop to 2:1
+        cw, ch = min(w, 2 * h), min(h, 2 * w)
+        img = img.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+        w, h = img.size
+    side = 4 + i % 4
+    scale = side / min(w, h)
+    return img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.LANCZOS)
+
+
+def _strip(img: Image.Image, i: int) -> Image.Image:
+    w, h = img.size
+    ratio = 8 + i % 3
+    if i % 2 == 0 and w >= 160:  # a horizontal band
+        bh = max(1, round(w / ratio))
+        return img.crop((0, (h - bh) // 2, w, (h - bh) // 2 + bh)) if bh < h else img.resize((w, max(1, h // ratio)))
+    bw = max(1, round(h / ratio))
+    return img.crop(((w - bw) // 2, 0, (w - bw) // 2 + bw, h)) if bw < w else img.resize((max(1, w // ratio), h))
+
+
+def derived_set(root: Path, labels: pl.DataFrame) -> tuple[Path, pl.DataFrame]:
+    """The load-time positives of DERIVED_EXPECT (see above): (their folder, their labels)."""
+    out = CACHE / "quality_derived"
+    if (out / "labels.parquet").exists():
+        return out, pl.read_parquet(out / "labels.parquet")
+    rows = []
+    for cat in DERIVED_FROM:
+        sub = labels.filter(pl.col("clean") & (pl.col("category") == cat)).sort("file")
+        for kind, make in (("tiny", _tiny), ("strip", _strip)):
+            n = 0
+            for rec in sub.iter_rows(named=True):
+                if n >= DERIVED_PER_KIND:
+                    break
+                with Image.open(root / rec["file"]) as opened:
+                    alpha = "A" in opened.getbands() or "transparency" in opened.info
+                    img = opened.convert("RGBA" if alpha else "RGB")
+                if kind == "strip" and max(img.size) < 160:
+                    continue
+                name = f"{kind}/{cat}_{n:04d}.png"
+                (out / kind).mkdir(parents=True, exist_ok=True)
+                made = make(img, n)
+                made.save(out / name, "PNG")
+                rows.append({"file": name, "clean": False, "category": rec["category"], "degradation": kind,
+                             "expect": DERIVED_EXPECT[kind], "params": json.dumps({"size": list(made.size), "from": rec["file"]}),
+                             "source": rec["source"]})
+                n += 1
+    df = pl.DataFrame(rows, schema={k: labels.schema[k] for k in ("file", "clean", "category", "degradation", "expect",
+                                                                   "params", "source")})
+    df.write_parquet(out / "labels.parquet")
+    return out, df
+
+
 def quality(root: Path) -> dict:
     labels = relabel(pl.read_parquet(root / "labels.parquet"))
-    inv = run_inventory(root, labels, "quality")
+    droot, dlabels = derived_set(root, labels)
+    inv = pl.concat([run_inventory(root, labels, "quality"), run_inventory(droot, dlabels, "quality")], how="vertical_relaxed")
+    labels = pl.concat([labels, dlabels.select(labels.columns)], how="vertical_relaxed")
     clusters = inv.select("image_id", pl.col("image_id").alias("cluster_id"), pl.lit(True).alias("is_representative"))
     cfg = QualityConfig()
     cur = evaluate(inv, clusters, cfg).select("image_id", "reasons", "keep", "content_kind")
@@ -165,8 +235,11 @@ def quality(root: Path) -> dict:
                           "degradation and size of one source image lies in one half; thresholds were tuned on A "
                           "(the edge-ratio blur rules: photo_max_edge_ratio, photo_motion_edge_ratio, "
                           "photo_motion_spread, graphic_max_edge_ratio, graphic_ratio_max_edge, graphic_soft_edge_ratio; the clipping rule: bright_clip_share, "
-                          "bright_rolloff, bright_min_edge_ratio), B is held out; skimage:clock's crops are labelled motion_blur "
-                          "(RELABEL_MOTION_BLURRED)")
+                          "bright_rolloff, bright_min_edge_ratio; the texture rules: bright_min_mid_ratio, bright_raggedness, "
+                          "bright_texture_flat, bright_area_share, bright_photo_flat, bright_max_boundary, bright_blown_share, "
+                          "bright_dark_p05, bright_dark_clip_share, photo_smear_*), B is held out; skimage:clock's crops are "
+                          "labelled motion_blur (RELABEL_MOTION_BLURRED); the derived tiny/strip positives (derived_set) "
+                          "keep their source's half")
     out["threshold_sweep"] = threshold_sweep(df)
     return out
 
