@@ -87,7 +87,10 @@ def kind_expr(profile: str) -> pl.Expr:
 def checks(cfg: QualityConfig) -> tuple[Check, ...]:
     """The threshold checks of `cfg`, in REASONS order (corrupt and duplicate are not threshold checks)."""
     c = Condition
-    not_blurred = (c("edge_ratio_min", ">", cfg.bright_min_edge_ratio), c("mid_ratio", ">", cfg.bright_min_mid_ratio))
+    # a photo's edges: not blurred, not drawn (drawn art steps in one pixel even in its blurriest
+    # direction), and a photo's fine texture
+    photo_edges = (c("edge_ratio_min", ">", cfg.bright_min_edge_ratio), c("edge_ratio_min", "<", cfg.bright_max_edge_ratio),
+                   c("mid_ratio", ">", cfg.bright_min_mid_ratio))
     exposed = (c("opaque_brightness", ">", cfg.bright_min_mean), c("opaque_fraction", ">=", 1.0),
                c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))
     return (
@@ -101,7 +104,7 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         # camera's fault; art with a cut-out shape, like a playing card's rounded corners, is not)
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
                                      c("clip_rolloff", ">", cfg.bright_rolloff),
-                                     *not_blurred, *exposed)),
+                                     *photo_edges, *exposed)),
         # a blown-out texture (grass, gravel, sand): the clipping breaks up into specks, and nothing
         # unclipped is flat colour
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
@@ -112,7 +115,7 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_area_share),
                                      c("flat_share", "<", cfg.bright_photo_flat),
                                      c("unclipped_boundary", "<", cfg.bright_max_boundary),
-                                     *not_blurred, *exposed)),
+                                     *photo_edges, *exposed)),
         # the whole frame blown white
         Check("too_bright", OPAQUE, (c("clip_share", ">=", cfg.bright_blown_share), *exposed[1:])),
         # a dark scene exposed up (a night sky): its darkest tones lifted, its highlights clipped

@@ -14,7 +14,8 @@ _RANGES = {"min_side": (1, _INF), "max_aspect_ratio": (1.0, _INF), "photo_max_as
            "min_contrast": (0.0, 255.0), "min_jpeg_quality": (0, 100), "near_empty_share": (0.0, 1.0),
            "near_empty_ink": (0.0, 1.0), "dark_p95": (0.0, 255.0), "dark_mean": (0.0, 255.0),
            "bright_clip_share": (0.0, 1.0), "bright_rolloff": (0.0, 255.0), "bright_min_edge_ratio": (0.0, 1.5),
-           "bright_min_mean": (0.0, 255.0), "bright_min_mid_ratio": (0.0, 1.5), "bright_raggedness": (0.0, _INF),
+           "bright_min_mean": (0.0, 255.0), "bright_min_mid_ratio": (0.0, 1.5), "bright_max_edge_ratio": (0.0, 1.5),
+           "bright_raggedness": (0.0, _INF),
            "bright_texture_flat": (0.0, 1.0), "bright_area_share": (0.0, 1.0), "bright_photo_flat": (0.0, 1.0),
            "bright_max_boundary": (0.0, _INF), "bright_blown_share": (0.0, 1.0), "bright_dark_p05": (0.0, 255.0),
            "bright_dark_clip_share": (0.0, 1.0),
@@ -63,7 +64,11 @@ class QualityConfig:
       white read 0.50-0.64 but for ring-hatched ones (median 0.56), flat-colour clip art median
       0.59, over-exposed photos 0.59-0.93, median 0.70), and is not heavily compressed (jpeg
       quality >= min_jpeg_quality, files without JPEG tables count as 100): a blurred or blocky
-      drawing on white rolls off softly too. Replaces "mean > 200 and 5th percentile > 100", which
+      drawing on white rolls off softly too. bright_max_edge_ratio=0.92 (with this rule and the blown
+      area rule): the blurriest edge ratio is under 0.92, not drawn art, whose edges step in one
+      pixel in every direction: a sprite or clip art saved as JPEG on white rings softly into the
+      page (JPEG copies in the dedup set: edge_ratio_min median 0.97), clean photos of the
+      labelled set read at most 0.84. Replaces "mean > 200 and 5th percentile > 100", which
       fired on pale clip art and missed over-exposed photos that keep some dark tones, and judges
       graphics too (an over-exposed photo often reads as a flat-colour graphic).
     - bright_raggedness=0.75 with bright_texture_flat=0.03 (`too_bright`, blown texture rule): more
@@ -159,6 +164,7 @@ class QualityConfig:
     bright_min_edge_ratio: float = 0.58
     bright_min_mean: float = 100.0
     bright_min_mid_ratio: float = 0.62
+    bright_max_edge_ratio: float = 0.92
     bright_raggedness: float = 0.75
     bright_texture_flat: float = 0.03
     bright_area_share: float = 0.3

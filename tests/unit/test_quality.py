@@ -68,14 +68,15 @@ def test_every_reason_is_recorded_and_complete():
          "threshold": cfg.photo_max_aspect_ratio}]
     dark = {d["metric"]: (d["value"], d["threshold"]) for d in details_of(out, "i3") if d["reason"] == "too_dark"}
     assert dark == {"opaque_p95": (30.0, cfg.dark_p95), "opaque_brightness": (10.0, cfg.dark_mean)}
-    bright = {d["metric"]: (d["op"], d["value"], d["threshold"]) for d in details_of(out, "i4")}
-    assert bright == {"clip_share": (">", pytest.approx(0.4), cfg.bright_clip_share),
-                      "clip_rolloff": (">", 245.0, cfg.bright_rolloff),
-                      "edge_ratio_min": (">", pytest.approx(0.7), cfg.bright_min_edge_ratio),
-                      "mid_ratio": (">", pytest.approx(0.8), cfg.bright_min_mid_ratio),
-                      "opaque_brightness": (">", 120.0, cfg.bright_min_mean),
-                      "opaque_fraction": (">=", 1.0, 1.0),  # no transparency
-                      "jpeg_quality_or_lossless": (">=", 100.0, cfg.min_jpeg_quality)}  # a PNG: no JPEG tables
+    bright = {(d["metric"], d["op"]): (d["value"], d["threshold"]) for d in details_of(out, "i4")}
+    assert bright == {("clip_share", ">"): (pytest.approx(0.4), cfg.bright_clip_share),
+                      ("clip_rolloff", ">"): (245.0, cfg.bright_rolloff),
+                      ("edge_ratio_min", ">"): (pytest.approx(0.7), cfg.bright_min_edge_ratio),
+                      ("edge_ratio_min", "<"): (pytest.approx(0.7), cfg.bright_max_edge_ratio),
+                      ("mid_ratio", ">"): (pytest.approx(0.8), cfg.bright_min_mid_ratio),
+                      ("opaque_brightness", ">"): (120.0, cfg.bright_min_mean),
+                      ("opaque_fraction", ">="): (1.0, 1.0),  # no transparency
+                      ("jpeg_quality_or_lossless", ">="): (100.0, cfg.min_jpeg_quality)}  # a PNG: no JPEG tables
     assert details_of(out, "i8")[0]["value"] == 3.0  # pHash distance to its representative
     assert details_of(out, "i0") == []
 
