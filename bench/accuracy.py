@@ -244,6 +244,22 @@ def quality(root: Path) -> dict:
     return out
 
 
+def copies_judged(root: Path) -> dict:
+    """The quality checks on the dedup set, whose files are all copies of clean pictures (PNG, SVG
+    renders, resized, JPEG and WebP copies, upscaled 28 px Fashion-MNIST): an unlabelled check
+    for false rejects on other files than the tuning set's (an upscaled or 24 px copy can be
+    rightly `blurry`; the counts are by reason and, for too_bright, by kind and variant)."""
+    labels = pl.read_parquet(root / "labels.parquet")
+    inv = run_inventory(root, labels, "s0")
+    clusters = inv.select("image_id", pl.col("image_id").alias("cluster_id"), pl.lit(True).alias("is_representative"))
+    cur = evaluate(inv, clusters, QualityConfig()).select("image_id", "reasons")
+    df = inv.select("image_id", "rel_path").join(cur, on="image_id").join(labels.rename({"file": "rel_path"}), on="rel_path")
+    bright = df.filter(pl.col("reasons").list.contains("too_bright"))
+    return {"images": df.height, "rejected": int((df["reasons"].list.len() > 0).sum()), "reasons_fired": _reason_counts(df),
+            "too_bright_by_kind_variant": {f"{k}:{v}": int(n) for k, v, n in
+                                           bright.group_by("kind", "variant").len().sort("len", descending=True).iter_rows()}}
+
+
 def _half(source: str) -> str:
     return "A" if int(hashlib.sha1(source.encode()).hexdigest()[:8], 16) % 2 == 0 else "B"
 
@@ -564,6 +580,7 @@ def main() -> None:
                 "sets_cache": str(CACHE.relative_to(REPO))})
     if args.only in (None, "quality"):
         res["quality"] = quality(q_root)
+        res["quality"]["dedup_set_copies"] = copies_judged(d_root)
     if args.only in (None, "dedup"):
         res["dedup"] = dedup(d_root)
     res["seconds"] = _r(time.perf_counter() - t0, 1)
