@@ -187,7 +187,7 @@ class QualitySettings(StageConfig):
         "min_jpeg_quality": "a JPEG quality", "near_empty_share": "a share", "near_empty_ink": "a share",
         "dark_p95": "a grey level", "dark_mean": "a grey level", "bright_rolloff": "a grey level",
         "bright_clip_share": "a share", "bright_min_edge_ratio": "an edge ratio", "bright_min_mean": "a grey level",
-        "bright_min_mid_ratio": "a step ratio", "bright_max_edge_ratio": "an edge ratio",
+        "bright_min_mid_ratio": "a step ratio", "bright_max_edge_ratio": "an edge ratio", "bright_max_flat": "a share",
         "bright_raggedness": "a clip raggedness", "bright_texture_flat": "a share",
         "bright_area_share": "a share", "bright_photo_flat": "a share", "bright_max_boundary": "a boundary share",
         "bright_blown_share": "a share", "bright_dark_p05": "a grey level", "bright_dark_clip_share": "a share",
@@ -221,6 +221,8 @@ class QualitySettings(StageConfig):
                                          description="... in a picture whose blurriest edge ratio is above this ...")
     bright_max_edge_ratio: float = Field(default=_QUALITY.bright_max_edge_ratio,
                                          description="... and below this (not drawn art: one-pixel edges everywhere) ...")
+    bright_max_flat: float = Field(default=_QUALITY.bright_max_flat,
+                                   description="... and whose flat-colour share is below this ...")
     bright_min_mid_ratio: float = Field(default=_QUALITY.bright_min_mid_ratio,
                                         description="... and mean 2-px / 4-px step ratio above this (not blurred) ...")
     bright_min_mean: float = Field(default=_QUALITY.bright_min_mean,

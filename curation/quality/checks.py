@@ -104,7 +104,7 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         # camera's fault; art with a cut-out shape, like a playing card's rounded corners, is not)
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
                                      c("clip_rolloff", ">", cfg.bright_rolloff),
-                                     *photo_edges, *exposed)),
+                                     c("flat_share", "<", cfg.bright_max_flat), *photo_edges, *exposed)),
         # a blown-out texture (grass, gravel, sand): the clipping breaks up into specks, and nothing
         # unclipped is flat colour
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),

@@ -15,6 +15,7 @@ _RANGES = {"min_side": (1, _INF), "max_aspect_ratio": (1.0, _INF), "photo_max_as
            "near_empty_ink": (0.0, 1.0), "dark_p95": (0.0, 255.0), "dark_mean": (0.0, 255.0),
            "bright_clip_share": (0.0, 1.0), "bright_rolloff": (0.0, 255.0), "bright_min_edge_ratio": (0.0, 1.5),
            "bright_min_mean": (0.0, 255.0), "bright_min_mid_ratio": (0.0, 1.5), "bright_max_edge_ratio": (0.0, 1.5),
+           "bright_max_flat": (0.0, 1.0),
            "bright_raggedness": (0.0, _INF),
            "bright_texture_flat": (0.0, 1.0), "bright_area_share": (0.0, 1.0), "bright_photo_flat": (0.0, 1.0),
            "bright_max_boundary": (0.0, _INF), "bright_blown_share": (0.0, 1.0), "bright_dark_p05": (0.0, 255.0),
@@ -68,7 +69,10 @@ class QualityConfig:
       area rule): the blurriest edge ratio is under 0.92, not drawn art, whose edges step in one
       pixel in every direction: a sprite or clip art saved as JPEG on white rings softly into the
       page (JPEG copies in the dedup set: edge_ratio_min median 0.97), clean photos of the
-      labelled set read at most 0.84. Replaces "mean > 200 and 5th percentile > 100", which
+      labelled set read at most 0.84. bright_max_flat=0.4 (this rule only): under 40% of the
+      unclipped neighbour pairs are of equal grey (content.flat_share): JPEG copies of clip art on
+      white keep their flat fills (median 0.33 where the rule fired before it), over-exposed
+      photos read at most 0.30. Replaces "mean > 200 and 5th percentile > 100", which
       fired on pale clip art and missed over-exposed photos that keep some dark tones, and judges
       graphics too (an over-exposed photo often reads as a flat-colour graphic).
     - bright_raggedness=0.75 with bright_texture_flat=0.03 (`too_bright`, blown texture rule): more
@@ -165,6 +169,7 @@ class QualityConfig:
     bright_min_mean: float = 100.0
     bright_min_mid_ratio: float = 0.62
     bright_max_edge_ratio: float = 0.92
+    bright_max_flat: float = 0.4
     bright_raggedness: float = 0.75
     bright_texture_flat: float = 0.03
     bright_area_share: float = 0.3

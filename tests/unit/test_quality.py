@@ -40,7 +40,8 @@ def test_every_reason_is_recorded_and_complete():
         {"error_code": "truncated", "width": None, "height": None, "brightness": None},
         {"width": 6, "height": 400},  # too small AND extreme aspect ratio
         {"opaque_brightness": 10.0, "opaque_p95": 30.0, "contrast": 1.5},  # dark and low contrast
-        {"clip_share": 0.4, "clip_rolloff": 245.0, "edge_ratio_min": 0.7, "edge_ratio_max": 0.8, "mid_ratio": 0.8},  # blown out
+        {"clip_share": 0.4, "clip_rolloff": 245.0, "edge_ratio_min": 0.7, "edge_ratio_max": 0.8, "mid_ratio": 0.8,
+         "flat_share": 0.1},  # blown out
         {"edge_sharpness": 0.03},  # blurry
         {"top_color_share": 0.995, "ink_fraction": 0.002},  # an empty canvas with a speck
         {"jpeg_quality": 8},
@@ -71,6 +72,7 @@ def test_every_reason_is_recorded_and_complete():
     bright = {(d["metric"], d["op"]): (d["value"], d["threshold"]) for d in details_of(out, "i4")}
     assert bright == {("clip_share", ">"): (pytest.approx(0.4), cfg.bright_clip_share),
                       ("clip_rolloff", ">"): (245.0, cfg.bright_rolloff),
+                      ("flat_share", "<"): (pytest.approx(0.1), cfg.bright_max_flat),
                       ("edge_ratio_min", ">"): (pytest.approx(0.7), cfg.bright_min_edge_ratio),
                       ("edge_ratio_min", "<"): (pytest.approx(0.7), cfg.bright_max_edge_ratio),
                       ("mid_ratio", ">"): (pytest.approx(0.8), cfg.bright_min_mid_ratio),
