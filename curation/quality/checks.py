@@ -91,8 +91,8 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
     # direction), and a photo's fine texture
     photo_edges = (c("edge_ratio_min", ">", cfg.bright_min_edge_ratio), c("edge_ratio_min", "<", cfg.bright_max_edge_ratio),
                    c("mid_ratio", ">", cfg.bright_min_mid_ratio))
-    exposed = (c("opaque_brightness", ">", cfg.bright_min_mean), c("opaque_fraction", ">=", 1.0),
-               c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))
+    camera_made = (c("opaque_fraction", ">=", 1.0), c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))
+    exposed = (c("opaque_brightness", ">", cfg.bright_min_mean), *camera_made)
     return (
         Check("too_small", ALL_KINDS, (c("short_side", "<", cfg.min_side),)),
         Check("extreme_aspect_ratio", DRAWN, (c("aspect_ratio", ">", cfg.max_aspect_ratio),)),
@@ -117,11 +117,11 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
                                      c("unclipped_boundary", "<", cfg.bright_max_boundary),
                                      *photo_edges, *exposed)),
         # the whole frame blown white
-        Check("too_bright", OPAQUE, (c("clip_share", ">=", cfg.bright_blown_share), *exposed[1:])),
+        Check("too_bright", OPAQUE, (c("clip_share", ">=", cfg.bright_blown_share), *camera_made)),
         # a dark scene exposed up (a night sky): its darkest tones lifted, its highlights clipped
         Check("too_bright", PHOTO, (c("opaque_brightness", "<", cfg.bright_min_mean),
                                     c("opaque_p05", ">", cfg.bright_dark_p05),
-                                    c("clip_share", ">", cfg.bright_dark_clip_share), *exposed[1:])),
+                                    c("clip_share", ">", cfg.bright_dark_clip_share), *camera_made)),
         Check("low_contrast", OPAQUE, (c("contrast", "<", cfg.min_contrast),)),
         # a cutout's content is its shape: a white icon on white is flat once composited, but not empty
         Check("low_contrast", CUTOUT, (c("contrast", "<", cfg.min_contrast), c("opaque_fraction", "<", EMPTY_OPAQUE))),
