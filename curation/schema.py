@@ -70,8 +70,11 @@ INVENTORY_SCHEMA: Schema = {
     "native_sharpness": pl.Float32,  # Laplacian variance at native scale (never upscaled)
     "edge_ratio_min": pl.Float32,  # blurriest direction: top-1% 1-px step / top-1% 2-px step (0.5 wide .. 1 crisp)
     "edge_ratio_max": pl.Float32,  # sharpest direction, the same ratio
+    "mid_ratio": pl.Float32,  # mean 2-px step / mean 4-px step (0.5 isolated edges or blur .. 1 fine texture)
     "clip_share": pl.Float32,  # share of pixels at grey >= 250 (composited, where native_sharpness is)
     "clip_rolloff": pl.Float32,  # median grey of the unclipped pixels next to a clipped one (null: none)
+    "clip_boundary": pl.Float32,  # clipped/unclipped 4-neighbour pairs per pixel
+    "flat_share": pl.Float32,  # share of unclipped 4-neighbour pairs of equal grey (flat colour ~1, photos ~0)
     "jpeg_quality": pl.Int16,  # libjpeg quality estimated from the quantisation table; null if not JPEG
 }
 

@@ -130,7 +130,7 @@ STAGES: tuple[Stage, ...] = (
                      "image_classifications, which never trains it."),
     ),
     Stage(
-        RAW_INVENTORY, (), "ingest", CURATE, in_report=True, algorithm=2,  # 2: edge ratios, clipping
+        RAW_INVENTORY, (), "ingest", CURATE, in_report=True, algorithm=3,  # 2: edge ratios, clipping; 3: texture
         compute=Compute(cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi"),
         checks=("inventory_matches_manifest",),
         description=("One row per file in the shard's manifest, never fewer: URI, bytes, mtime, sha256, format, "

@@ -187,10 +187,16 @@ class QualitySettings(StageConfig):
         "min_jpeg_quality": "a JPEG quality", "near_empty_share": "a share", "near_empty_ink": "a share",
         "dark_p95": "a grey level", "dark_mean": "a grey level", "bright_rolloff": "a grey level",
         "bright_clip_share": "a share", "bright_min_edge_ratio": "an edge ratio", "bright_min_mean": "a grey level",
+        "bright_min_mid_ratio": "a step ratio", "bright_max_edge_ratio": "an edge ratio", "bright_max_flat": "a share",
+        "bright_raggedness": "a clip raggedness", "bright_texture_flat": "a share",
+        "bright_area_share": "a share", "bright_photo_flat": "a share", "bright_max_boundary": "a boundary share",
+        "bright_blown_share": "a share", "bright_dark_p05": "a grey level", "bright_dark_clip_share": "a share",
         "photo_min_edge": "an edge sharpness", "photo_soft_edge": "an edge sharpness",
         "photo_min_native_sharpness": "a Laplacian variance", "graphic_min_edge": "an edge sharpness",
         "photo_max_edge_ratio": "an edge ratio", "photo_motion_edge_ratio": "an edge ratio",
-        "photo_motion_spread": "an edge-ratio spread", "graphic_max_edge_ratio": "an edge ratio",
+        "photo_motion_spread": "an edge-ratio spread", "photo_smear_edge_ratio": "an edge ratio",
+        "photo_smear_spread": "an edge-ratio spread", "photo_smear_mid_ratio": "a step ratio", "photo_smear_max_flat": "a share",
+        "graphic_max_edge_ratio": "an edge ratio",
         "graphic_soft_edge_ratio": "an edge ratio", "graphic_ratio_max_edge": "an edge sharpness"})}
 
     profile: str = Field(default=_QUALITY.profile, description="how each image's kind is found: auto | photo | graphics")
@@ -213,8 +219,30 @@ class QualitySettings(StageConfig):
                                   description="... with the grey next to the clipped pixels above this ...")
     bright_min_edge_ratio: float = Field(default=_QUALITY.bright_min_edge_ratio,
                                          description="... in a picture whose blurriest edge ratio is above this ...")
+    bright_max_edge_ratio: float = Field(default=_QUALITY.bright_max_edge_ratio,
+                                         description="... and below this (not drawn art: one-pixel edges everywhere) ...")
+    bright_max_flat: float = Field(default=_QUALITY.bright_max_flat,
+                                   description="... and whose flat-colour share is below this ...")
+    bright_min_mid_ratio: float = Field(default=_QUALITY.bright_min_mid_ratio,
+                                        description="... and mean 2-px / 4-px step ratio above this (not blurred) ...")
     bright_min_mean: float = Field(default=_QUALITY.bright_min_mean,
                                    description="... and whose opaque pixels' mean grey is above this: too_bright")
+    bright_raggedness: float = Field(default=_QUALITY.bright_raggedness,
+                                     description="too_bright also: clipping broken up into specks (raggedness above this) ...")
+    bright_texture_flat: float = Field(default=_QUALITY.bright_texture_flat,
+                                       description="... with a flat-colour share below this (a blown-out texture)")
+    bright_area_share: float = Field(default=_QUALITY.bright_area_share,
+                                     description="too_bright also: clipped share above this, not blurred ...")
+    bright_photo_flat: float = Field(default=_QUALITY.bright_photo_flat,
+                                     description="... with a flat-colour share below this ...")
+    bright_max_boundary: float = Field(default=_QUALITY.bright_max_boundary,
+                                       description="... and the unclipped pixels' boundary share below this (no line art)")
+    bright_blown_share: float = Field(default=_QUALITY.bright_blown_share,
+                                      description="too_bright also: clipped share at or above this (a white frame)")
+    bright_dark_p05: float = Field(default=_QUALITY.bright_dark_p05,
+                                   description="too_bright also, photos: a dark picture with 5th grey percentile above this ...")
+    bright_dark_clip_share: float = Field(default=_QUALITY.bright_dark_clip_share,
+                                          description="... with a clipped share above this (a night sky exposed up)")
     photo_min_edge: float = Field(default=_QUALITY.photo_min_edge, description="photos: edge sharpness below this is blurry")
     photo_soft_edge: float = Field(default=_QUALITY.photo_soft_edge,
                                    description="photos: soft edges below this with little native detail ...")
@@ -230,6 +258,14 @@ class QualitySettings(StageConfig):
                                            description="photos: blurriest direction's edge ratio below this ...")
     photo_motion_spread: float = Field(default=_QUALITY.photo_motion_spread,
                                        description="... with the sharpest this much above it is blurry (motion)")
+    photo_smear_edge_ratio: float = Field(default=_QUALITY.photo_smear_edge_ratio,
+                                          description="photos: blurriest edge ratio below this ...")
+    photo_smear_spread: float = Field(default=_QUALITY.photo_smear_spread,
+                                      description="... with the sharpest this much above it ...")
+    photo_smear_mid_ratio: float = Field(default=_QUALITY.photo_smear_mid_ratio,
+                                         description="... and mean 2-px / 4-px step ratio below this ...")
+    photo_smear_max_flat: float = Field(default=_QUALITY.photo_smear_max_flat,
+                                        description="... and a flat-colour share below this is blurry (a smear)")
     graphic_max_edge_ratio: float = Field(default=_QUALITY.graphic_max_edge_ratio,
                                           description="graphics and cutouts: sharpest edge ratio below this ...")
     graphic_ratio_max_edge: float = Field(default=_QUALITY.graphic_ratio_max_edge,

@@ -40,6 +40,11 @@ CONTENT_COLUMNS:
                     the sharpest: a Gaussian blur or an upscaled thumbnail has every direction near 0.5
                     (max < ~0.58), a motion blur smears one direction only (min ~0.5, max well above),
                     a focused photo is 0.6-0.95 in every direction. Null where `edge_sharpness` is.
+  mid_ratio         mean |2-pixel step| / mean |4-pixel step| along the rows and columns (measured
+                    where `native_sharpness` is; null where `edge_sharpness` is, or below 5 x 5): an
+                    isolated edge, crisp or blurred, takes its full step over 2 px and over 4 px at
+                    twice as many places, so flat-colour art and blurred pictures read ~0.5; texture
+                    and noise finer than 2 px read toward 1 (photos median 0.72, over-exposed ones 0.70).
   clip_share        share of the pixels (where `native_sharpness` is measured, composited) at grey
                     >= CLIP_LEVEL: blown highlights, or a white page / background.
   clip_rolloff      median grey of the unclipped pixels next to a clipped one (4-neighbours; null
@@ -47,6 +52,13 @@ CONTENT_COLUMNS:
                     areas (~235-250), clip art meets its white page at its outlines and colours
                     (~150-225). A blurred drawing on white rolls off softly too (see
                     QualityConfig.bright_min_edge_ratio).
+  clip_boundary     clipped / unclipped 4-neighbour pairs per pixel (0 when none or every pixel is
+                    clipped): with clip_share, how ragged the clipped areas are (a texture blown
+                    out breaks up into specks; a white page is one solid area) and how much of the
+                    unclipped picture touches them (thin lines on a white page all of it).
+  flat_share        share of the 4-neighbour pairs of unclipped pixels that have equal grey (null
+                    when no such pair): drawn art median 0.6-0.75, photos (noise, texture) median 0.14,
+                    over-exposed textures (grass, gravel) ~0.01.
   jpeg_quality      libjpeg quality (1..100) estimated from the file's luminance quantisation
                     table (header only, free); null for other formats. Quality 4-10 re-encodes
                     carry 5-10x the standard table; camera and web JPEGs are 70-98.
@@ -54,7 +66,9 @@ CONTENT_COLUMNS:
 The colour/alpha statistics use a nearest-neighbour subsample of at most SIGNAL_SIDE pixels per
 side (exact colours, no blending). Cost: ~1-1.5 ms per image on a 2-core machine (numpy on the
 reduced frame; no BLAS calls), of which the edge ratios and clipping statistics ~0.4-0.6 ms (~10%
-of stage 1 in-process, measured on 500 images of the bench's quality set). Never raises for an 8-bit
+of stage 1 in-process, measured on 500 images of the bench's quality set) and mid_ratio,
+clip_boundary and flat_share ~0.1 ms more (content_signals 1.21 -> 1.32 CPU ms per image, the
+same 500 images, old and new code interleaved in one process). Never raises for an 8-bit
 frame of any size >= 1 x 1.
 """
 
@@ -67,7 +81,8 @@ from PIL import Image
 
 CONTENT_COLUMNS = ("opaque_fraction", "opaque_brightness", "opaque_contrast", "opaque_entropy", "opaque_p05", "opaque_p95",
                    "n_colors", "top_color_share", "ink_fraction", "edge_sharpness", "native_sharpness", "edge_ratio_min",
-                   "edge_ratio_max", "clip_share", "clip_rolloff", "jpeg_quality")
+                   "edge_ratio_max", "mid_ratio", "clip_share", "clip_rolloff", "clip_boundary", "flat_share",
+                   "jpeg_quality")
 
 SIGNAL_SIDE = 128  # colour/alpha statistics: nearest-neighbour subsample to at most this per side
 INK_LEVELS = 24  # grey distance from the dominant colour that counts as drawn
@@ -144,66 +159,88 @@ def _top_mean(hist: np.ndarray, k: int) -> float:
     return float(np.einsum("i,i->", counts, levels)) / k
 
 
-def _step_top(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean of the top 1% of |a - b| of two uint8 arrays."""
-    steps = (np.maximum(a, b) - np.minimum(a, b)).reshape(-1)
+def _steps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| of two uint8 arrays, flattened (uint8)."""
+    return (np.maximum(a, b) - np.minimum(a, b)).reshape(-1)
+
+
+def _step_top(steps: np.ndarray) -> float:
+    """Mean of the top 1% of a uint8 step array."""
     return _top_mean(np.bincount(steps, minlength=256), max(1, steps.size // 100))
 
 
-def _edge_ratios(g: np.ndarray, hv: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+def _edge_ratios(g: np.ndarray, hv: tuple[np.ndarray, np.ndarray]) -> tuple[float, float, float | None]:
     """(min, max) over the directions 0/45/90/135 degrees of top-1% 1-pixel step / top-1% 2-pixel
-    step of the uint8 grey image `g` (at least 3 x 3); `hv` the histograms of its vertical and
-    horizontal 1-pixel steps (taken for edge_sharpness). The diagonal and 2-pixel steps are taken
-    on every LINE_STRIDE-th line across the step's direction (half the cost at 2; the top 1% of
-    half the steps estimates the top 1% of all of them, a stride of 3 reads noticeably noisier)."""
+    step of the uint8 grey image `g` (at least 3 x 3), and `mid_ratio` (mean 2-pixel step / mean
+    4-pixel step along the rows and columns; None below 5 x 5); `hv` the histograms of its vertical
+    and horizontal 1-pixel steps (taken for edge_sharpness). The diagonal, 2-pixel and 4-pixel steps
+    are taken on every LINE_STRIDE-th line across the step's direction (half the cost at 2; the top
+    1% of half the steps estimates the top 1% of all of them, a stride of 3 reads noticeably noisier)."""
     s = LINE_STRIDE
+    v2, h2 = _steps(g[2:, ::s], g[:-2, ::s]), _steps(g[::s, 2:], g[::s, :-2])
     one = {90: _top_mean(hv[0], max(1, int(hv[0].sum()) // 100)), 0: _top_mean(hv[1], max(1, int(hv[1].sum()) // 100)),
-           45: _step_top(g[1::s, 1:], g[:-1:s, :-1]), 135: _step_top(g[1::s, :-1], g[:-1:s, 1:])}
-    two = {90: _step_top(g[2:, ::s], g[:-2, ::s]), 0: _step_top(g[::s, 2:], g[::s, :-2]),
-           45: _step_top(g[2::s, 2:], g[:-2:s, :-2]), 135: _step_top(g[2::s, :-2], g[:-2:s, 2:])}
+           45: _step_top(_steps(g[1::s, 1:], g[:-1:s, :-1])), 135: _step_top(_steps(g[1::s, :-1], g[:-1:s, 1:]))}
+    two = {90: _step_top(v2), 0: _step_top(h2),
+           45: _step_top(_steps(g[2::s, 2:], g[:-2:s, :-2])), 135: _step_top(_steps(g[2::s, :-2], g[:-2:s, 2:]))}
     ratios = [one[d] / two[d] if two[d] > 0 else 1.0 for d in (0, 45, 90, 135)]
-    return min(ratios), max(ratios)
+    mid = None
+    if min(g.shape) >= 5:
+        v4, h4 = _steps(g[4:, ::s], g[:-4, ::s]), _steps(g[::s, 4:], g[::s, :-4])
+        four = (int(v4.sum(dtype=np.int64)) + int(h4.sum(dtype=np.int64))) / (v4.size + h4.size)
+        mean2 = (int(v2.sum(dtype=np.int64)) + int(h2.sum(dtype=np.int64))) / (v2.size + h2.size)
+        mid = mean2 / four if four > 0 else None
+    return min(ratios), max(ratios), mid
 
 
-def _clip_stats(grey: np.ndarray) -> dict[str, float | None]:
-    """clip_share and clip_rolloff (the lower median, an integer grey) of a uint8 grey image."""
+def _clip_stats(grey: np.ndarray, dv: np.ndarray, dh: np.ndarray) -> dict[str, float | None]:
+    """clip_share, clip_rolloff (the lower median, an integer grey), clip_boundary and flat_share of
+    a uint8 grey image; `dv` / `dh` its absolute vertical / horizontal 1-pixel steps."""
     clipped = grey >= CLIP_LEVEL
     n = int(np.count_nonzero(clipped))
-    if n == 0 or n == grey.size:
-        return {"clip_share": n / grey.size, "clip_rolloff": None}
+    pairs = dv.size + dh.size
+    if n == 0:  # every pair is unclipped
+        flat = int(np.count_nonzero(dv == 0)) + int(np.count_nonzero(dh == 0))
+        return {"clip_share": 0.0, "clip_rolloff": None, "clip_boundary": 0.0, "flat_share": flat / pairs}
+    if n == grey.size:
+        return {"clip_share": 1.0, "clip_rolloff": None, "clip_boundary": 0.0, "flat_share": None}
     hist = np.zeros(256, dtype=np.int64)
     for near, far, c_near, c_far in ((grey[:, 1:], grey[:, :-1], clipped[:, 1:], clipped[:, :-1]),
                                      (grey[1:, :], grey[:-1, :], clipped[1:, :], clipped[:-1, :])):
         hist += np.bincount(near[c_far & ~c_near], minlength=256)  # unclipped pixel right of / below a clipped one
         hist += np.bincount(far[c_near & ~c_far], minlength=256)  # ... left of / above one
     cdf = np.cumsum(hist)
-    return {"clip_share": n / grey.size, "clip_rolloff": float(np.searchsorted(cdf, cdf[-1] / 2))}
+    lit = ~clipped
+    # pairs of unclipped pixels, and those of equal grey (an equal pair with one unclipped pixel is unclipped)
+    unclipped = int(np.count_nonzero(lit[1:] & lit[:-1])) + int(np.count_nonzero(lit[:, 1:] & lit[:, :-1]))
+    flat = int(np.count_nonzero((dv == 0) & lit[1:])) + int(np.count_nonzero((dh == 0) & lit[:, 1:]))
+    return {"clip_share": n / grey.size, "clip_rolloff": float(np.searchsorted(cdf, cdf[-1] / 2)),
+            "clip_boundary": int(cdf[-1]) / grey.size, "flat_share": flat / unclipped if unclipped else None}
 
 
 def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
-    """edge_sharpness, native_sharpness, the directional edge ratios and the clipping statistics of
-    the composited frame's grey, never upscaled."""
+    """edge_sharpness, native_sharpness, the directional edge ratios, mid_ratio and the clipping
+    statistics of the composited frame's grey, never upscaled."""
     k = max(1, min(flat.size) // size)
     grey_img = flat if flat.mode == "L" else flat.convert("L")
     grey = np.asarray(grey_img.reduce(k) if k > 1 else grey_img)
     if grey.shape[0] < 3 or grey.shape[1] < 3:
         return {"edge_sharpness": None, "native_sharpness": 0.0, "edge_ratio_min": None, "edge_ratio_max": None,
-                "clip_share": None, "clip_rolloff": None}
+                "mid_ratio": None, "clip_share": None, "clip_rolloff": None, "clip_boundary": None, "flat_share": None}
     g = grey.astype(np.int16)
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
-    hv = (np.bincount(np.abs(np.diff(g, axis=0)).reshape(-1), minlength=256),
-          np.bincount(np.abs(np.diff(g, axis=1)).reshape(-1), minlength=256))
+    dv, dh = np.abs(np.diff(g, axis=0)), np.abs(np.diff(g, axis=1))
+    hv = (np.bincount(dv.reshape(-1), minlength=256), np.bincount(dh.reshape(-1), minlength=256))
     steps = hv[0] + hv[1]
     cdf = np.cumsum(np.bincount(grey.reshape(-1), minlength=256))
     lo, hi = (int(np.searchsorted(cdf, q * grey.size)) for q in (0.01, 0.99))
     top = _top_mean(steps, max(1, int(steps.sum()) // 100))
     ranged = hi - lo >= MIN_RANGE
     crisp = min(1.0, top / (hi - lo)) if ranged else None
-    rmin, rmax = _edge_ratios(grey, hv) if ranged else (None, None)
+    rmin, rmax, mid = _edge_ratios(grey, hv) if ranged else (None, None, None)
     lv = lap.astype(np.float64).reshape(-1)
     var = float(np.einsum("i,i->", lv, lv)) / lv.size - (float(lv.sum()) / lv.size) ** 2  # einsum: no BLAS threads
     return {"edge_sharpness": crisp, "native_sharpness": max(0.0, var), "edge_ratio_min": rmin, "edge_ratio_max": rmax,
-            **_clip_stats(grey)}
+            "mid_ratio": mid, **_clip_stats(grey, dv, dh)}
 
 
 def content_signals(img: Image.Image, frame: Image.Image, flat: Image.Image, size: int) -> dict[str, Any]:

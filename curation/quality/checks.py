@@ -59,7 +59,7 @@ EMPTY_OPAQUE = 0.001  # a cutout with fewer opaque pixels than this shows nothin
 @dataclass(frozen=True)
 class Condition:
     metric: str  # a column name, or a derived metric of `_metric` (short_side, aspect_ratio,
-    # edge_ratio_spread, jpeg_quality_or_lossless)
+    # edge_ratio_spread, jpeg_quality_or_lossless, clip_raggedness, unclipped_boundary)
     op: str  # "<", ">" or ">="
     threshold: float
 
@@ -87,6 +87,12 @@ def kind_expr(profile: str) -> pl.Expr:
 def checks(cfg: QualityConfig) -> tuple[Check, ...]:
     """The threshold checks of `cfg`, in REASONS order (corrupt and duplicate are not threshold checks)."""
     c = Condition
+    # a photo's edges: not blurred, not drawn (drawn art steps in one pixel even in its blurriest
+    # direction), and a photo's fine texture
+    photo_edges = (c("edge_ratio_min", ">", cfg.bright_min_edge_ratio), c("edge_ratio_min", "<", cfg.bright_max_edge_ratio),
+                   c("mid_ratio", ">", cfg.bright_min_mid_ratio))
+    camera_made = (c("opaque_fraction", ">=", 1.0), c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))
+    exposed = (c("opaque_brightness", ">", cfg.bright_min_mean), *camera_made)
     return (
         Check("too_small", ALL_KINDS, (c("short_side", "<", cfg.min_side),)),
         Check("extreme_aspect_ratio", DRAWN, (c("aspect_ratio", ">", cfg.max_aspect_ratio),)),
@@ -98,10 +104,24 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         # camera's fault; art with a cut-out shape, like a playing card's rounded corners, is not)
         Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
                                      c("clip_rolloff", ">", cfg.bright_rolloff),
-                                     c("edge_ratio_min", ">", cfg.bright_min_edge_ratio),
-                                     c("opaque_brightness", ">", cfg.bright_min_mean),
-                                     c("opaque_fraction", ">=", 1.0),
-                                     c("jpeg_quality_or_lossless", ">=", cfg.min_jpeg_quality))),
+                                     c("flat_share", "<", cfg.bright_max_flat), *photo_edges, *exposed)),
+        # a blown-out texture (grass, gravel, sand): the clipping breaks up into specks, and nothing
+        # unclipped is flat colour
+        Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_clip_share),
+                                     c("clip_raggedness", ">", cfg.bright_raggedness),
+                                     c("flat_share", "<", cfg.bright_texture_flat), *exposed)),
+        # a large blown area beside a solid, textured subject (a sky behind a person): what is left
+        # unclipped is neither flat colour nor thin lines on white (drawings meet their page that way)
+        Check("too_bright", OPAQUE, (c("clip_share", ">", cfg.bright_area_share),
+                                     c("flat_share", "<", cfg.bright_photo_flat),
+                                     c("unclipped_boundary", "<", cfg.bright_max_boundary),
+                                     *photo_edges, *exposed)),
+        # the whole frame blown white
+        Check("too_bright", OPAQUE, (c("clip_share", ">=", cfg.bright_blown_share), *camera_made)),
+        # a dark scene exposed up (a night sky): its darkest tones lifted, its highlights clipped
+        Check("too_bright", PHOTO, (c("opaque_brightness", "<", cfg.bright_min_mean),
+                                    c("opaque_p05", ">", cfg.bright_dark_p05),
+                                    c("clip_share", ">", cfg.bright_dark_clip_share), *camera_made)),
         Check("low_contrast", OPAQUE, (c("contrast", "<", cfg.min_contrast),)),
         # a cutout's content is its shape: a white icon on white is flat once composited, but not empty
         Check("low_contrast", CUTOUT, (c("contrast", "<", cfg.min_contrast), c("opaque_fraction", "<", EMPTY_OPAQUE))),
@@ -116,6 +136,13 @@ def checks(cfg: QualityConfig) -> tuple[Check, ...]:
         # one direction smeared, another not (motion blur, camera shake)
         Check("blurry", PHOTO, (c("edge_ratio_min", "<", cfg.photo_motion_edge_ratio),
                                 c("edge_ratio_spread", ">", cfg.photo_motion_spread),
+                                c("top_color_share", "<", cfg.near_empty_share))),
+        # a milder smear in a picture without fine texture (a focused photo keeps its grain) that is
+        # not flat colour (tiles the auto profile classes as photos have no grain to lose either)
+        Check("blurry", PHOTO, (c("edge_ratio_min", "<", cfg.photo_smear_edge_ratio),
+                                c("edge_ratio_spread", ">", cfg.photo_smear_spread),
+                                c("mid_ratio", "<", cfg.photo_smear_mid_ratio),
+                                c("flat_share", "<", cfg.photo_smear_max_flat),
                                 c("top_color_share", "<", cfg.near_empty_share))),
         Check("blurry", DRAWN, (c("edge_sharpness", "<", cfg.graphic_min_edge),
                                 c("edge_ratio_max", "<", cfg.graphic_soft_edge_ratio))),
@@ -134,6 +161,10 @@ def _metric(name: str) -> pl.Expr:
         return pl.col("jpeg_quality").cast(pl.Float64).fill_null(100.0)
     if name == "edge_ratio_spread":
         return pl.col("edge_ratio_max").cast(pl.Float64) - pl.col("edge_ratio_min").cast(pl.Float64)
+    if name in ("clip_raggedness", "unclipped_boundary"):  # null unless some but not all pixels clip
+        share = pl.col("clip_share").cast(pl.Float64)
+        per = (share * (1.0 - share)).sqrt() if name == "clip_raggedness" else 1.0 - share
+        return pl.when((share > 0.0) & (share < 1.0)).then(pl.col("clip_boundary").cast(pl.Float64) / per)
     if name == "aspect_ratio":
         return pl.max_horizontal("width", "height").cast(pl.Float64) / pl.max_horizontal(short, pl.lit(1.0))
     return pl.col(name).cast(pl.Float64)

@@ -40,7 +40,8 @@ def test_every_reason_is_recorded_and_complete():
         {"error_code": "truncated", "width": None, "height": None, "brightness": None},
         {"width": 6, "height": 400},  # too small AND extreme aspect ratio
         {"opaque_brightness": 10.0, "opaque_p95": 30.0, "contrast": 1.5},  # dark and low contrast
-        {"clip_share": 0.4, "clip_rolloff": 245.0, "edge_ratio_min": 0.7, "edge_ratio_max": 0.8},  # blown out
+        {"clip_share": 0.4, "clip_rolloff": 245.0, "edge_ratio_min": 0.7, "edge_ratio_max": 0.8, "mid_ratio": 0.8,
+         "flat_share": 0.1},  # blown out
         {"edge_sharpness": 0.03},  # blurry
         {"top_color_share": 0.995, "ink_fraction": 0.002},  # an empty canvas with a speck
         {"jpeg_quality": 8},
@@ -68,13 +69,16 @@ def test_every_reason_is_recorded_and_complete():
          "threshold": cfg.photo_max_aspect_ratio}]
     dark = {d["metric"]: (d["value"], d["threshold"]) for d in details_of(out, "i3") if d["reason"] == "too_dark"}
     assert dark == {"opaque_p95": (30.0, cfg.dark_p95), "opaque_brightness": (10.0, cfg.dark_mean)}
-    bright = {d["metric"]: (d["op"], d["value"], d["threshold"]) for d in details_of(out, "i4")}
-    assert bright == {"clip_share": (">", pytest.approx(0.4), cfg.bright_clip_share),
-                      "clip_rolloff": (">", 245.0, cfg.bright_rolloff),
-                      "edge_ratio_min": (">", pytest.approx(0.7), cfg.bright_min_edge_ratio),
-                      "opaque_brightness": (">", 120.0, cfg.bright_min_mean),
-                      "opaque_fraction": (">=", 1.0, 1.0),  # no transparency
-                      "jpeg_quality_or_lossless": (">=", 100.0, cfg.min_jpeg_quality)}  # a PNG: no JPEG tables
+    bright = {(d["metric"], d["op"]): (d["value"], d["threshold"]) for d in details_of(out, "i4")}
+    assert bright == {("clip_share", ">"): (pytest.approx(0.4), cfg.bright_clip_share),
+                      ("clip_rolloff", ">"): (245.0, cfg.bright_rolloff),
+                      ("flat_share", "<"): (pytest.approx(0.1), cfg.bright_max_flat),
+                      ("edge_ratio_min", ">"): (pytest.approx(0.7), cfg.bright_min_edge_ratio),
+                      ("edge_ratio_min", "<"): (pytest.approx(0.7), cfg.bright_max_edge_ratio),
+                      ("mid_ratio", ">"): (pytest.approx(0.8), cfg.bright_min_mid_ratio),
+                      ("opaque_brightness", ">"): (120.0, cfg.bright_min_mean),
+                      ("opaque_fraction", ">="): (1.0, 1.0),  # no transparency
+                      ("jpeg_quality_or_lossless", ">="): (100.0, cfg.min_jpeg_quality)}  # a PNG: no JPEG tables
     assert details_of(out, "i8")[0]["value"] == 3.0  # pHash distance to its representative
     assert details_of(out, "i0") == []
 
@@ -264,8 +268,31 @@ def test_edge_ratios_find_gaussian_blur_upscaled_thumbnails_and_motion_blur():
             assert {"edge_ratio_min", "edge_ratio_max"} & set(details), (key, details)
             if tag in ("h", "v"):  # along an axis: the motion rule itself, with its spread
                 assert r["edge_ratio_max"] - r["edge_ratio_min"] > cfg.photo_motion_spread, (key, r)
-                assert details["edge_ratio_min"]["value"] < details["edge_ratio_min"]["threshold"] == cfg.photo_motion_edge_ratio
-                assert details["edge_ratio_spread"]["value"] > details["edge_ratio_spread"]["threshold"] == cfg.photo_motion_spread
+                fired = [(d["metric"], d["threshold"]) for d in out[key]["reject_details"] if d["reason"] == "blurry"]
+                assert r["edge_ratio_min"] < cfg.photo_motion_edge_ratio  # (the smear rule may fire too)
+                assert {("edge_ratio_min", cfg.photo_motion_edge_ratio), ("edge_ratio_spread", cfg.photo_motion_spread)} <= set(fired)
+
+
+def test_a_milder_smear_is_blurry_by_the_smear_rule():
+    # a 1.5% smear leaves the blurriest direction just above photo_motion_edge_ratio, but evens
+    # out the photo's grain (mid_ratio), which the focused photo keeps
+    cfg = QualityConfig()
+    named: dict[str, bytes] = {}
+    for name, dirs in (("astronaut", {"h": (0, 1), "v": (1, 0)}), ("chelsea", {"v": (1, 0)})):
+        photo = skimage_photo(name)
+        named[name] = _png(photo)
+        for tag, (dy, dx) in dirs.items():
+            named[f"{name}_smear_{tag}"] = _png(_motion(photo, int(0.015 * min(photo.size)), dy, dx))
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    out = _curate(named, cfg)
+    for key, r in rows.items():
+        if "_smear_" not in key:
+            assert out[key]["keep"] and r["mid_ratio"] > cfg.photo_smear_mid_ratio, (key, r)
+            continue
+        assert r["edge_ratio_min"] >= cfg.photo_motion_edge_ratio, (key, r)  # the first motion rule misses it
+        details = {d["metric"]: d for d in out[key]["reject_details"] if d["reason"] == "blurry"}
+        assert details["mid_ratio"]["value"] < details["mid_ratio"]["threshold"] == cfg.photo_smear_mid_ratio, (key, r)
+        assert details["edge_ratio_min"]["threshold"] == cfg.photo_smear_edge_ratio
 
 
 def test_edge_ratios_of_drawn_images_and_degenerate_frames():
@@ -310,16 +337,54 @@ def test_clipping_signals_tell_a_blown_out_photo_from_clip_art_on_white():
         assert rows[name]["clip_share"] < cfg.bright_clip_share and out[name]["keep"], (name, rows[name]["clip_share"])
         r = rows[f"{name}_over"]
         assert r["clip_share"] > cfg.bright_clip_share and r["clip_rolloff"] > cfg.bright_rolloff, (name, r)
+        assert r["mid_ratio"] > cfg.bright_min_mid_ratio, (name, r)  # a photo's fine texture survives the exposure
         assert "too_bright" in out[f"{name}_over"]["reasons"]
     on_white = [k for k in named if k.startswith("on_white")]
     clipped = [k for k in on_white if rows[k]["clip_share"] > cfg.bright_clip_share]
     assert len(clipped) >= 12  # the white page is clipped like a blown-out photo ...
     soft = [k for k in clipped if rows[k]["clip_rolloff"] > cfg.bright_rolloff]
-    # ... but met at outlines and colours; one playing card's grey-shaded face rolls off softly
+    # ... but met at outlines and colours; one playing card's grey-shaded face rolls off softly, and
+    # its flat colour (every step an isolated edge: mid_ratio ~0.5-0.6) keeps it from too_bright
     assert len(soft) <= 1, [(k, rows[k]["clip_rolloff"]) for k in soft]
-    assert [k for k in on_white if "too_bright" in out[k]["reasons"]] == soft
+    assert all(rows[k]["mid_ratio"] < cfg.bright_min_mid_ratio for k in soft), [rows[k] for k in soft]
+    assert [k for k in on_white if "too_bright" in out[k]["reasons"]] == []
     flat = analyse_image(_png(Image.new("RGB", (64, 48), (255, 255, 255))))
     assert flat["clip_share"] == 1.0 and flat["clip_rolloff"] is None  # nothing unclipped to roll off into
+
+
+def test_blown_textures_skies_frames_and_night_skies_are_too_bright_by_their_own_rule():
+    # over-exposures the soft roll-off rule misses: a texture whose clipping breaks up into specks
+    # (grass), a sky blown out behind a person (the cameraman: a hard roll-off into his coat), a
+    # white frame, and a night sky exposed up (Hubble deep field: dark, but its black lifted)
+    cfg = QualityConfig()
+    over = {"grass": 3.0, "camera": 3.0, "hubble_deep_field": 4.0}
+    named = {}
+    for name, st in over.items():
+        photo = skimage_photo(name)
+        named[name] = _jpeg(photo, 92)
+        named[f"{name}_over"] = _jpeg(_expose(photo, st), 90)
+    named["white"] = _jpeg(Image.new("RGB", (320, 240), (255, 255, 255)), 90)
+    rows = {k: analyse_image(v) for k, v in named.items()}
+    out = _curate(named, cfg)
+    for name in over:
+        assert out[name]["keep"], (name, out[name]["reject_details"])
+        assert "too_bright" in out[f"{name}_over"]["reasons"], (name, rows[f"{name}_over"])
+
+    def fired(key: str) -> set[str]:
+        return {d["metric"] for d in out[key]["reject_details"] if d["reason"] == "too_bright"}
+
+    grass = rows["grass_over"]
+    assert grass["clip_rolloff"] <= cfg.bright_rolloff  # the soft roll-off rule alone missed it
+    assert grass["flat_share"] < cfg.bright_texture_flat and {"clip_raggedness", "flat_share"} <= fired("grass_over")
+    camera = rows["camera_over"]
+    assert camera["clip_rolloff"] <= cfg.bright_rolloff and camera["clip_share"] > cfg.bright_area_share
+    assert camera["clip_boundary"] / (1 - camera["clip_share"]) < cfg.bright_max_boundary
+    assert "unclipped_boundary" in fired("camera_over")
+    assert rows["white"]["clip_share"] == 1.0 and fired("white") >= {"clip_share"}
+    assert rows["white"]["clip_rolloff"] is None  # nothing to roll off into: only the blown-frame rule sees it
+    night = rows["hubble_deep_field_over"]
+    assert night["opaque_brightness"] < cfg.bright_min_mean and night["opaque_p05"] > cfg.bright_dark_p05
+    assert rows["hubble_deep_field"]["opaque_p05"] < cfg.bright_dark_p05  # its clean black
 
 
 def test_crisp_flat_colour_tiles_are_kept_and_their_upscaled_thumbnails_are_blurry():

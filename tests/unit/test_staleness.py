@@ -95,4 +95,4 @@ def test_the_algorithm_number_is_part_of_the_version():
 
     bumped = tuple(dataclasses.replace(s, algorithm=2) if s.name == "dedup_clusters" else s for s in STAGES)
     assert changed(lineage_versions({}), lineage_versions({}, bumped)) == below("dedup_clusters")
-    assert stage("raw_inventory").algorithm == 2  # 2: the edge-ratio and clipping signals
+    assert stage("raw_inventory").algorithm == 3  # 2: the edge-ratio and clipping signals; 3: mid_ratio, flat_share, clip_boundary
