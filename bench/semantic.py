@@ -403,7 +403,7 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
     plus fresh rows. Recall against brute force (exact cosine with the decoded index vectors) on the
     planted copies and `fresh_sample` fresh rows. Side by side, up to stream_max earlier rows: the
     streaming search (`query_pairs` with its Hamming pre-filter, all earlier rows in memory)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from curation.semantic.buckets import brute_force_query
     from curation.semantic.ivf import (
@@ -474,38 +474,41 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
             q = np.concatenate([synthetic_chunk(shard_rows - planted, dim, 11, 10 ** 6 + p), copies]).astype(np.float32)
             qkeys = band_keys(q, cfg, center)
             qband = pack_bits(qkeys, cfg.band_bits)
-            c0, t0 = time.process_time(), time.perf_counter()
-            limit = hamming_limits(q, cfg, center)
-            qq, pp, rr, ss, st = query_ivf(parts, quant, q, qband, cfg, icfg, max_hamming=limit)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             rows_of = [np.asarray(part.payload["row"]) for part in parts]
-            found = set(zip(qq.tolist(), np.concatenate([rows_of[a][[r]] for a, r in zip(pp, rr)]).tolist()
-                            if len(qq) else []))
-            index_bytes = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(gen) for f in fs
-                              if f.endswith(".npy") and (f"{os.sep}tail{os.sep}" not in dp
-                                                         or int(os.path.basename(dp)) < p))
-            entry.update({
-                "parts_read": len(parts), "lists": quant.n_lists, "query_wall_s": round(wall, 2),
-                "query_cpu_s": round(cpu, 2), "probe_s": round(st.probe_s, 2),
-                "candidates_per_query": round(st.candidates / len(q), 1),
-                "verified_per_query": round(st.verified / len(q), 2), "matches": len(qq),
-                "bytes_read": st.bytes_read, "index_bytes": index_bytes,
-                "bytes_read_fraction": round(st.bytes_read / index_bytes, 4),
-            })
+
+            def global_pairs(qs, ps, rs, rows_of=rows_of):
+                return set(zip(qs.tolist(), [int(rows_of[a][r]) for a, r in zip(ps.tolist(), rs.tolist())]))
+
             sample = np.concatenate([np.arange(fresh_sample), np.arange(len(q) - planted, len(q))])
             t0 = time.perf_counter()
             bq, bp, br, _ = brute_force_query(q[sample], parts, cfg)
-            truth = set(zip(sample[bq].tolist(), np.concatenate([rows_of[a][[r]] for a, r in zip(bp, br)]).tolist()
-                            if len(bq) else []))
+            truth = global_pairs(sample[bq], bp, br)
             in_sample = set(sample.tolist())
-            got = {f for f in found if f[0] in in_sample}
             planted_truth = {(len(q) - planted + i, int(s)) for i, s in enumerate(src)}
-            entry.update({
-                "brute_force_sample_queries": len(sample), "brute_force_pairs": len(truth),
-                "recall_vs_brute_force": round(len(truth & got) / max(1, len(truth)), 4),
-                "planted_copies_found": len(planted_truth & found), "false_pairs": len(got - truth),
-                "brute_force_s": round(time.perf_counter() - t0, 1),
-            })
+            index_bytes = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(gen) for f in fs
+                              if f.endswith(".npy") and (f"{os.sep}tail{os.sep}" not in dp
+                                                         or int(os.path.basename(dp)) < p))
+            entry.update({"parts_read": len(parts), "lists": quant.n_lists, "index_bytes": index_bytes,
+                          "brute_force_sample_queries": len(sample), "brute_force_pairs": len(truth),
+                          "brute_force_s": round(time.perf_counter() - t0, 1), "by_nprobe": {}})
+            for nprobe in sorted({8, icfg.nprobe, 16}):
+                c0, t0 = time.process_time(), time.perf_counter()
+                limit = hamming_limits(q, cfg, center)
+                qq, pp, rr, ss, st = query_ivf(parts, quant, q, qband, cfg, replace(icfg, nprobe=nprobe),
+                                               max_hamming=limit)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                found = global_pairs(qq, pp, rr)
+                got = {f for f in found if f[0] in in_sample}
+                entry["by_nprobe"][str(nprobe)] = {
+                    "query_wall_s": round(wall, 2), "query_cpu_s": round(cpu, 2), "probe_s": round(st.probe_s, 2),
+                    "candidates_per_query": round(st.candidates / len(q), 1),
+                    "verified_per_query": round(st.verified / len(q), 2), "matches": len(qq),
+                    "bytes_read": st.bytes_read, "bytes_read_fraction": round(st.bytes_read / index_bytes, 4),
+                    "recall_vs_brute_force": round(len(truth & got) / max(1, len(truth)), 4),
+                    "planted_copies_found": len(planted_truth & found), "false_pairs": len(got - truth),
+                }
+                print(nprobe, json.dumps(entry["by_nprobe"][str(nprobe)]), flush=True)
+            entry.update(entry["by_nprobe"][str(icfg.nprobe)])  # the default's figures at the top level
             if n <= stream_max:  # side by side: the streaming search over every earlier row (in memory)
                 ikeys = np.concatenate([np.load(os.path.join(tmp, f"keys{j}.npy")) for j in range(1, p)])
                 ivec = np.concatenate([np.load(os.path.join(tmp, f"vec{j}.npy")) for j in range(1, p)])

@@ -60,7 +60,7 @@ class IvfConfig:
     index format except nprobe / top_probe, which only the query uses).
 
     list_rows: target rows per list when a generation's quantizer is trained (256).
-    nprobe: lists probed per query row (8). top_probe: top centroids whose children are compared
+    nprobe: lists probed per query row (12). top_probe: top centroids whose children are compared
     per query row (4); assign_probe: the same when rows are filed into lists (2). growth: the
     corpus growth that starts a new generation (1.5: lists hold list_rows to 1.5 * list_rows rows
     on average). leaf_iters: Lloyd steps of the lists' centroids (0: seeded sample rows).
@@ -69,7 +69,7 @@ class IvfConfig:
     Chosen on the synthetic bench (bench/semantic.py ``scale.ivf_index``)."""
 
     list_rows: int = 256
-    nprobe: int = 8
+    nprobe: int = 12
     top_probe: int = 4
     growth: float = 1.5
     sample_rows: int = 65536
@@ -434,6 +434,82 @@ class IvfStats:
     probe_s: float = 0.0
 
 
+def _hamming_keep(qband: np.ndarray, band: np.ndarray, qq: np.ndarray, rr: np.ndarray,
+                  max_hamming: np.ndarray) -> np.ndarray:
+    keep = np.empty(len(qq), bool)
+    for b in range(0, len(qq), 1 << 16):
+        q, r = qq[b:b + (1 << 16)], rr[b:b + (1 << 16)]
+        keep[b:b + (1 << 16)] = np.bitwise_count(qband[q] ^ band[r]).sum(axis=1, dtype=np.int64) <= max_hamming[q]
+    return keep
+
+
+def _by_query(part: IvfPart, probes: np.ndarray, qband: np.ndarray, max_hamming: np.ndarray | None,
+              stats: IvfStats, query_chunk: int):
+    """(q, r) candidate pairs of a part (all rows of the probed lists), chunk of query rows by
+    chunk, with the Hamming pre-filter applied pair by pair (small parts: few rows per list)."""
+    ls = np.asarray(part.leaf_start)
+    k = probes.shape[1]
+    for s in range(0, len(probes), query_chunk):
+        pr = probes[s:s + query_chunk].ravel()
+        qi = np.repeat(np.arange(s, s + len(pr) // k, dtype=np.int64), k)
+        ok = pr >= 0
+        pr, qi = pr[ok], qi[ok]
+        lo = ls[pr]
+        cnt = ls[pr + 1] - lo
+        total = int(cnt.sum())
+        if total == 0:
+            continue
+        stats.candidates += total
+        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+        rr = np.repeat(lo, cnt) + (np.arange(total, dtype=np.int64) - first)
+        qq = np.repeat(qi, cnt)
+        stats.bytes_read += _pages(np.concatenate([pr, pr + 1]), 8)
+        if max_hamming is not None:
+            stats.bytes_read += _pages(rr, 8, part.band.shape[1] * 8)
+            keep = _hamming_keep(qband, part.band, qq, rr, max_hamming)
+            qq, rr = qq[keep], rr[keep]
+        yield qq, rr
+
+
+def _by_list(part: IvfPart, probes: np.ndarray, qband: np.ndarray, max_hamming: np.ndarray, stats: IvfStats,
+             batch: int = 1 << 16):
+    """The same pairs as `_by_query` after the Hamming pre-filter, list by list: each probed list's
+    band keys are read once (a contiguous slice) and compared with all its query rows at once."""
+    ls = np.asarray(part.leaf_start)
+    k = probes.shape[1]
+    flat = probes.ravel()
+    qof = np.repeat(np.arange(len(probes), dtype=np.int64), k)
+    ok = flat >= 0
+    flat, qof = flat[ok], qof[ok]
+    o = np.argsort(flat, kind="stable")
+    lists, qs = flat[o], qof[o]
+    starts = np.flatnonzero(np.concatenate(([True], lists[1:] != lists[:-1])))
+    ends = np.append(starts[1:], len(lists))
+    out_q, out_r, n = [], [], 0
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        lst = int(lists[a])
+        lo, hi = int(ls[lst]), int(ls[lst + 1])
+        if hi == lo:
+            continue
+        rows = np.asarray(part.band[lo:hi])
+        stats.candidates += (b - a) * (hi - lo)
+        stats.bytes_read += _pages(np.arange(lo, hi), 8, rows.shape[1] * 8)
+        step = max(1, (1 << 18) // (hi - lo))  # bounded temporaries for long lists probed by many rows
+        for c in range(a, b, step):
+            q = qs[c:min(b, c + step)]
+            ham = np.bitwise_count(qband[q][:, None, :] ^ rows[None, :, :]).sum(axis=2, dtype=np.int64)
+            qi, ri = np.nonzero(ham <= max_hamming[q][:, None])
+            if len(qi):
+                out_q.append(q[qi])
+                out_r.append(ri + lo)
+                n += len(qi)
+        if n >= batch:
+            yield np.concatenate(out_q), np.concatenate(out_r)
+            out_q, out_r, n = [], [], 0
+    if out_q:
+        yield np.concatenate(out_q), np.concatenate(out_r)
+
+
 def query_ivf(
     parts: list[IvfPart], quant: Quantizer, x: np.ndarray, qband: np.ndarray, cfg: SemanticDedupConfig,
     icfg: IvfConfig, *, max_hamming: np.ndarray | None = None, raw_index: bool = True, query_chunk: int = 1024,
@@ -454,37 +530,16 @@ def query_ivf(
     probes = quant.probe(qvec, icfg.nprobe, icfg.top_probe)
     stats.probe_s = time.perf_counter() - t0
     dec = (lambda v: decode(v, cfg)) if raw_index else None
-    k = probes.shape[1]
     out_q, out_p, out_r, out_s = [], [], [], []
     for pi, part in enumerate(parts):
         if len(part) == 0:
             continue
         if len(part.leaf_start) != quant.n_lists + 1:
             raise ValueError(f"part {pi} has {len(part.leaf_start) - 1} lists, the quantizer {quant.n_lists}")
-        ls = np.asarray(part.leaf_start)
-        for s in range(0, len(x), query_chunk):
-            pr = probes[s:s + query_chunk].ravel()
-            qi = np.repeat(np.arange(s, s + len(pr) // k, dtype=np.int64), k)
-            ok = pr >= 0
-            pr, qi = pr[ok], qi[ok]
-            lo = ls[pr]
-            cnt = ls[pr + 1] - lo
-            total = int(cnt.sum())
-            if total == 0:
-                continue
-            stats.candidates += total
-            first = np.repeat(np.cumsum(cnt) - cnt, cnt)
-            rr = np.repeat(lo, cnt) + (np.arange(total, dtype=np.int64) - first)
-            qq = np.repeat(qi, cnt)
-            stats.bytes_read += _pages(np.concatenate([pr, pr + 1]), 8)
-            if max_hamming is not None:
-                stats.bytes_read += _pages(rr, 8, part.band.shape[1] * 8)
-                keep = np.empty(total, bool)
-                for b in range(0, total, 1 << 16):
-                    ham = np.bitwise_count(np.bitwise_xor(qband[qq[b:b + (1 << 16)]],
-                                                          part.band[rr[b:b + (1 << 16)]])).sum(axis=1, dtype=np.int64)
-                    keep[b:b + (1 << 16)] = ham <= max_hamming[qq[b:b + (1 << 16)]]
-                qq, rr = qq[keep], rr[keep]
+        by_list = max_hamming is not None and len(part) >= 8 * quant.n_lists
+        batches = (_by_list(part, probes, qband, max_hamming, stats) if by_list
+                   else _by_query(part, probes, qband, max_hamming, stats, query_chunk))
+        for qq, rr in batches:
             stats.verified += len(qq)
             if len(qq) == 0:
                 continue
