@@ -394,7 +394,7 @@ def bucket_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: i
 
 
 def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int = 10_000, planted: int = 500,
-              fresh_sample: int = 500, stream_max: int = 1_000_000, icfg=None) -> dict:
+              fresh_sample: int = 500, stream_max: int = 1_000_000, icfg=None, on_entry=None) -> dict:
     """Cross-shard query cost of the partitioned index (curation/semantic/ivf.py) for one 10k query
     shard at position p = n / 10k + 1 of a corpus of 10k-row synthetic shards (`synthetic_chunk`):
     the shard reads generation b = generation_end(p)'s block and the parts of shards b+1..p-1
@@ -426,12 +426,17 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
                  "index_vectors": cfg.index_vectors, "planted_copies": planted}
     with tempfile.TemporaryDirectory(dir=os.environ.get("SEMANTIC_BENCH_TMP")) as tmp:
         center = fit_center(synthetic_chunk(shard_rows, dim, 11, 0))
-        t0 = time.perf_counter()
-        for j in range(1, n_shards + 1):
-            z = synthetic_chunk(shard_rows, dim, 11, j)
-            np.save(os.path.join(tmp, f"vec{j}.npy"), encode(z, cfg))
-            np.save(os.path.join(tmp, f"keys{j}.npy"), band_keys(z, cfg, center))
-        res["generate_and_encode_s"] = round(time.perf_counter() - t0, 1)
+        made = [0, 0.0]  # shards generated so far, seconds
+
+        def generate(upto: int) -> None:  # the corpus's shards 1..upto (10k synthetic rows each), once
+            t0 = time.perf_counter()
+            for j in range(made[0] + 1, upto + 1):
+                z = synthetic_chunk(shard_rows, dim, 11, j)
+                np.save(os.path.join(tmp, f"vec{j}.npy"), encode(z, cfg))
+                np.save(os.path.join(tmp, f"keys{j}.npy"), band_keys(z, cfg, center))
+            made[0] = max(made[0], upto)
+            made[1] += time.perf_counter() - t0
+            res["generate_and_encode_s"] = round(made[1], 1)
 
         def shard(j: int):
             keys = np.load(os.path.join(tmp, f"keys{j}.npy"), mmap_mode="r")
@@ -441,6 +446,7 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
         rng = np.random.default_rng(5)
         for n in sizes:
             p = n // shard_rows + 1
+            generate(p - 1)
             b = generation_end(p, icfg.growth)
             gen = os.path.join(tmp, f"gen{b}")
             entry: dict = {"earlier_rows": n, "generation_end": b, "tail_parts": p - 1 - b}
@@ -522,7 +528,10 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
                 entry["stream_recall_vs_brute_force"] = round(len(truth & stream_got) / max(1, len(truth)), 4)
                 del ikeys, ivec
             res[f"shard_{p}_vs_{n}"] = entry
+            res["peak_rss_mb"] = round(peak_rss_mb(), 0)
             print(json.dumps(entry), flush=True)
+            if on_entry is not None:  # e.g. save partial results
+                on_entry(res)
             del parts
         first, last = res[f"shard_{sizes[0] // shard_rows + 1}_vs_{sizes[0]}"], res[f"shard_{n_shards + 1}_vs_{max(sizes)}"]
         res["query_wall_ratio_last_vs_first"] = round(last["query_wall_s"] / first["query_wall_s"], 2)
@@ -627,10 +636,14 @@ def main() -> None:
         sizes = (100_000, 1_000_000, 2_000_000, 5_000_000) if args.full else (100_000, 1_000_000)
         # the default offline model's calibrated (strict) threshold, 0.968
         cfg = SemanticDedupConfig(threshold=SemanticDedupConfig().for_model(DEFAULT_MODEL_ID).threshold)
-        iv = ivf_scale(sizes, cfg)
-        iv["date"], iv["machine"], iv["total_s"] = today(), machine(), round(time.perf_counter() - t_all, 1)
-        result.setdefault("scale", {})["ivf_index"] = iv
-        out.write_text(json.dumps(result, indent=2, default=str))
+
+        def save(iv: dict) -> None:
+            iv["date"], iv["machine"], iv["total_s"] = today(), machine(), round(time.perf_counter() - t_all, 1)
+            result.setdefault("scale", {})["ivf_index"] = iv
+            out.write_text(json.dumps(result, indent=2, default=str))
+
+        iv = ivf_scale(sizes, cfg, on_entry=save)
+        save(iv)
         print(json.dumps(iv, indent=1))
         return
     if args.buckets:

@@ -151,6 +151,17 @@ def kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> np.ndarray:
     return c
 
 
+def _top_k(sc: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) column indices of each row's k highest scores, highest first, ties by index."""
+    if k >= sc.shape[1]:
+        return np.lexsort((np.broadcast_to(np.arange(sc.shape[1]), sc.shape), -sc), axis=1)[:, :k]
+    if k == 1:
+        return np.argmax(sc, axis=1)[:, None]  # the first maximum: ties by index
+    part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+    o = np.lexsort((part, -np.take_along_axis(sc, part, axis=1)), axis=1)
+    return np.take_along_axis(part, o, axis=1)
+
+
 @dataclass(frozen=True)
 class Quantizer:
     """Two-level quantizer: `top` (m1, dim) unit centroids; `leaves` (m, dim) unit list centroids,
@@ -173,10 +184,9 @@ class Quantizer:
         out = np.full((n, k), -1, np.int64)
         if n == 0:
             return out
-        for s in range(0, n, 4096):
-            xb = x[s:s + 4096]
-            st = xb @ self.top.T
-            tops = np.argsort(-st, axis=1, kind="stable")[:, :t]
+        for s in range(0, n, 16384):
+            xb = x[s:s + 16384]
+            tops = _top_k(xb @ self.top.T, t)
             best_s = np.full((len(xb), t, k), -np.inf, np.float32)
             best_l = np.full((len(xb), t, k), -1, np.int64)
             flat = tops.ravel()
@@ -190,7 +200,7 @@ class Quantizer:
                 qi, slot = sel // t, sel % t
                 sc = xb[qi] @ self.leaves[lo:hi].T
                 kk = min(k, hi - lo)
-                idx = np.argsort(-sc, axis=1, kind="stable")[:, :kk]
+                idx = _top_k(sc, kk)
                 best_s[qi, slot, :kk] = np.take_along_axis(sc, idx, axis=1)
                 best_l[qi, slot, :kk] = idx + lo
             bs, bl = best_s.reshape(len(xb), -1), best_l.reshape(len(xb), -1)
