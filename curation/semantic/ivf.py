@@ -61,9 +61,11 @@ class IvfConfig:
 
     list_rows: target rows per list when a generation's quantizer is trained (256).
     nprobe: lists probed per query row (12). top_probe: top centroids whose children are compared
-    per query row (4); assign_probe: the same when rows are filed into lists (2). growth: the
-    corpus growth that starts a new generation (1.5: lists hold list_rows to 1.5 * list_rows rows
-    on average). leaf_iters: Lloyd steps of the lists' centroids (0: seeded sample rows).
+    per query row (4); assign_probe: the same when rows are filed into lists (1: a row goes to a
+    list of its nearest top centroid, where the biases balance the lists). growth: the corpus
+    growth that starts a new generation (1.5: lists hold list_rows to 1.5 * list_rows rows on
+    average). leaf_iters: Lloyd steps of the lists' centroids (0: seeded sample rows).
+    balance_iters: steps of the per-list biases that even out the lists' sizes (`_balance`).
     sample_rows: rows the k-means is trained on (at least; 8 per list when more are needed, up to
     max_sample_rows). iters: Lloyd steps of the top centroids.
     Chosen on the synthetic bench (bench/semantic.py ``scale.ivf_index``)."""
@@ -76,15 +78,16 @@ class IvfConfig:
     max_sample_rows: int = 131072
     iters: int = 8
     leaf_iters: int = 0
-    assign_probe: int = 2
+    balance_iters: int = 24
+    assign_probe: int = 1
     seed: int = 20240611
 
     def __post_init__(self) -> None:
         for name in ("list_rows", "nprobe", "top_probe", "sample_rows", "max_sample_rows", "iters", "assign_probe"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ivf {name} must be >= 1, got {getattr(self, name)}")
-        if self.leaf_iters < 0:
-            raise ValueError(f"ivf leaf_iters must be >= 0, got {self.leaf_iters}")
+        if self.leaf_iters < 0 or self.balance_iters < 0:
+            raise ValueError(f"ivf leaf_iters and balance_iters must be >= 0, got {self.leaf_iters}, {self.balance_iters}")
         if not 1.05 <= self.growth <= 16:
             raise ValueError(f"ivf growth must be in [1.05, 16], got {self.growth}")
 
@@ -170,6 +173,7 @@ class Quantizer:
     top: np.ndarray
     leaves: np.ndarray
     start: np.ndarray
+    bias: np.ndarray | None = None  # (m,) subtracted from a list's cosine (balances the lists' sizes)
 
     @property
     def n_lists(self) -> int:
@@ -199,6 +203,8 @@ class Quantizer:
                     continue
                 qi, slot = sel // t, sel % t
                 sc = xb[qi] @ self.leaves[lo:hi].T
+                if self.bias is not None:
+                    sc -= self.bias[lo:hi]
                 kk = min(k, hi - lo)
                 idx = _top_k(sc, kk)
                 best_s[qi, slot, :kk] = np.take_along_axis(sc, idx, axis=1)
@@ -223,28 +229,50 @@ def train_quantizer(x: np.ndarray, n_lists: int, icfg: IvfConfig) -> Quantizer:
     top = kmeans(x, math.ceil(math.sqrt(n_lists)), icfg.iters, icfg.seed)
     a = _argmax_rows(x, top)
     counts = np.bincount(a, minlength=len(top))
-    leaves, start, keep = [], [0], []
+    leaves, start, keep, bias = [], [0], [], []
     for c in range(len(top)):
         if counts[c] == 0:
             continue
         rows = x[a == c]
         m = max(1, round(n_lists * counts[c] / len(x)))
         leaves.append(kmeans(rows, m, icfg.leaf_iters, icfg.seed + 1 + c))
+        bias.append(_balance(rows @ leaves[-1].T, icfg.balance_iters))
         start.append(start[-1] + len(leaves[-1]))
         keep.append(c)
-    return Quantizer(top=top[keep], leaves=np.concatenate(leaves), start=np.asarray(start, np.int64))
+    return Quantizer(top=top[keep], leaves=np.concatenate(leaves), start=np.asarray(start, np.int64),
+                     bias=np.concatenate(bias).astype(np.float32))
+
+
+def _balance(sc: np.ndarray, iters: int) -> np.ndarray:
+    """(m,) per-list biases b such that argmax(sc - b) fills the m lists about evenly on the sample
+    rows `sc` (n, m) of cosines: b grows for lists above the mean size, shrinks below, by a step of
+    the typical gap between a row's two best lists (high-dimensional k-means and sampled centroids
+    make "hub" lists that attract many times their share; without the bias a query's lists are
+    mostly hubs). Deterministic."""
+    n, m = sc.shape
+    b = np.zeros(m, np.float32)
+    if m < 2 or iters == 0:
+        return b
+    two = -np.partition(-sc, 1, axis=1)[:, :2]
+    step = float(np.median(two[:, 0] - two[:, 1]))
+    mean = n / m
+    for it in range(iters):
+        cnt = np.bincount(np.argmax(sc - b, axis=1), minlength=m)
+        b += (step / (1 + it / 4)) * np.clip(cnt / mean - 1.0, -1.0, 2.0).astype(np.float32)
+    return b
 
 
 def save_quantizer(q: Quantizer, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, top=q.top, leaves=q.leaves, start=q.start)
+    np.savez(tmp, top=q.top, leaves=q.leaves, start=q.start,
+             bias=q.bias if q.bias is not None else np.zeros(len(q.leaves), np.float32))
     os.replace(tmp, path)
 
 
 def load_quantizer(path: str) -> Quantizer:
     with np.load(path) as z:
-        return Quantizer(top=z["top"], leaves=z["leaves"], start=z["start"])
+        return Quantizer(top=z["top"], leaves=z["leaves"], start=z["start"], bias=z["bias"] if "bias" in z else None)
 
 
 # --------------------------------------------------------------------------------------------------
