@@ -185,8 +185,10 @@ class IvfStore:
 
     # --- generations ----------------------------------------------------------------------------
     def generation(self, keys: Sequence[str], b: int) -> tuple[Quantizer, IvfPart]:
-        """Generation b's quantizer and block part (shards 1..b), built when missing. Raises
-        MissingEarlierIndexError when one of those shards has no index."""
+        """Generation b's quantizer and block part (shards 1..b), built when missing (then the blocks
+        of older generations, superseded copies of the same rows, are dropped: disk holds one block
+        plus the later shards' parts). Raises MissingEarlierIndexError when one of those shards has
+        no index."""
         gen = self._gen(keys, b)
         qlocal = self._fetch(gen)
         quant = None
@@ -207,7 +209,14 @@ class IvfStore:
         if storage.is_s3(gen):
             self._publish(os.path.join(local, "block"), storage.join(gen, "block"))
             storage.upload_file_atomic(os.path.join(local, "quantizer.npz"), storage.join(gen, "quantizer.npz"))
+        for older in [e for e in generation_ends(self.icfg.growth, b) if e < b]:  # superseded copies of the rows
+            self._drop_block(keys, older)
         return quant, block
+
+    def _drop_block(self, keys: Sequence[str], b: int) -> None:
+        gen = self._gen(keys, b)
+        storage.delete(storage.join(gen, "block"))
+        shutil.rmtree(os.path.join(self._local(gen), "block"), ignore_errors=True)
 
     def _tail(self, keys: Sequence[str], b: int, pos: int, quant: Quantizer, missing: list[str]) -> IvfPart | None:
         uri = storage.join(self._gen(keys, b), "tail", keys[pos - 1])
@@ -245,9 +254,7 @@ class IvfStore:
         p = keys.index(shard) + 1
         ends = generation_ends(self.icfg.growth, len(keys))
         for b in [b for b in ends if p <= b <= len(keys)]:
-            gen = self._gen(keys, b)
-            storage.delete(storage.join(gen, "block"))
-            shutil.rmtree(os.path.join(self._local(gen), "block"), ignore_errors=True)
+            self._drop_block(keys, b)
         b = generation_end(p, self.icfg.growth)
         if b:
             uri = storage.join(self._gen(keys, b), "tail", shard)

@@ -147,6 +147,7 @@ def test_store_matches_the_streaming_path_and_checks_settings(corpus, tmp_path):
     assert store.earlier(keys, keys[5])[2] == 5 and len(store.earlier(keys, keys[5])[1]) == 1
     assert store.earlier(keys, keys[4])[2] == 3 and len(store.earlier(keys, keys[4])[1]) == 2
     assert os.path.isdir(tmp_path / "ivf" / f"gen-000003-{keys[2]}" / "tail" / keys[3])
+    assert not os.path.exists(tmp_path / "ivf" / f"gen-000002-{keys[1]}" / "block")  # superseded by generation 3
     # re-writing shard 2's index drops the blocks holding it; they are rebuilt from the indexes
     store.add_shard(keys, keys[1], indexes[keys[1]])
     assert not os.path.exists(tmp_path / "ivf" / f"gen-000005-{keys[4]}" / "block")
