@@ -56,7 +56,7 @@ class SemanticDedupRunConfig(dg.Config):
         "Cross-shard search: 'ivf' (partitioned index, semantic_index_ivf/: reads only the lists nearest each image, "
         "cost nearly independent of the corpus size) or 'stream' (every earlier representative, linear in the corpus)."))
     ivf_list_rows: int = Field(default=256, description="'ivf': target rows per list (part of the index format).")
-    ivf_nprobe: int = Field(default=12, description="'ivf': lists probed per image (more: higher recall, slower).")
+    ivf_nprobe: int = Field(default=16, description="'ivf': lists probed per image (more: higher recall, slower).")
 
     def to_library(self):
         from curation.semantic import SemanticDedupConfig
