@@ -44,10 +44,10 @@ Design (mirrors curation/dedup/)
   and the vector used to verify cross-shard candidates (``index_vectors``: the embedding as int8
   with a per-row scale, the default; float16, exact; or an int8 random projection). Cosine is
   scale-invariant, so no scale is stored. Within-shard similarities use the full embeddings.
-* **Cross-shard cost.** By default (`index="ivf"`) the shard queries a partitioned index of the
-  earlier representatives (`curation.semantic.ivf`, `match_earlier_ivf`): each image reads its
-  nprobe nearest lists of bounded size, whatever the corpus size. The streaming path
-  (`index="stream"`): `match_earlier` takes the earlier index as one frame or one frame per
+* **Cross-shard cost.** With `index="ivf"` the shard queries a partitioned index of the earlier
+  representatives (`curation.semantic.ivf`, `match_earlier_ivf`): each image reads its nprobe
+  nearest lists of bounded size (not the default: its recall fell at 5M rows on the synthetic
+  bench). The default streaming path (`index="stream"`): `match_earlier` takes the earlier index as one frame or one frame per
   earlier shard (memory bounded by one shard's index); per earlier representative and band one
   lookup of its key in a direct table of the shard's keys (binary search when band_bits > 20),
   then each candidate pair (once, by its first shared band) goes through a Hamming pre-filter on

@@ -30,14 +30,16 @@ def test_semantic_pass_writes_its_datasets_once_and_blocks_change_nothing(tmp_pa
     with shards.instance() as instance:
         assert dg.materialize([raw_inventory, dedup_clusters, curated_images, image_embeddings], instance=instance,
                               resources=resources, tags=shards.range_tags).success
+        ivf_run = {"ops": {"semantic_duplicates": {"config": {"index": "ivf"}}}}
         for k in keys:
-            assert dg.materialize([semantic_duplicates], partition_key=k, instance=instance, resources=resources).success
+            assert dg.materialize([semantic_duplicates], partition_key=k, instance=instance, resources=resources,
+                                  run_config=ivf_run).success
         assert sorted(materialization_metadata(instance, "semantic_center")) == [keys[0]]  # fitted once, on the first shard
         index = materialization_metadata(instance, "semantic_index")
         assert sorted(index) == keys
         for k in keys:
             assert index[k]["dagster/row_count"].value == pl.read_parquet(out / "semantic_index" / f"{k}.parquet").height
-        # the partitioned index (the default): shard 2 queried generation 1 (shard 1), shard 3 generation 2
+        # the partitioned index: shard 2 queried generation 1 (shard 1), shard 3 generation 2
         ivf = out / "semantic_index_ivf"
         assert sorted(p.name for p in ivf.iterdir()) == [f"gen-000001-{keys[0]}", f"gen-000002-{keys[1]}", "settings.json"]
         assert (ivf / f"gen-000002-{keys[1]}" / "block" / "vec.npy").exists()
@@ -57,11 +59,12 @@ def test_semantic_pass_writes_its_datasets_once_and_blocks_change_nothing(tmp_pa
             shutil.rmtree(blocks)
         # the partitioned index is derived data too: rebuilt from the shards' indexes when missing
         shutil.rmtree(ivf / f"gen-000002-{keys[1]}")
-        assert dg.materialize([semantic_duplicates], partition_key=keys[2], instance=instance, resources=resources).success
+        assert dg.materialize([semantic_duplicates], partition_key=keys[2], instance=instance, resources=resources,
+                              run_config=ivf_run).success
         assert pl.read_parquet(out / "semantic_duplicates" / f"{keys[2]}.parquet").equals(before)
         assert (ivf / f"gen-000002-{keys[1]}" / "block" / "vec.npy").exists()
         # index settings are checked across shards: a different format is a clear error, not a silent mismatch
-        other = {"ops": {"semantic_duplicates": {"config": {"n_bands": 32}}}}
+        other = {"ops": {"semantic_duplicates": {"config": {"n_bands": 32, "index": "ivf"}}}}
         res = dg.materialize([semantic_duplicates], partition_key=keys[2], instance=instance, resources=resources,
                              run_config=other, raise_on_error=False)
         assert not res.success
