@@ -394,7 +394,8 @@ def bucket_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: i
 
 
 def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int = 10_000, planted: int = 500,
-              fresh_sample: int = 500, stream_max: int = 1_000_000, icfg=None, on_entry=None) -> dict:
+              fresh_sample: int = 500, stream_max: int = 1_000_000, icfg=None, on_entry=None,
+              nprobes: tuple[int, ...] = (8, 16)) -> dict:
     """Cross-shard query cost of the partitioned index (curation/semantic/ivf.py) for one 10k query
     shard at position p = n / 10k + 1 of a corpus of 10k-row synthetic shards (`synthetic_chunk`):
     the shard reads generation b = generation_end(p)'s block and the parts of shards b+1..p-1
@@ -497,7 +498,7 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
             entry.update({"parts_read": len(parts), "lists": quant.n_lists, "index_bytes": index_bytes,
                           "brute_force_sample_queries": len(sample), "brute_force_pairs": len(truth),
                           "brute_force_s": round(time.perf_counter() - t0, 1), "by_nprobe": {}})
-            for nprobe in sorted({8, icfg.nprobe, 16}):
+            for nprobe in sorted({*nprobes, icfg.nprobe}):
                 c0, t0 = time.process_time(), time.perf_counter()
                 limit = hamming_limits(q, cfg, center)
                 qq, pp, rr, ss, st = query_ivf(parts, quant, q, qband, cfg, replace(icfg, nprobe=nprobe),
@@ -533,9 +534,11 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
             if on_entry is not None:  # e.g. save partial results
                 on_entry(res)
             del parts
-        first, last = res[f"shard_{sizes[0] // shard_rows + 1}_vs_{sizes[0]}"], res[f"shard_{n_shards + 1}_vs_{max(sizes)}"]
-        res["query_wall_ratio_last_vs_first"] = round(last["query_wall_s"] / first["query_wall_s"], 2)
-        res["query_cpu_ratio_last_vs_first"] = round(last["query_cpu_s"] / first["query_cpu_s"], 2)
+        if len(sizes) > 1:
+            first = res[f"shard_{sizes[0] // shard_rows + 1}_vs_{sizes[0]}"]
+            last = res[f"shard_{n_shards + 1}_vs_{max(sizes)}"]
+            res["query_wall_ratio_last_vs_first"] = round(last["query_wall_s"] / first["query_wall_s"], 2)
+            res["query_cpu_ratio_last_vs_first"] = round(last["query_cpu_s"] / first["query_cpu_s"], 2)
     res["peak_rss_mb"] = round(peak_rss_mb(), 0)
     return res
 
@@ -628,6 +631,10 @@ def main() -> None:
                     help="run only the partitioned index's scale part (100k and 1M earlier rows; --full adds 2M and 5M) "
                          "and update scale.ivf_index in bench/results/semantic.json")
     ap.add_argument("--full", action="store_true", help="with --ivf: also 2M and 5M earlier rows")
+    ap.add_argument("--ivf-rerun", default="",
+                    help="with --ivf: comma-separated earlier-row counts to re-run with --nprobes, stored under "
+                         "scale.ivf_index.reruns (the main figures are kept)")
+    ap.add_argument("--nprobes", default="8,16", help="with --ivf: the nprobe values measured on each index")
     args = ap.parse_args()
     t_all = time.perf_counter()
     if args.ivf:
@@ -642,7 +649,18 @@ def main() -> None:
             result.setdefault("scale", {})["ivf_index"] = iv
             out.write_text(json.dumps(result, indent=2, default=str))
 
-        iv = ivf_scale(sizes, cfg, on_entry=save)
+        nprobes = tuple(int(v) for v in args.nprobes.split(","))
+        if args.ivf_rerun:
+            main_iv = result.get("scale", {}).get("ivf_index", {})
+
+            def save(iv: dict) -> None:  # noqa: F811 - a re-run is stored beside the main figures
+                iv["date"], iv["machine"], iv["total_s"] = today(), machine(), round(time.perf_counter() - t_all, 1)
+                main_iv.setdefault("reruns", {})[f"{args.ivf_rerun}_nprobe_{args.nprobes}"] = iv
+                result.setdefault("scale", {})["ivf_index"] = main_iv
+                out.write_text(json.dumps(result, indent=2, default=str))
+
+            sizes = tuple(int(v) for v in args.ivf_rerun.split(","))
+        iv = ivf_scale(sizes, cfg, on_entry=save, nprobes=nprobes)
         save(iv)
         print(json.dumps(iv, indent=1))
         return
