@@ -379,7 +379,8 @@ def merge_parts(parts: list[IvfPart], folder: str, chunk_rows: int = 1 << 17) ->
         l0 = 0
         while l0 < m:
             l1 = min(m, max(int(np.searchsorted(ls, ls[l0] + chunk_rows, side="right")) - 1, l0 + 1))
-            lists, pieces = [], {name: [] for name in names}
+            lists: list[np.ndarray] = []
+            pieces: dict[str, list[np.ndarray]] = {name: [] for name in names}
             for p in parts:
                 a, b = int(p.leaf_start[l0]), int(p.leaf_start[l1])
                 lists.append(np.repeat(np.arange(l0, l1), np.diff(np.asarray(p.leaf_start[l0:l1 + 1]))))
@@ -579,8 +580,8 @@ def query_ivf(
             continue
         if len(part.leaf_start) != quant.n_lists + 1:
             raise ValueError(f"part {pi} has {len(part.leaf_start) - 1} lists, the quantizer {quant.n_lists}")
-        by_list = max_hamming is not None and len(part) >= 8 * quant.n_lists
-        batches = (_by_list(part, probes, qband, max_hamming, stats) if by_list
+        batches = (_by_list(part, probes, qband, max_hamming, stats)
+                   if max_hamming is not None and len(part) >= 8 * quant.n_lists
                    else _by_query(part, probes, qband, max_hamming, stats, query_chunk))
         for qq, rr in batches:
             stats.verified += len(qq)
