@@ -48,6 +48,7 @@ from curation.semantic import (
 )
 
 OUT = REPO / "data" / "outputs"
+DEFAULT_MODEL_ID = "timm:tf_efficientnet_lite0:efficientnet-lite0-57934424"  # the offline default (EfficientNet-Lite0)
 THRESHOLDS = (0.94, 0.95, 0.96, 0.97, 0.98)
 
 
@@ -392,6 +393,156 @@ def bucket_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: i
     return res
 
 
+def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int = 10_000, planted: int = 500,
+              fresh_sample: int = 500, stream_max: int = 1_000_000, icfg=None, on_entry=None,
+              nprobes: tuple[int, ...] = (8, 16)) -> dict:
+    """Cross-shard query cost of the partitioned index (curation/semantic/ivf.py) for one 10k query
+    shard at position p = n / 10k + 1 of a corpus of 10k-row synthetic shards (`synthetic_chunk`):
+    the shard reads generation b = generation_end(p)'s block and the parts of shards b+1..p-1
+    (memory-mapped .npy files on local disk), as `semantic_duplicates` does. The query shard holds
+    `planted` copies of random earlier rows at cosine U(threshold, 0.995) with their stored vector
+    plus fresh rows. Recall against brute force (exact cosine with the decoded index vectors) on the
+    planted copies and `fresh_sample` fresh rows. Side by side, up to stream_max earlier rows: the
+    streaming search (`query_pairs` with its Hamming pre-filter, all earlier rows in memory)."""
+    from dataclasses import asdict, replace
+
+    from curation.semantic.buckets import brute_force_query
+    from curation.semantic.ivf import (
+        IvfConfig,
+        assign_part,
+        build_generation,
+        generation_end,
+        load_part,
+        load_quantizer,
+        query_ivf,
+        save_part,
+    )
+    from curation.semantic.lsh import pack_bits
+    from curation.semantic.vectors import unit_rows
+
+    icfg = icfg or IvfConfig()
+    dim = 1280
+    n_shards = max(sizes) // shard_rows
+    res: dict = {"ivf_config": asdict(icfg), "shard_rows": shard_rows, "dim": dim, "threshold": cfg.threshold,
+                 "index_vectors": cfg.index_vectors, "planted_copies": planted}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("SEMANTIC_BENCH_TMP")) as tmp:
+        center = fit_center(synthetic_chunk(shard_rows, dim, 11, 0))
+        made = [0, 0.0]  # shards generated so far, seconds
+
+        def generate(upto: int) -> None:  # the corpus's shards 1..upto (10k synthetic rows each), once
+            t0 = time.perf_counter()
+            for j in range(made[0] + 1, upto + 1):
+                z = synthetic_chunk(shard_rows, dim, 11, j)
+                np.save(os.path.join(tmp, f"vec{j}.npy"), encode(z, cfg))
+                np.save(os.path.join(tmp, f"keys{j}.npy"), band_keys(z, cfg, center))
+            made[0] = max(made[0], upto)
+            made[1] += time.perf_counter() - t0
+            res["generate_and_encode_s"] = round(made[1], 1)
+
+        def shard(j: int):
+            keys = np.load(os.path.join(tmp, f"keys{j}.npy"), mmap_mode="r")
+            return (pack_bits(np.asarray(keys), cfg.band_bits), np.load(os.path.join(tmp, f"vec{j}.npy"), mmap_mode="r"),
+                    {"row": np.arange(shard_rows, dtype=np.int64) + (j - 1) * shard_rows})
+
+        rng = np.random.default_rng(5)
+        for n in sizes:
+            p = n // shard_rows + 1
+            generate(p - 1)
+            b = generation_end(p, icfg.growth)
+            gen = os.path.join(tmp, f"gen{b}")
+            entry: dict = {"earlier_rows": n, "generation_end": b, "tail_parts": p - 1 - b}
+            if not os.path.exists(os.path.join(gen, "block")):
+                c0, t0 = time.process_time(), time.perf_counter()
+                build_generation(lambda b=b: (shard(j) for j in range(1, b + 1)), gen, cfg, icfg)
+                entry["generation_build_s"] = round(time.perf_counter() - t0, 1)
+                entry["generation_build_cpu_s"] = round(time.process_time() - c0, 1)
+            quant = load_quantizer(os.path.join(gen, "quantizer.npz"))
+            tail_s = []
+            for j in range(b + 1, p):
+                folder = os.path.join(gen, "tail", str(j))
+                if not os.path.exists(folder):
+                    t0 = time.perf_counter()
+                    save_part(assign_part(shard(j), quant, cfg, icfg), folder)
+                    tail_s.append(time.perf_counter() - t0)
+            if tail_s:
+                entry["tail_part_write_s_mean"] = round(float(np.mean(tail_s)), 2)
+            parts = [load_part(os.path.join(gen, "block"))] + [load_part(os.path.join(gen, "tail", str(j)))
+                                                                for j in range(b + 1, p)]
+            # the query shard: fresh rows plus planted copies of earlier rows (their stored vectors)
+            src = np.sort(rng.choice(n, planted, replace=False))
+            base = np.concatenate([decode(np.asarray(np.load(os.path.join(tmp, f"vec{s // shard_rows + 1}.npy"),
+                                                             mmap_mode="r")[s % shard_rows:s % shard_rows + 1]), cfg)
+                                   for s in src])
+            cos = rng.uniform(cfg.threshold, 0.995, planted).astype(np.float32)
+            noise = np.abs(rng.standard_normal(base.shape).astype(np.float32))
+            noise -= (noise * base).sum(1, keepdims=True) * base
+            noise = unit_rows(noise)
+            copies = unit_rows(cos[:, None] * base + np.sqrt(1 - cos ** 2)[:, None] * noise)
+            q = np.concatenate([synthetic_chunk(shard_rows - planted, dim, 11, 10 ** 6 + p), copies]).astype(np.float32)
+            qkeys = band_keys(q, cfg, center)
+            qband = pack_bits(qkeys, cfg.band_bits)
+            rows_of = [np.asarray(part.payload["row"]) for part in parts]
+
+            def global_pairs(qs, ps, rs, rows_of=rows_of):
+                return set(zip(qs.tolist(), [int(rows_of[a][r]) for a, r in zip(ps.tolist(), rs.tolist())]))
+
+            sample = np.concatenate([np.arange(fresh_sample), np.arange(len(q) - planted, len(q))])
+            t0 = time.perf_counter()
+            bq, bp, br, _ = brute_force_query(q[sample], parts, cfg)
+            truth = global_pairs(sample[bq], bp, br)
+            in_sample = set(sample.tolist())
+            planted_truth = {(len(q) - planted + i, int(s)) for i, s in enumerate(src)}
+            index_bytes = sum(os.path.getsize(os.path.join(dp, f)) for dp, _d, fs in os.walk(gen) for f in fs
+                              if f.endswith(".npy") and (f"{os.sep}tail{os.sep}" not in dp
+                                                         or int(os.path.basename(dp)) < p))
+            entry.update({"parts_read": len(parts), "lists": quant.n_lists, "index_bytes": index_bytes,
+                          "brute_force_sample_queries": len(sample), "brute_force_pairs": len(truth),
+                          "brute_force_s": round(time.perf_counter() - t0, 1), "by_nprobe": {}})
+            for nprobe in sorted({*nprobes, icfg.nprobe}):
+                c0, t0 = time.process_time(), time.perf_counter()
+                limit = hamming_limits(q, cfg, center)
+                qq, pp, rr, ss, st = query_ivf(parts, quant, q, qband, cfg, replace(icfg, nprobe=nprobe),
+                                               max_hamming=limit)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                found = global_pairs(qq, pp, rr)
+                got = {f for f in found if f[0] in in_sample}
+                entry["by_nprobe"][str(nprobe)] = {
+                    "query_wall_s": round(wall, 2), "query_cpu_s": round(cpu, 2), "probe_s": round(st.probe_s, 2),
+                    "candidates_per_query": round(st.candidates / len(q), 1),
+                    "verified_per_query": round(st.verified / len(q), 2), "matches": len(qq),
+                    "bytes_read": st.bytes_read, "bytes_read_fraction": round(st.bytes_read / index_bytes, 4),
+                    "recall_vs_brute_force": round(len(truth & got) / max(1, len(truth)), 4),
+                    "planted_copies_found": len(planted_truth & found), "false_pairs": len(got - truth),
+                }
+                print(nprobe, json.dumps(entry["by_nprobe"][str(nprobe)]), flush=True)
+            entry.update(entry["by_nprobe"][str(icfg.nprobe)])  # the default's figures at the top level
+            if n <= stream_max:  # side by side: the streaming search over every earlier row (in memory)
+                ikeys = np.concatenate([np.load(os.path.join(tmp, f"keys{j}.npy")) for j in range(1, p)])
+                ivec = np.concatenate([np.load(os.path.join(tmp, f"vec{j}.npy")) for j in range(1, p)])
+                c0, t0 = time.process_time(), time.perf_counter()
+                sq, sr, _ = query_pairs(qkeys, query_vectors(q, cfg), ikeys, ivec, cfg,
+                                        max_hamming=hamming_limits(q, cfg, center), raw_index=True)
+                entry["stream_query_wall_s"] = round(time.perf_counter() - t0, 2)
+                entry["stream_query_cpu_s"] = round(time.process_time() - c0, 2)
+                entry["stream_matches"] = len(sq)
+                stream_got = {f for f in zip(sq.tolist(), sr.tolist()) if f[0] in in_sample}
+                entry["stream_recall_vs_brute_force"] = round(len(truth & stream_got) / max(1, len(truth)), 4)
+                del ikeys, ivec
+            res[f"shard_{p}_vs_{n}"] = entry
+            res["peak_rss_mb"] = round(peak_rss_mb(), 0)
+            print(json.dumps(entry), flush=True)
+            if on_entry is not None:  # e.g. save partial results
+                on_entry(res)
+            del parts
+        if len(sizes) > 1:
+            first = res[f"shard_{sizes[0] // shard_rows + 1}_vs_{sizes[0]}"]
+            last = res[f"shard_{n_shards + 1}_vs_{max(sizes)}"]
+            res["query_wall_ratio_last_vs_first"] = round(last["query_wall_s"] / first["query_wall_s"], 2)
+            res["query_cpu_ratio_last_vs_first"] = round(last["query_cpu_s"] / first["query_cpu_s"], 2)
+    res["peak_rss_mb"] = round(peak_rss_mb(), 0)
+    return res
+
+
 def scale(n_index: int, cfg: SemanticDedupConfig) -> dict:
     dim = 1280
     t0 = time.perf_counter()
@@ -476,8 +627,43 @@ def main() -> None:
     ap.add_argument("--buckets", default="",
                     help="comma-separated earlier-row counts (e.g. 100000,1000000,5000000): run only the bucketed "
                          "index's scale part and update scale.bucket_index in bench/results/semantic.json")
+    ap.add_argument("--ivf", action="store_true",
+                    help="run only the partitioned index's scale part (100k and 1M earlier rows; --full adds 2M and 5M) "
+                         "and update scale.ivf_index in bench/results/semantic.json")
+    ap.add_argument("--full", action="store_true", help="with --ivf: also 2M and 5M earlier rows")
+    ap.add_argument("--ivf-rerun", default="",
+                    help="with --ivf: comma-separated earlier-row counts to re-run with --nprobes, stored under "
+                         "scale.ivf_index.reruns (the main figures are kept)")
+    ap.add_argument("--nprobes", default="8,16", help="with --ivf: the nprobe values measured on each index")
     args = ap.parse_args()
     t_all = time.perf_counter()
+    if args.ivf:
+        out = REPO / "bench" / "results" / "semantic.json"
+        result = json.loads(out.read_text()) if out.exists() else {}
+        sizes = (100_000, 1_000_000, 2_000_000, 5_000_000) if args.full else (100_000, 1_000_000)
+        # the default offline model's calibrated (strict) threshold, 0.968
+        cfg = SemanticDedupConfig(threshold=SemanticDedupConfig().for_model(DEFAULT_MODEL_ID).threshold)
+
+        def save(iv: dict) -> None:
+            iv["date"], iv["machine"], iv["total_s"] = today(), machine(), round(time.perf_counter() - t_all, 1)
+            result.setdefault("scale", {})["ivf_index"] = iv
+            out.write_text(json.dumps(result, indent=2, default=str))
+
+        nprobes = tuple(int(v) for v in args.nprobes.split(","))
+        if args.ivf_rerun:
+            main_iv = result.get("scale", {}).get("ivf_index", {})
+
+            def save(iv: dict) -> None:  # noqa: F811 - a re-run is stored beside the main figures
+                iv["date"], iv["machine"], iv["total_s"] = today(), machine(), round(time.perf_counter() - t_all, 1)
+                main_iv.setdefault("reruns", {})[f"{args.ivf_rerun}_nprobe_{args.nprobes}"] = iv
+                result.setdefault("scale", {})["ivf_index"] = main_iv
+                out.write_text(json.dumps(result, indent=2, default=str))
+
+            sizes = tuple(int(v) for v in args.ivf_rerun.split(","))
+        iv = ivf_scale(sizes, cfg, on_entry=save, nprobes=nprobes)
+        save(iv)
+        print(json.dumps(iv, indent=1))
+        return
     if args.buckets:
         out = REPO / "bench" / "results" / "semantic.json"
         result = json.loads(out.read_text()) if out.exists() else {}

@@ -121,9 +121,10 @@ class IndexStore:
         frames = list(self.iter_earlier(keys, shard))
         return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
-    def write_blocks(self, keys: Sequence[str], shard: str) -> list[str]:
+    def write_blocks(self, keys: Sequence[str], shard: str, write: bool = True) -> list[str]:
         """After `shard` wrote its index: drop block files that contain it (they may hold an older
-        version of its index) and write the blocks it closes. Returns the block files written."""
+        version of its index) and write the blocks it closes (write=False: only drop; missing blocks
+        are rebuilt when read). Returns the block files written."""
         keys = list(keys)
         position = keys.index(shard) + 1
         pos_of = {k: i + 1 for i, k in enumerate(keys)}
@@ -131,8 +132,8 @@ class IndexStore:
             first, sep, last = name.removesuffix(".parquet").partition("__")
             if sep and pos_of.get(first, 0) <= position <= pos_of.get(last, 0):
                 storage.delete(storage.join(self.block_dir, name))
-        written = []
-        for start, _mid, end in closing_blocks(position):
+        written: list[str] = []
+        for start, _mid, end in closing_blocks(position) if write else ():
             self._load(keys, start, end, [])
             written.append(self.block_uri(keys[start - 1], keys[end - 1]))
         return written

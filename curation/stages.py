@@ -209,7 +209,8 @@ STAGES: tuple[Stage, ...] = (
         also_writes=(
             Dataset(SEMANTIC_INDEX,
                     "Compact semantic index of the shard (LSH band keys, quantised vectors of representatives) that "
-                    "later shards compare against; with block files (semantic_index_blocks/)."),
+                    "later shards compare against; with block files (semantic_index_blocks/, the default search) "
+                    "or partitioned (IVF) parts (semantic_index_ivf/, index='ivf')."),
             Dataset(SEMANTIC_CENTER,
                     "The corpus's LSH hashing centre, fitted once on the first registered shard's embeddings and "
                     "reused by every shard (written by the first shard's step only).", skippable=True),

@@ -3,8 +3,10 @@
 Modules: `config` (SemanticDedupConfig, schemas), `lsh` (hyperplanes, centre, band keys, Hamming
 limits), `vectors` (int8 / float16 / projection encodings, dot products), `pairs` (LSH pair search,
 cross-index query, brute force), `match` (best earlier representative), `verify` (the two-stage
-rule's crop-aware thumbnail check), `calibrate` (per-model rules from labelled pairs) and `shard`
-(the `semantic_dedup_shard` pipeline).
+rule's crop-aware thumbnail check), `calibrate` (per-model rules from labelled pairs), `shard`
+(the `semantic_dedup_shard` pipeline), `ivf` / `ivf_store` (the partitioned cross-shard index the
+pipeline queries by default: only the lists nearest each image are read) and `buckets` (a
+multi-probe SimHash alternative, bench only).
 
 Why
 ---
@@ -22,7 +24,9 @@ Design (mirrors curation/dedup/)
   pairs (`calibrate`, bench/results/semantic_calibration.json). The candidate search (LSH, the
   cross-shard query) runs at ``wide_threshold``; leader clustering runs on the pairs that link.
 * **Deterministic.** Every random quantity (LSH hyperplanes, the index projection) comes from a fixed
-  seed and the embedding dimension only: nothing is fitted to data, nothing depends on run order.
+  seed and the embedding dimension only. The partitioned index's quantizers are fitted (fixed seed)
+  on the earlier shards' rows in registration order; they decide which rows a query compares
+  (recall), never the rule a compared pair is judged by.
 * **No chaining.** Leader (star) clustering in priority order (input order = curated order; the
   first row of the shard has the highest priority): an image joins a cluster only if its cosine
   with the cluster's *representative itself* is >= the threshold (`curation.dedup.leader_clusters`).
@@ -40,7 +44,10 @@ Design (mirrors curation/dedup/)
   and the vector used to verify cross-shard candidates (``index_vectors``: the embedding as int8
   with a per-row scale, the default; float16, exact; or an int8 random projection). Cosine is
   scale-invariant, so no scale is stored. Within-shard similarities use the full embeddings.
-* **Cross-shard cost.** `match_earlier` takes the earlier index as one frame or one frame per
+* **Cross-shard cost.** With `index="ivf"` the shard queries a partitioned index of the earlier
+  representatives (`curation.semantic.ivf`, `match_earlier_ivf`): each image reads its nprobe
+  nearest lists of bounded size (not the default: its recall fell at 5M rows on the synthetic
+  bench). The default streaming path (`index="stream"`): `match_earlier` takes the earlier index as one frame or one frame per
   earlier shard (memory bounded by one shard's index); per earlier representative and band one
   lookup of its key in a direct table of the shard's keys (binary search when band_bits > 20),
   then each candidate pair (once, by its first shared band) goes through a Hamming pre-filter on

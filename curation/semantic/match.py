@@ -21,7 +21,7 @@ from curation.semantic.pairs import query_pairs
 from curation.semantic.vectors import query_vectors
 from curation.semantic.verify import verify_links
 
-__all__ = ["MATCH_SCHEMA", "best_earlier_match", "match_earlier"]
+__all__ = ["MATCH_SCHEMA", "best_earlier_match", "match_earlier", "match_earlier_ivf"]
 
 _MATCH_COLS = ["shard_seq", "cluster_id", "rep_shard", "is_representative", "keys", "vec"]
 
@@ -96,3 +96,47 @@ def match_earlier(
         })
         best = best_earlier_match(pl.concat([best, m.cast(empty.schema)]))
     return best
+
+
+def match_earlier_ivf(
+    x: np.ndarray, keys: np.ndarray, quant, parts: list, cfg: SemanticDedupConfig, icfg, *,
+    center: np.ndarray | None = None, thumbs: np.ndarray | None = None, stats: dict | None = None,
+) -> pl.DataFrame:
+    """`match_earlier` over the partitioned index (`curation.semantic.ivf`): candidates are the rows
+    of the lists each query row probes (`query_ivf`, Hamming pre-filter as in `match_earlier`) in
+    `parts` (`IvfPart`s with payload seq, cluster_id, rep_shard, thumb), verified the same way (the
+    two-stage rule on the parts' thumbnails when cfg.wide_threshold is set). Same MATCH_SCHEMA
+    result; `stats` (a dict) receives the query's `IvfStats` fields."""
+    from dataclasses import asdict
+
+    from curation.semantic.ivf import query_ivf
+    from curation.semantic.lsh import pack_bits
+
+    empty = pl.DataFrame(schema=MATCH_SCHEMA)
+    wide = cfg.search_threshold < cfg.threshold
+    search = replace(cfg, threshold=cfg.search_threshold) if wide else cfg
+    max_ham = hamming_limits(x, search, center) if cfg.index_vectors != "proj" else None
+    qq, pp, rr, ss, st = query_ivf(parts, quant, x, pack_bits(keys, cfg.band_bits), search, icfg, max_hamming=max_ham)
+    if stats is not None:
+        stats.update(asdict(st))
+    if len(qq) == 0:
+        return empty
+
+    def col(name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(parts[p].payload[name][rr[pp == p]]) for p in range(len(parts))]) \
+            if len(parts) > 1 else np.asarray(parts[0].payload[name][rr])
+
+    o = np.argsort(pp, kind="stable")  # col() gathers part by part
+    qq, pp, rr, ss = qq[o], pp[o], rr[o], ss[o]
+    if wide and thumbs is not None:
+        ok = verify_links(ss, thumbs[qq], col("thumb"), cfg.threshold, cfg.wide_threshold, cfg.max_align_diff)
+    else:
+        ok = ss >= cfg.threshold
+    if not ok.any():
+        return empty
+    m = pl.DataFrame({
+        "q": qq[ok], "seq": col("seq")[ok].astype(np.int32), "s": ss[ok],
+        "cluster_id": [v.decode() for v in col("cluster_id")[ok]],
+        "rep_shard": [v.decode() for v in col("rep_shard")[ok]],
+    })
+    return best_earlier_match(m.cast(empty.schema))

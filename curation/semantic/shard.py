@@ -17,7 +17,7 @@ import polars as pl
 from curation.dedup.cluster import leader_clusters
 from curation.semantic.config import SEMANTIC_SCHEMA, SemanticDedupConfig, index_schema
 from curation.semantic.lsh import band_keys
-from curation.semantic.match import match_earlier
+from curation.semantic.match import match_earlier, match_earlier_ivf
 from curation.semantic.pairs import lsh_pairs
 from curation.semantic.vectors import encode
 from curation.semantic.verify import verify_links
@@ -112,6 +112,8 @@ def semantic_dedup_shard(
     *,
     shard_seq: int | None = None,
     center: np.ndarray | None = None,
+    earlier_ivf: tuple | None = None,
+    ivf_stats: dict | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Semantic dedup of one shard's embeddings against itself and the earlier shards' index.
 
@@ -125,6 +127,9 @@ def semantic_dedup_shard(
     center: the corpus's hashing centre (`fit_center`, fitted once on the first shard and the same
         for every shard: the index's keys depend on it). None hashes around the origin (correct,
         but many more candidates for non-negative embeddings).
+    earlier_ivf: (quantizer, parts, IvfConfig) of the partitioned index of the earlier shards
+        (`curation.semantic.ivf`, `IvfStore.earlier`): matched with `match_earlier_ivf` instead of
+        streaming `earlier_index` (then ignored); ivf_stats (a dict) receives the query's `IvfStats`.
     Returns (rows: SEMANTIC_SCHEMA, one per `current` row in the same order; index rows of this
     shard: `index_schema`, keys and vec set for representatives only). Deterministic.
     cfg.enabled False: every row is its own representative (similarity 1.0), no comparisons.
@@ -149,7 +154,11 @@ def semantic_dedup_shard(
     rep_shard = shards.alias("rep_shard")
 
     if cfg.enabled and n:
-        m = match_earlier(x, keys, earlier_index, cfg, center=center, thumbs=thumbs)
+        if earlier_ivf is not None:
+            quant, parts, icfg = earlier_ivf
+            m = match_earlier_ivf(x, keys, quant, parts, cfg, icfg, center=center, thumbs=thumbs, stats=ivf_stats)
+        else:
+            m = match_earlier(x, keys, earlier_index, cfg, center=center, thumbs=thumbs)
         joined = m["q"].to_numpy().astype(np.int64)
         sim[joined] = m["s"].to_numpy()
         if len(joined):
