@@ -96,9 +96,14 @@ def _drive(args: argparse.Namespace) -> int:
         return res
 
     dedup_mod.load_earlier_index = measured_load  # bench instrumentation: wraps, does not change, the load
+    stopped = False
     for i, key in enumerate(keys, 1):
         if key in done:
             continue
+        if args.stop_at and time.time() > args.stop_at:
+            print(f"--stop-at reached: shard {key} and later not run", flush=True)
+            stopped = True
+            break
         load_stats.clear()
         t0, w0 = time.monotonic(), time.time()
         cpu0 = os.times()
@@ -130,7 +135,7 @@ def _drive(args: argparse.Namespace) -> int:
               flush=True)
         if not result.success:
             return 1
-    if args.summary:
+    if args.summary and not stopped:  # the corpus roll-up needs every shard
         summary = defs.resolve_implicit_global_asset_job_def().get_subset(
             asset_selection={dg.AssetKey("curation_summary")})
         t0 = time.monotonic()
@@ -410,6 +415,13 @@ def summarise(work: Path, backend: str, manifest, sampler_peaks: dict | None, wa
             r["processes"] += 1
             r["peak_rss_mib_max"] = max(r["peak_rss_mib_max"], round(rec["peak_kib"] / 1024, 1))
         run["peak_rss_by_role"] = roles
+    if shards:
+        run["stage_seconds_total"] = {st: round(sum(r["stages_s"].get(st, 0.0) for r in shards), 1) for st in TIMED}
+        run["outside_stages_seconds_total"] = round(
+            sum(r["wall_s"] - sum(r["stages_s"].get(st, 0.0) for st in TIMED) for r in shards), 1)
+    invocations = [round(ser[-1][0] - ser[0][0], 1) for ser in _load_series(work / backend) if ser]
+    run["invocation_wall_s"] = invocations  # driver start to exit, each invocation (resumes add one)
+    run["total_wall_s"] = round(sum(invocations), 1)
     if wall_s is not None:
         run["wall_s_this_invocation"] = round(wall_s, 1)
     return run
@@ -424,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     ap.add_argument("--resume", action="store_true", help="keep the instance and outputs; skip finished shards")
     ap.add_argument("--max-shards", type=int, default=0, help="stop after this many shards (0: all)")
+    ap.add_argument("--stop-at", type=float, default=0,
+                    help="epoch seconds after which no further shard is started (a time-boxed partial run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-summary", dest="summary", action="store_false")
     ap.add_argument("--report", action="store_true", help="only rebuild million.json and the plot from <work>")
@@ -458,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         env = _env(args.work, args.backend, args.shard_size)
         rows = bdir / "shards.jsonl"
         cmd = [sys.executable, "-m", "bench.million", "_drive", "--rows", str(rows), "--max-shards",
-               str(args.max_shards)] + ([] if args.summary else ["--no-summary"])
+               str(args.max_shards), "--stop-at", str(args.stop_at)] + ([] if args.summary else ["--no-summary"])
         t1 = time.monotonic()
         with (bdir / "driver.log").open("a") as log:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
