@@ -74,11 +74,12 @@ def _drive(args: argparse.Namespace) -> int:
     t_reg = time.monotonic()
     keys = cli.register_all(instance, corpus)
     register_s = time.monotonic() - t_reg
+    selected = (*SELECTED, "image_embeddings") if args.embed else SELECTED
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection={dg.AssetKey(a) for a in SELECTED})
+        asset_selection={dg.AssetKey(a) for a in selected})
     job = console.with_short_console(job)
     run_config = {**cli.run_config_for(resources), **console.logger_config(False)}
-    done = cli.shards_done(instance, keys, stages=[a for a in SELECTED if a != "dedup_index"])
+    done = cli.shards_done(instance, keys, stages=[a for a in selected if a != "dedup_index"])
     keys = keys[: args.max_shards] if args.max_shards else keys
     out = Path(args.rows)
     with out.open("a") as fh:
@@ -116,8 +117,10 @@ def _drive(args: argparse.Namespace) -> int:
             mat = ev.event_specific_data.materialization
             name = mat.asset_key.to_user_string()
             md = mat.metadata
-            if name in TIMED and "elapsed_s" in md:
+            if (name in TIMED or name == "image_embeddings") and "elapsed_s" in md:
                 stages[name] = float(md["elapsed_s"].value)
+            if name == "image_embeddings" and "embedded" in md:
+                stages["meta:embedded"] = int(md["embedded"].value)
             if name == "dedup_clusters":
                 for k in ("cross_shard_duplicates", "duplicates", "earlier_shards_compared"):
                     if k in md:
@@ -208,18 +211,19 @@ class RssSampler(threading.Thread):
 # ------------------------------------------------------------------------------ parent
 
 
-def _env(work: Path, backend: str, shard_size: int) -> dict:
+def _env(work: Path, backend: str, shard_size: int, source: Path | None = None) -> dict:
     home, out = work / backend / "home", work / backend / "out"
+    source = source or work / "corpus"
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CURATION_", "DAGSTER_"))}
-    if backend == "sqlite":
+    if backend != "postgres":
         shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     else:
         shutil.copyfile(REPO / "deploy" / "dagster-prod.yaml", home / "dagster.yaml")
         env.update(DAGSTER_PG_HOST="127.0.0.1", DAGSTER_PG_PORT="5432", DAGSTER_PG_DB=PG_DB,
                    DAGSTER_PG_USERNAME="postgres", DAGSTER_PG_PASSWORD="",
                    DAGSTER_COMPUTE_LOG_DIR=str(work / backend / "compute_logs"))
-    env.update(DAGSTER_HOME=str(home), CURATION_OUTPUT_ROOT=str(out), CURATION_SOURCES=f"{SOURCE}={work / 'corpus'}",
+    env.update(DAGSTER_HOME=str(home), CURATION_OUTPUT_ROOT=str(out), CURATION_SOURCES=f"{SOURCE}={source}",
                CURATION_SHARD_SIZE=str(shard_size), CURATION_FEWSHOT_URI="", PYTHONPATH=str(REPO),
                CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     return env
@@ -442,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-summary", dest="summary", action="store_false")
     ap.add_argument("--report", action="store_true", help="only rebuild million.json and the plot from <work>")
     ap.add_argument("--rows", default="")
+    ap.add_argument("--embed", action="store_true", help=argparse.SUPPRESS)  # driver: also image_embeddings
+    ap.add_argument("--embed-sample", type=int, default=0,
+                    help="instead of the shard run: image_embeddings (default embedder, CPU) on the first N images")
     args = ap.parse_args(argv)
     if args.cmd == "_drive":
         return _drive(args)
@@ -458,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                    "corpus_disk_bytes": int(subprocess.run(["du", "-sb", str(args.work / "corpus")],
                                                             capture_output=True, text=True).stdout.split()[0]),
                    **size_distribution(manifest)}
+    if args.embed_sample:
+        return embed_sample(args, manifest)
     results = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
     results.update(date=today(), machine=machine(), corpus=corpus_info, command=" ".join(sys.argv))
     results.setdefault("runs", {})
@@ -474,13 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "bench.million", "_drive", "--rows", str(rows), "--max-shards",
                str(args.max_shards), "--stop-at", str(args.stop_at)] + ([] if args.summary else ["--no-summary"])
         t1 = time.monotonic()
-        with (bdir / "driver.log").open("a") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            sampler = RssSampler(proc.pid)
-            sampler.start()
-            rc = proc.wait()
-            sampler.stop.set()
-            sampler.join()
+        rc, sampler = run_driver(cmd, env, bdir)
         wall, peaks = time.monotonic() - t1, sampler.peak
         (bdir / f"rss_{int(time.time())}.json").write_text(json.dumps(
             {"peaks": {str(k): v for k, v in peaks.items()}, "series": sampler.series}))
@@ -501,6 +504,53 @@ def main(argv: list[str] | None = None) -> int:
     plot(results)
     print(json.dumps({b: {k: r.get(k) for k in ("shards_run", "sum_shard_wall_s", "flatness", "instance")}
                       for b, r in results["runs"].items()}, indent=2, default=str))
+    return 0
+
+
+def run_driver(cmd: list[str], env: dict, bdir: Path) -> tuple[int, RssSampler]:
+    """Run the driver process (log in bdir/driver.log) with the RSS/CPU sampler on its tree."""
+    with (bdir / "driver.log").open("a") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        sampler = RssSampler(proc.pid)
+        sampler.start()
+        rc = proc.wait()
+        sampler.stop.set()
+        sampler.join()
+    return rc, sampler
+
+
+def embed_sample(args: argparse.Namespace, manifest) -> int:
+    """image_embeddings on the first N images (rank order: the first shard's files), through Dagster
+    in an instance of its own; stores `embeddings_sample` in million.json."""
+    n = args.embed_sample
+    bdir, src = args.work / "embed", args.work / "embed_src"
+    shutil.rmtree(bdir, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
+    bdir.mkdir(parents=True)
+    for path in manifest.sort("rank")["path"][:n]:
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        os.link(args.work / "corpus" / path, src / path)
+    env = _env(args.work, "embed", n, src)
+    rows = bdir / "shards.jsonl"
+    cmd = [sys.executable, "-m", "bench.million", "_drive", "--embed", "--no-summary", "--rows", str(rows)]
+    rc, sampler = run_driver(cmd, env, bdir)
+    shard = next((r for r in read_rows(args.work, "embed") if r.get("event") == "shard"), None)
+    if rc or shard is None:
+        print(f"embedding sample failed (driver exit {rc}); see {bdir / 'driver.log'}")
+        return 1
+    secs, embedded = shard["stages_s"].get("image_embeddings"), shard["dedup"].get("embedded")
+    results = json.loads(OUT_JSON.read_text()) if OUT_JSON.exists() else {}
+    results["embeddings_sample"] = {
+        "date": today(), "images": n, "embedded": embedded, "image_embeddings_s": secs,
+        "img_per_s": round(embedded / secs, 1) if secs and embedded else None,
+        "embedder": "default (EMBEDDER_* unset: efficientnet_lite0, packaged weights), CPU (CUDA_VISIBLE_DEVICES='')",
+        "note": "embeds the images curated_images kept (the others are not embedded)",
+        "stages_s": shard["stages_s"], "wall_s": shard["wall_s"],
+        "peak_rss_mib_by_pid_role": {str(k): {"role": v["role"], "mib": round(v["peak_kib"] / 1024, 1)}
+                                     for k, v in sampler.peak.items() if v["peak_kib"] > 50_000},
+        "loadavg": os.getloadavg()}
+    OUT_JSON.write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results["embeddings_sample"], indent=2))
     return 0
 
 
