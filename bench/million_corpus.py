@@ -29,6 +29,7 @@ import hashlib
 import math
 import multiprocessing
 import random
+import struct
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from bench.accuracy_sets import encode, fit, hue_shift
+from bench.accuracy_sets import encode, fit, hue_shift, render_svg
 
 DUP_VARIANTS = ("orig", "jpeg90", "jpeg60", "webp80", "webp50", "r75", "r50", "up2", "crop2", "crop4", "webp_r60")
 RECOLOUR_P = 0.4
@@ -50,6 +51,7 @@ MANIFEST_SCHEMA = {"rank": pl.Int64, "path": pl.String, "group": pl.Int64, "base
                    "variant": pl.String, "duplicate": pl.Boolean, "base_kind": pl.String, "source": pl.String,
                    "width": pl.Int32, "height": pl.Int32, "bytes": pl.Int64, "format": pl.String}
 OPENCLIPART = Path("/usr/share/openclipart/png")
+HUGE_PX = 20_000_000
 WESNOTH_UNITS = Path("/usr/share/games/wesnoth/1.16/data/core/images/units")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 PHOTOS = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
@@ -177,6 +179,13 @@ def _fit(img: Image.Image, longest: int) -> Image.Image:
     return fit(img, longest) if max(img.size) > longest else img
 
 
+def _png_size(path: str) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR, without decoding (or PIL's decompression-bomb check)."""
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    return struct.unpack(">II", head[16:24])
+
+
 def load_base(base: Base, rng: random.Random) -> Image.Image:
     if base.kind == "fashion":
         split, i = base.ref.split(":")
@@ -187,11 +196,20 @@ def load_base(base: Base, rng: random.Random) -> Image.Image:
         name, side, x, y = base.ref.split(":")
         s, x0, y0 = int(side), int(x), int(y)
         return Image.fromarray(_photo(name)[y0:y0 + s, x0:x0 + s])
+    longest = rng.choice((48, 64, 64, 80, 96, 96, 112, 128, 128, 160))
+    if base.kind == "clipart" and (size := _png_size(base.ref))[0] * size[1] > HUGE_PX:
+        # 17 openclipart PNGs are 20-623 MP (PIL refuses the largest as a decompression bomb): draw the
+        # same picture from its SVG at the target size instead of decoding gigabytes
+        svg = OPENCLIPART.parent / "svg" / Path(base.ref).relative_to(OPENCLIPART).with_suffix(".svg")
+        drawn = render_svg(svg, longest, size[0] / size[1]) if svg.exists() else None
+        if drawn is None:
+            raise RuntimeError(f"{base.ref}: {size[0]}x{size[1]} px and no SVG of it to draw")
+        return drawn.convert("RGBA")
     img = Image.open(base.ref)
     img.load()
     img = img.convert("RGBA") if img.mode in ("P", "LA", "PA", "RGBA", "1", "I;16") else img.convert("RGB")
     if base.kind == "clipart":
-        return _fit(img, rng.choice((48, 64, 64, 80, 96, 96, 112, 128, 128, 160)))
+        return _fit(img, longest)
     if base.kind == "arcade":
         return _fit(img, 128)
     return img  # wesnoth: native 72 px
