@@ -342,6 +342,13 @@ def flatness(rows: list[dict]) -> dict:
            "fit_intercept_s": round(float(icpt), 2),
            "first_decile_median_s": round(first, 2), "last_decile_median_s": round(last, 2),
            "last_over_first": round(last / first, 3) if first else None}
+    cpu = np.array([r.get("cpu_s_tree") if r.get("cpu_s_tree") is not None else np.nan for r in shards], float)
+    if np.isfinite(cpu).all():  # CPU seconds: what the shard cost whatever else ran on the machine
+        c_slope, _ = np.polyfit(idx, cpu, 1)
+        c_first, c_last = float(np.median(cpu[:q])), float(np.median(cpu[-q:]))
+        out.update(cpu_linear_fit_s_per_shard_index=round(float(c_slope), 4), cpu_first_decile_median_s=round(c_first, 2),
+                   cpu_last_decile_median_s=round(c_last, 2),
+                   cpu_last_over_first=round(c_last / c_first, 3) if c_first else None)
     for stage in (*TIMED, "dedup_load"):
         vals = np.array([(r["earlier_index_load"].get("seconds", 0.0) if stage == "dedup_load"
                           else r["stages_s"].get(stage, np.nan)) for r in shards], float)
@@ -364,13 +371,15 @@ def plot(results: dict) -> None:
             continue
         xs = [r["index"] for r in shards]
         ax.plot(xs, [r["wall_s"] for r in shards], marker=".", label=f"{backend}: shard wall time")
+        if all(r.get("cpu_s_tree") is not None for r in shards):
+            ax.plot(xs, [r["cpu_s_tree"] for r in shards], lw=1.2, label=f"{backend}: CPU seconds (process tree)")
         ax.plot(xs, [r["stages_s"].get("raw_inventory", 0) for r in shards], lw=0.8, ls="--",
                 label=f"{backend}: raw_inventory")
         ax.plot(xs, [r["stages_s"].get("dedup_clusters", 0) for r in shards], lw=0.8, ls=":",
                 label=f"{backend}: dedup_clusters")
     ax.set_xlabel("shard index (10,000 images each)")
     ax.set_ylabel("seconds")
-    ax.set_title("Million-image run: time per shard (stages 1-3 + shard report, 2-core VM, shared)")
+    ax.set_title("Million-image run: time per shard (stages 1-3 + shard report, 2-core VM, shared)", fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -384,6 +393,9 @@ def summarise(work: Path, backend: str, manifest, sampler_peaks: dict | None, wa
     shards = [r for r in rows if r.get("event") == "shard"]
     by_index = {r["index"]: r for r in shards}  # a resumed shard's latest row wins
     shards = [by_index[i] for i in sorted(by_index)]
+    series = _load_series(work / backend)
+    for r in shards:
+        r["cpu_s_tree"] = _tree_cpu(series, r["t_start"], r["t_end"])
     run = {
         "backend": backend, "date": today(), "shards_run": len(shards),
         "images_run": sum(1 for _ in shards) * extra.get("shard_size", 10_000),
@@ -404,9 +416,6 @@ def summarise(work: Path, backend: str, manifest, sampler_peaks: dict | None, wa
             "bytes_read_last_shard": loads[-1].get("bytes_read") if loads else None,
             "rows_last_shard": loads[-1].get("rows") if loads else None,
             "bytes_read_total": sum(x.get("bytes_read", 0) for x in loads)}
-        series = _load_series(work / backend)
-        for r in shards:
-            r["cpu_s_tree"] = _tree_cpu(series, r["t_start"], r["t_end"])
         cpus = [r["cpu_s_tree"] for r in shards if r["cpu_s_tree"] is not None]
         if cpus:
             run["cpu_s_tree_total"] = round(sum(cpus), 1)
