@@ -396,6 +396,7 @@ def summarise(work: Path, backend: str, manifest, sampler_peaks: dict | None, wa
     series = _load_series(work / backend)
     for r in shards:
         r["cpu_s_tree"] = _tree_cpu(series, r["t_start"], r["t_end"])
+        r.update(_peak_rss(series, r["t_start"], r["t_end"]))
     run = {
         "backend": backend, "date": today(), "shards_run": len(shards),
         "images_run": sum(1 for _ in shards) * extra.get("shard_size", 10_000),
@@ -428,6 +429,13 @@ def summarise(work: Path, backend: str, manifest, sampler_peaks: dict | None, wa
             r["processes"] += 1
             r["peak_rss_mib_max"] = max(r["peak_rss_mib_max"], round(rec["peak_kib"] / 1024, 1))
         run["peak_rss_by_role"] = roles
+        with_rss = [r for r in shards if "peak_rss_mib_driver" in r]
+        if with_rss:
+            q = max(1, len(with_rss) // 10)
+            run["driver_peak_rss_mib_during_shards"] = {
+                "max": max(r["peak_rss_mib_driver"] for r in with_rss),
+                "first_decile_max": max(r["peak_rss_mib_driver"] for r in with_rss[:q]),
+                "last_decile_max": max(r["peak_rss_mib_driver"] for r in with_rss[-q:])}
     if shards:
         run["stage_seconds_total"] = {st: round(sum(r["stages_s"].get(st, 0.0) for r in shards), 1) for st in TIMED}
         run["outside_stages_seconds_total"] = round(
@@ -581,6 +589,15 @@ def _tree_cpu(series: list[list], t0: float, t1: float) -> float | None:
             a, b = np.interp([t0, t1], ts, cpu)
             return round(float(b - a), 2)
     return None
+
+
+def _peak_rss(series: list[list], t0: float, t1: float) -> dict:
+    """Peak RSS (MiB) of the driver and of its whole tree between t0 and t1 (from the sampler)."""
+    pts = [x for ser in series for x in ser if t0 <= x[0] <= t1]
+    if not pts:
+        return {}
+    return {"peak_rss_mib_driver": round(max(x[1] for x in pts) / 1024, 1),
+            "peak_rss_mib_tree": round(max(x[2] for x in pts) / 1024, 1)}
 
 
 def _load_peaks(bdir: Path) -> dict | None:
