@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from bench import million, million_corpus as mc
+from bench import million
+from bench import million_corpus as mc
 
 
 def _bases(n: int) -> list[mc.Base]:
