@@ -35,3 +35,25 @@ def test_projection_without_inputs_says_why(tmp_path):
     assert p["five_million_gpu_node"]["minutes"] is None
     assert "missing" in p["one_million_this_machine"]["why_not"]
     assert p["inputs"]["stage1_img_per_cpu_s"]["value"] is None
+
+
+def test_gap_to_the_measured_million_run(tmp_path):
+    _write(tmp_path, "inventory.json", {"date": "d1", "img_per_cpu_s": {"jpeg_stage_1_worker": 500.0},
+                                        "parallel_efficiency_2_workers_cpu": 0.5})
+    _write(tmp_path, "demo.json", {"date": "d5", "stages": {"demo-000001": {"shard_report": {"elapsed_s": 12.0}}}})
+    assert "why_not" in projections(tmp_path)["one_million_gap"]  # no measured run yet
+    run = {"shards_run": 40, "sum_shard_wall_s": 1200.0, "total_wall_s": 1300.0, "cpu_ms_per_image": 1.5,
+           "stage_seconds_total": {"raw_inventory": 800.0, "shard_report": 80.0}}
+    _write(tmp_path, "million.json", {"date": "d6", "corpus": {"long_side_px": {"p50": 64}}, "runs": {"sqlite": run}})
+    gap = projections(tmp_path)["one_million_gap"]
+    # projected: 2000 s stage 1 + 100 x 12 s reports = 3200 s over 100 shards = 32 s a shard; measured 30 s
+    assert gap["seconds_per_shard"] == {"projected": 32.0, "measured": 30.0, "measured_over_projected": 0.938}
+    assert gap["minutes"]["measured"] is None and "40 of 100" in gap["minutes"]["why_not"]  # partial: no total
+    assert gap["stage_1_seconds_per_shard"] == {"projected": 20.0, "measured": 20.0}
+    assert gap["cpu_ms_per_image"]["projected_stage_1_jpeg_photos"] == 2.0
+    _write(tmp_path, "million.json", {"date": "d6", "runs": {"sqlite": {**run, "shards_run": 100,
+                                                                        "sum_shard_wall_s": 3000.0,
+                                                                        "total_wall_s": 3300.0}}})
+    full = projections(tmp_path)["one_million_gap"]["minutes"]
+    assert full == {"projected": round(3200 / 60, 1), "measured": 55.0, "gap": round(55.0 - round(3200 / 60, 1), 1),
+                    "measured_over_projected": round(55.0 / round(3200 / 60, 1), 3)}
