@@ -257,7 +257,7 @@ def query_parts(
     qband = pack_bits(_band_keys(x, cfg, center) if qband_keys is None else qband_keys, cfg.band_bits)
     limit = hamming_limits(x, cfg, center, margin)
     dec = (lambda v: decode(v, cfg)) if raw_index else None
-    out_q, out_p, out_r, out_s = [], [], [], []
+    hits: list[tuple[np.ndarray, ...]] = []
     for pi, part in enumerate(parts):
         n = len(part)
         if n and part.keys.shape[1] < bcfg.tables:
@@ -299,22 +299,32 @@ def query_parts(
         keep = ham <= limit[qq]
         qq, rr = qq[keep], rr[keep]
         stats.verified += len(qq)
-        if len(qq) == 0:
-            continue
-        o = np.argsort(rr, kind="stable")  # read each vector row once, in row order
-        stats.bytes_read += _pages(rr, 1, part.vec.shape[1] * part.vec.itemsize)
-        sim = np.empty(len(qq), np.float32)
-        sim[o] = dots(qq[o], rr[o], qvec, part.vec, cfg.pair_batch, dec)
-        ok = sim >= cfg.threshold
-        out_q.append(qq[ok])
-        out_p.append(np.full(int(ok.sum()), pi, np.int64))
-        out_r.append(rr[ok])
-        out_s.append(sim[ok])
-    if not out_q:
-        return e, e, e, np.empty(0, np.float32), stats
-    q, p, r, s = (np.concatenate(a) for a in (out_q, out_p, out_r, out_s))
+        if len(qq):
+            hits.append(verify_exact(qq, rr, pi, qvec, part.vec, cfg, dec, stats))
+    return (*sorted_hits(hits), stats)
+
+
+def verify_exact(qq: np.ndarray, rr: np.ndarray, pi: int, qvec: np.ndarray, vec: np.ndarray,
+                 cfg: SemanticDedupConfig, dec, stats) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate pairs (query row qq[k], row rr[k] of part `pi`, whose vectors are `vec`) with
+    an exact cosine >= cfg.threshold, as (q, p, r, cosine); each vector row is read once, in row
+    order, and counted in `stats.bytes_read` (pages touched). `dec` decodes raw index vectors."""
+    o = np.argsort(rr, kind="stable")
+    qq, rr = qq[o], rr[o]
+    stats.bytes_read += _pages(rr, 1, vec.shape[1] * vec.itemsize)
+    sim = dots(qq, rr, qvec, vec, cfg.pair_batch, dec)
+    hit = sim >= cfg.threshold
+    return qq[hit], np.full(int(hit.sum()), pi, np.int64), rr[hit], sim[hit]
+
+
+def sorted_hits(hits: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`verify_exact` results of several parts as one (q, p, r, cosine), sorted by (q, p, r)."""
+    if not hits:
+        e = np.empty(0, np.int64)
+        return e, e, e, np.empty(0, np.float32)
+    q, p, r, s = (np.concatenate(a) for a in zip(*hits, strict=True))
     o = np.lexsort((r, p, q))
-    return q[o], p[o], r[o], s[o], stats
+    return q[o], p[o], r[o], s[o]
 
 
 def brute_force_query(

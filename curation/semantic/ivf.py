@@ -47,9 +47,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from curation.semantic.buckets import _pages
+from curation.semantic.buckets import _pages, sorted_hits, verify_exact
 from curation.semantic.config import SemanticDedupConfig
-from curation.semantic.vectors import decode, dots, query_vectors
+from curation.semantic.vectors import decode, query_vectors
 
 __all__ = ["IvfConfig", "IvfPart", "IvfStats", "Quantizer", "ShardRows", "assign_part", "build_generation", "build_part",
            "generation_end", "generation_ends", "kmeans", "load_part", "load_quantizer", "merge_parts", "n_lists_for",
@@ -574,7 +574,7 @@ def query_ivf(
     probes = quant.probe(qvec, icfg.nprobe, icfg.top_probe)
     stats.probe_s = time.perf_counter() - t0
     dec = (lambda v: decode(v, cfg)) if raw_index else None
-    out_q, out_p, out_r, out_s = [], [], [], []
+    hits: list[tuple[np.ndarray, ...]] = []
     for pi, part in enumerate(parts):
         if len(part) == 0:
             continue
@@ -585,19 +585,6 @@ def query_ivf(
                    else _by_query(part, probes, qband, max_hamming, stats, query_chunk))
         for qq, rr in batches:
             stats.verified += len(qq)
-            if len(qq) == 0:
-                continue
-            o = np.argsort(rr, kind="stable")  # read each vector row once, in row order
-            qq, rr = qq[o], rr[o]
-            stats.bytes_read += _pages(rr, 1, part.vec.shape[1] * part.vec.itemsize)
-            sim = dots(qq, rr, qvec, part.vec, cfg.pair_batch, dec)
-            hit = sim >= cfg.threshold
-            out_q.append(qq[hit])
-            out_p.append(np.full(int(hit.sum()), pi, np.int64))
-            out_r.append(rr[hit])
-            out_s.append(sim[hit])
-    if not out_q:
-        return e, e, e, np.empty(0, np.float32), stats
-    q, p, r, sv = (np.concatenate(a) for a in (out_q, out_p, out_r, out_s))
-    o = np.lexsort((r, p, q))
-    return q[o], p[o], r[o], sv[o], stats
+            if len(qq):
+                hits.append(verify_exact(qq, rr, pi, qvec, part.vec, cfg, dec, stats))
+    return (*sorted_hits(hits), stats)
