@@ -605,6 +605,36 @@ def ivf_probe_recall(sizes: tuple[int, ...], cfg: SemanticDedupConfig, overrides
     return res
 
 
+def variance_spectrum(max_images: int = 1500, seconds: float = 180.0) -> dict:
+    """Is the synthetic generator's structure like real embeddings'? The cumulative share of variance
+    in the top k principal components of unit rows: real EfficientNet-Lite0 embeddings (CPU) of
+    every 7th Debian openclipart PNG (up to max_images, or what `seconds` allows) against as many
+    `synthetic_chunk` rows. A flatter spectrum (less variance in few components) is harder to
+    partition: IVF lists then split near-isotropic noise and near copies cross list boundaries."""
+    import glob
+
+    from PIL import Image
+
+    from curation.embedding import EfficientNetLite0Embedder
+
+    def spec(x: np.ndarray) -> dict:
+        sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+        c = np.cumsum(sv / sv.sum())
+        return {f"top_{k}": round(float(c[min(k, len(c)) - 1]), 3) for k in (10, 50, 200, 500)}
+
+    files = sorted(glob.glob("/usr/share/openclipart/png/**/*.png", recursive=True))[::7][:max_images]
+    model = EfficientNetLite0Embedder(device="cpu", precision="fp32")
+    vecs, t0 = [], time.perf_counter()
+    for s in range(0, len(files), 64):
+        vecs.append(model.embed_images([Image.open(f).convert("RGB") for f in files[s:s + 64]]))
+        if time.perf_counter() - t0 > seconds:
+            break
+    x = np.concatenate(vecs).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return {"images": len(x), "openclipart_efficientnet_lite0": spec(x),
+            "synthetic_chunk": spec(synthetic_chunk(len(x), x.shape[1], 11, 2))}
+
+
 def scale(n_index: int, cfg: SemanticDedupConfig) -> dict:
     dim = 1280
     t0 = time.perf_counter()
@@ -699,9 +729,21 @@ def main() -> None:
     ap.add_argument("--ivf-probe-recall", default="",
                     help="comma-separated generation row counts: measure only the quantizer's list recall at fixed "
                          "nprobe (`ivf_probe_recall`), stored under scale.ivf_index.probe_recall")
+    ap.add_argument("--ivf-spectrum", action="store_true",
+                    help="compare the synthetic rows' PCA spectrum with real embeddings (`variance_spectrum`), "
+                         "stored under scale.ivf_index.spectrum")
     ap.add_argument("--nprobes", default="8,16", help="with --ivf: the nprobe values measured on each index")
     args = ap.parse_args()
     t_all = time.perf_counter()
+    if args.ivf_spectrum:
+        out = REPO / "bench" / "results" / "semantic.json"
+        result = json.loads(out.read_text()) if out.exists() else {}
+        sp = variance_spectrum()
+        sp["date"], sp["machine"] = today(), machine()
+        result.setdefault("scale", {}).setdefault("ivf_index", {})["spectrum"] = sp
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(sp))
+        return
     if args.ivf_probe_recall:
         out = REPO / "bench" / "results" / "semantic.json"
         result = json.loads(out.read_text()) if out.exists() else {}
