@@ -17,7 +17,10 @@
    shards read as the store's Fenwick block parts: query time, candidates, bytes read (4 KiB pages),
    recall vs brute force.
 
-Run: .venv/bin/python -m bench.semantic [--quick] [--buckets SIZES]
+6. Quantizer list recall (`--ivf-probe-recall SIZES`, `scale.ivf_index.probe_recall`): why the IVF index loses
+   recall at fixed nprobe as it grows, measured on its quantizer alone (no index built).
+
+Run: .venv/bin/python -m bench.semantic [--quick] [--buckets SIZES] [--ivf [--full]] [--ivf-probe-recall SIZES]
 """
 
 from __future__ import annotations
@@ -543,6 +546,95 @@ def ivf_scale(sizes: tuple[int, ...], cfg: SemanticDedupConfig, shard_rows: int 
     return res
 
 
+def ivf_probe_recall(sizes: tuple[int, ...], cfg: SemanticDedupConfig, overrides: tuple[dict, ...] = ({},),
+                     pairs: int = 2000, dim: int = 1280, shard_rows: int = 10_000) -> dict:
+    """Why the partitioned index loses recall at fixed nprobe as the corpus grows, without building
+    it: for a generation of n rows, train its quantizer exactly as `build_generation` does (n_lists
+    = n / list_rows, the same sample size, on `synthetic_chunk` rows) and measure, for `pairs`
+    planted near copies made as `ivf_scale` makes them (stored vector v, query q at cosine
+    U(threshold, 0.995)), the fraction whose v's list is among q's nprobe probed lists (a proxy
+    of the index's recall on planted copies: same quantizer settings, but a fresh sample and
+    n_lists from n rather than from the generation end, so the figures differ by a few percent). Also the exact
+    triangle-inequality bound: the lists a query would have to read to be exact (angle(q, centroid)
+    <= list radius + acos(threshold), the radius measured on the sample: a lower bound), as a
+    fraction of all lists. CPU seconds of the probe per 10k queries."""
+    from dataclasses import replace
+
+    from curation.semantic.ivf import IvfConfig, n_lists_for, train_quantizer
+    from curation.semantic.vectors import unit_rows
+
+    def rows(n: int, first: int) -> np.ndarray:
+        out, c = [], first
+        while sum(len(o) for o in out) < n:
+            out.append(decode(encode(synthetic_chunk(shard_rows, dim, 11, c), cfg), cfg))
+            c += 1
+        return np.concatenate(out)[:n]
+
+    rng = np.random.default_rng(5)
+    v = rows(pairs, 50_000)
+    cos = rng.uniform(cfg.threshold, 0.995, pairs).astype(np.float32)
+    noise = np.abs(rng.standard_normal(v.shape).astype(np.float32))
+    noise = unit_rows(noise - (noise * v).sum(1, keepdims=True) * v)
+    q = query_vectors(unit_rows(cos[:, None] * v + np.sqrt(1 - cos ** 2)[:, None] * noise), cfg)
+    res: dict = {"pairs": pairs, "threshold": cfg.threshold, "dim": dim}
+    for over in overrides:
+        icfg = replace(IvfConfig(), **over)
+        for n in sizes:
+            n_lists = n_lists_for(n, icfg)
+            ns = min(icfg.max_sample_rows, max(icfg.sample_rows, 8 * n_lists))
+            xs = rows(ns, 1)
+            c0 = time.process_time()
+            quant = train_quantizer(xs, n_lists, icfg)
+            entry: dict = {"rows": n, "lists": quant.n_lists, "sample_rows": ns,
+                           "train_cpu_s": round(time.process_time() - c0, 1)}
+            home = quant.nearest(v, icfg.assign_probe)
+            for nprobe in (8, 16, 32, 64):
+                c0 = time.process_time()
+                pr = quant.probe(q, nprobe, icfg.top_probe)
+                entry[f"probe_cpu_s_per_10k_nprobe_{nprobe}"] = round((time.process_time() - c0) * 10_000 / pairs, 2)
+                entry[f"list_recall_nprobe_{nprobe}"] = round(float((pr == home[:, None]).any(1).mean()), 4)
+            a = quant.nearest(xs, icfg.assign_probe)
+            rad = np.ones(quant.n_lists, np.float32)
+            np.minimum.at(rad, a, (xs * quant.leaves[a]).sum(1))
+            ang = np.arccos(np.clip(q[:200] @ quant.leaves.T, -1, 1))
+            bound = np.arccos(np.clip(rad, -1, 1))[None, :] + np.arccos(cfg.threshold)
+            entry["triangle_exact_lists_fraction"] = round(float((ang <= bound).mean()), 3)
+            res[f"{n}{'_' + '_'.join(f'{k}_{w}' for k, w in over.items()) if over else ''}"] = entry
+            print(json.dumps(entry), flush=True)
+            del xs, quant
+    return res
+
+
+def variance_spectrum(max_images: int = 1500, seconds: float = 180.0) -> dict:
+    """Is the synthetic generator's structure like real embeddings'? The cumulative share of variance
+    in the top k principal components of unit rows: real EfficientNet-Lite0 embeddings (CPU) of
+    every 7th Debian openclipart PNG (up to max_images, or what `seconds` allows) against as many
+    `synthetic_chunk` rows. A flatter spectrum (less variance in few components) is harder to
+    partition: IVF lists then split near-isotropic noise and near copies cross list boundaries."""
+    import glob
+
+    from PIL import Image
+
+    from curation.embedding import EfficientNetLite0Embedder
+
+    def spec(x: np.ndarray) -> dict:
+        sv = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+        c = np.cumsum(sv / sv.sum())
+        return {f"top_{k}": round(float(c[min(k, len(c)) - 1]), 3) for k in (10, 50, 200, 500)}
+
+    files = sorted(glob.glob("/usr/share/openclipart/png/**/*.png", recursive=True))[::7][:max_images]
+    model = EfficientNetLite0Embedder(device="cpu", precision="fp32")
+    vecs, t0 = [], time.perf_counter()
+    for s in range(0, len(files), 64):
+        vecs.append(model.embed_images([Image.open(f).convert("RGB") for f in files[s:s + 64]]))
+        if time.perf_counter() - t0 > seconds:
+            break
+    x = np.concatenate(vecs).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return {"images": len(x), "openclipart_efficientnet_lite0": spec(x),
+            "synthetic_chunk": spec(synthetic_chunk(len(x), x.shape[1], 11, 2))}
+
+
 def scale(n_index: int, cfg: SemanticDedupConfig) -> dict:
     dim = 1280
     t0 = time.perf_counter()
@@ -634,9 +726,34 @@ def main() -> None:
     ap.add_argument("--ivf-rerun", default="",
                     help="with --ivf: comma-separated earlier-row counts to re-run with --nprobes, stored under "
                          "scale.ivf_index.reruns (the main figures are kept)")
+    ap.add_argument("--ivf-probe-recall", default="",
+                    help="comma-separated generation row counts: measure only the quantizer's list recall at fixed "
+                         "nprobe (`ivf_probe_recall`), stored under scale.ivf_index.probe_recall")
+    ap.add_argument("--ivf-spectrum", action="store_true",
+                    help="compare the synthetic rows' PCA spectrum with real embeddings (`variance_spectrum`), "
+                         "stored under scale.ivf_index.spectrum")
     ap.add_argument("--nprobes", default="8,16", help="with --ivf: the nprobe values measured on each index")
     args = ap.parse_args()
     t_all = time.perf_counter()
+    if args.ivf_spectrum:
+        out = REPO / "bench" / "results" / "semantic.json"
+        result = json.loads(out.read_text()) if out.exists() else {}
+        sp = variance_spectrum()
+        sp["date"], sp["machine"] = today(), machine()
+        result.setdefault("scale", {}).setdefault("ivf_index", {})["spectrum"] = sp
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(json.dumps(sp))
+        return
+    if args.ivf_probe_recall:
+        out = REPO / "bench" / "results" / "semantic.json"
+        result = json.loads(out.read_text()) if out.exists() else {}
+        cfg = SemanticDedupConfig(threshold=SemanticDedupConfig().for_model(DEFAULT_MODEL_ID).threshold)
+        pr = ivf_probe_recall(tuple(int(v) for v in args.ivf_probe_recall.split(",")), cfg,
+                              overrides=({}, {"leaf_iters": 3}))
+        pr["date"], pr["machine"], pr["total_s"] = today(), machine(), round(time.perf_counter() - t_all, 1)
+        result.setdefault("scale", {}).setdefault("ivf_index", {})["probe_recall"] = pr
+        out.write_text(json.dumps(result, indent=2, default=str))
+        return
     if args.ivf:
         out = REPO / "bench" / "results" / "semantic.json"
         result = json.loads(out.read_text()) if out.exists() else {}

@@ -35,6 +35,25 @@ earlier rows (times the lists' fill), but the time does not: the centroid search
 the pre-filter's survivors (finer lists hold closer rows), each verified by a random read of its
 vector. Results depend only on the quantizer and the parts' rows, not on how rows are grouped into
 parts (the row order within a list only orders equal results).
+
+Why recall falls at a fixed nprobe as the corpus grows (bench/semantic.py --ivf-probe-recall,
+``scale.ivf_index.probe_recall``: the quantizer alone, the fraction of planted copies whose list
+is probed): with list_rows fixed, finer lists cut the synthetic rows' structureless within-topic
+noise (1280 i.i.d. dimensions below 200 topics) into more cells, so a copy at cosine 0.968 lands
+outside its query's nprobe nearest lists more often: nprobe 16 gives 1.0 at 3.9k lists (1M rows),
+0.97 at 7.8k (2M), 0.69 at 18.5k (4.7M); nprobe 32 gives 0.985 there. It is not the top level
+(top_probe 8 or 16: unchanged), not the sample size (148k rows instead of 131k: 0.72), and
+spilling a row into its second list would add little (0.76 at nprobe 16); leaf_iters 3 helps at
+nprobe 16 (0.83), not at 32. The exact triangle-inequality bound (read every list whose radius
+plus acos(threshold) reaches the query) admits 2.6-4% of the lists at 1M-4.7M rows (41% at
+100k; radii measured on the training sample, so a lower bound): 65k-125k rows per query, exact,
+but linear in the corpus. So on this generator a bounded query needs nprobe to grow with the
+lists (32 at 5M: cost 4.8x that of 100k, recall 0.9965); the 2x target is not met.
+The generator is likely pessimistic here: its spectrum is much flatter than real embeddings'
+(bench --ivf-spectrum, ``scale.ivf_index.spectrum``: the top 10 / 50 principal components hold
+9% / 34% of the variance of synthetic rows, 44% / 68% of EfficientNet-Lite0 embeddings of 1,161
+openclipart images), and real near copies' offsets are not measured; the IVF figures above were
+not re-measured on a more realistic generator.
 """
 
 from __future__ import annotations

@@ -164,3 +164,17 @@ def test_store_matches_the_streaming_path_and_checks_settings(corpus, tmp_path):
     with pytest.raises(IndexSettingsError, match="n_bands"):
         store.check_settings(index_settings(dataclasses.replace(cfg, n_bands=32), None, DIM))
     store.check_settings(index_settings(cfg, dataclasses.replace(icfg, nprobe=16), DIM))  # query-only setting
+
+
+def test_probe_recall_proxy_counts_lists_that_hold_the_copy():
+    """bench ivf_probe_recall: the list recall grows with nprobe and reaches 1 when every list is
+    probed; the triangle bound is a fraction of the lists."""
+    from bench.semantic import ivf_probe_recall
+
+    res = ivf_probe_recall((2_000,), CFG, overrides=({"list_rows": 64, "sample_rows": 2_000, "top_probe": 64},),
+                           pairs=100, dim=64, shard_rows=1_000)
+    e = res["2000_list_rows_64_sample_rows_2000_top_probe_64"]
+    assert e["lists"] == 31
+    rec = [e[f"list_recall_nprobe_{k}"] for k in (8, 16, 32, 64)]
+    assert rec == sorted(rec) and rec[-1] == 1.0 and rec[0] < 1.0
+    assert 0.0 < e["triangle_exact_lists_fraction"] <= 1.0
