@@ -247,7 +247,10 @@ def step_profile(paths: list[Path], cfg: InventoryConfig) -> dict[str, float]:
     """CPU ms per image of each step of the stage, run step by step with the library's own
     functions (the per-group functions of `curation.imaging.analyse`), in one process."""
     from curation.imaging import analyse, hash_batch, hash_inputs
-    from curation.imaging.metrics import analysis_image
+    from curation.imaging.content import content_signals
+    from curation.imaging.convert import composite, orient
+    from curation.imaging.features import image_features
+    from curation.imaging.metrics import analysis_image, grey_of
     from curation.imaging.policy import pillow_guard
     from curation.reader import read_source
 
@@ -270,14 +273,24 @@ def step_profile(paths: list[Path], cfg: InventoryConfig) -> dict[str, float]:
         with pillow_guard(a.max_pixels):
             img, header = analyse.decode_first_frame(data, a, {})
             t = tick("decode (header, first frame, draft, EXIF)", t)
-            flat, _ = analyse.flatten_oriented(img, a, header["orientation"])
-            t = tick("8 bits, box reduce, composite, orient", t)
-            grey = analysis_image(flat, a.analysis_size)
+            frame = analyse.prepare_frame(img, a)
+            t = tick("8 bits, box reduce", t)
+            flat, _ = composite(frame, a.background)
+            t = tick("composite", t)
+            grey_full = grey_of(flat)
+            t = tick("grey conversion (content signals + analysis image)", t)
+            content_signals(img, frame, grey_full, a.analysis_size)
+            t = tick("content signals", t)
+            flat, grey_full = orient(flat, header["orientation"]), orient(grey_full, header["orientation"])
+            t = tick("orient", t)
+            grey = analysis_image(grey_full, a.analysis_size)
             t = tick("analysis resize (grey S x S)", t)
             analyse.measure_grey(grey)
             t = tick("grey metrics", t)
             analyse.measure_colour(flat)
             t = tick("colour means", t)
+            image_features(flat)
+            t = tick("image features (8 x 8 thumbnail)", t)
             hins.append(hash_inputs(grey))
             t = tick("hash image (64 x 64)", t)
     x = np.stack(hins)

@@ -58,6 +58,7 @@ from curation.imaging.metrics import (
     analysis_image,
     color_means,
     grey_metrics,
+    grey_of,
     hash_inputs,
 )
 from curation.imaging.policy import (
@@ -168,9 +169,10 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
             # ---- analysis (our code: any failure here is an INTERNAL_ERROR)
             frame = prepare_frame(img, cfg)
             flat, has_alpha = composite(frame, cfg.background)
-            content = content_signals(img, frame, flat, cfg.analysis_size)  # kind-of-picture signals (opaque pixels)
+            grey = grey_of(flat)  # one grey conversion for the content signals and the analysis image
+            content = content_signals(img, frame, grey, cfg.analysis_size)  # kind-of-picture signals (opaque pixels)
             flat = orient(flat, header["orientation"])
-            grey_img = analysis_image(flat, cfg.analysis_size)
+            grey_img = analysis_image(orient(grey, header["orientation"]), cfg.analysis_size)  # L: no conversion
             out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img), **content,
                    **image_features(flat)}
             hin = hash_inputs(grey_img)

@@ -27,6 +27,7 @@ import math
 import numpy as np
 from PIL import Image
 
+from curation.imaging.content import hist_u8
 from curation.imaging.hashes import WHASH_IMAGE_SCALE
 from curation.imaging.lanczos import LANCZOS
 
@@ -57,7 +58,7 @@ def color_means(flat: Image.Image) -> tuple[float, float, float]:
 
 def grey_metrics(grey: np.ndarray) -> dict[str, float]:
     """brightness, contrast, entropy (bits) and sharpness (Laplacian variance) of a uint8 array."""
-    hist = np.bincount(grey.reshape(-1), minlength=256).astype(np.float64)
+    hist = hist_u8(grey).astype(np.float64)
     n = float(grey.size)
     mean = float(hist @ _LEVELS) / n
     variance = max(0.0, float(hist @ (_LEVELS * _LEVELS)) / n - mean * mean)
@@ -74,10 +75,16 @@ def grey_metrics(grey: np.ndarray) -> dict[str, float]:
     return {"brightness": mean, "contrast": math.sqrt(variance), "entropy": abs(entropy), "sharpness": sharpness}
 
 
+def grey_of(flat: Image.Image) -> Image.Image:
+    """The L image (ITU-R 601 luma) of an L or RGB image. A per-pixel map: it commutes with `orient`,
+    so the grey of the composited frame serves the content signals and the analysis image alike."""
+    return flat if flat.mode == "L" else flat.convert("L")
+
+
 def analysis_image(flat_oriented: Image.Image, analysis_size: int = DEFAULT_ANALYSIS_SIZE) -> Image.Image:
-    """THE grey analysis image: L, resized (antialiased BILINEAR) to analysis_size x analysis_size."""
-    grey = flat_oriented if flat_oriented.mode == "L" else flat_oriented.convert("L")
-    return grey.resize((analysis_size, analysis_size), ANALYSIS_FILTER)
+    """THE grey analysis image: L, resized (antialiased BILINEAR) to analysis_size x analysis_size
+    (an L image, e.g. `grey_of(flat)`, is not converted again)."""
+    return grey_of(flat_oriented).resize((analysis_size, analysis_size), ANALYSIS_FILTER)
 
 
 def hash_image(grey: Image.Image) -> Image.Image:

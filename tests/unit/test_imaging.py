@@ -369,3 +369,20 @@ def test_garbage_gets_a_code_and_bugs_become_internal_error(monkeypatch):
     assert rec["error_code"] == errors.INTERNAL_ERROR
     assert "simulated bug" in rec["error_message"]
     assert rec["ahash"] is None
+
+
+def test_uint8_histogram_and_shared_grey_equal_the_numpy_and_per_call_versions():
+    from curation.imaging.content import HIST_MIN, hist_u8
+    from curation.imaging.metrics import grey_of
+
+    rng = np.random.default_rng(3)
+    grey = np.asarray(Image.fromarray(skimage.data.camera()).resize((300, 200)))
+    for a in (np.zeros(0, np.uint8), rng.integers(0, 256, HIST_MIN - 1, dtype=np.uint8),
+              rng.integers(0, 256, HIST_MIN, dtype=np.uint8), grey, grey[::2, 1:], np.full((90, 90), 255, np.uint8)):
+        h = hist_u8(a)
+        assert h.dtype == np.int64 and h.shape == (256,)
+        assert np.array_equal(h, np.bincount(a.reshape(-1), minlength=256))
+    rgb = Image.fromarray(skimage.data.astronaut()).resize((310, 170))
+    for o in range(1, 9):  # the grey conversion commutes with the EXIF transposes
+        shared = im.analysis_image(im.orient(grey_of(rgb), o))
+        assert np.array_equal(np.asarray(shared), np.asarray(im.analysis_image(im.orient(rgb, o))))
