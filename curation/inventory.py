@@ -16,7 +16,8 @@ Execution model
     (`curation.imaging.decode_and_measure`), sending one small result per file (measurements plus
     the 4 KiB 64 x 64 hash image). The parent computes the perceptual hashes per output batch
     with the vectorised `imaging.hash_batch`: pHash and dHash (what dedup reads), plus aHash and
-    wHash when `cfg.extra_hashes` (else those two columns are null).
+    wHash when `cfg.extra_hashes` (else those two columns are null), and the 256-bit pHash
+    (`imaging.phash256_batch`, column ``phash256``: dedup's verification of candidate pairs).
   * Time bound: the parent knows which file each worker is on and since when; a file that takes
     longer than `cfg.decode_timeout_s` gets a TIMEOUT row, its worker is killed (SIGKILL) and
     replaced, and the rest of that worker's queued files are re-queued.
@@ -45,6 +46,7 @@ from curation import errors
 from curation.imaging import (
     BACKGROUND,
     DEFAULT_ANALYSIS_SIZE,
+    DETAIL_COLUMN,
     EXTRA_HASHES,
     HASH_COLUMNS,
     KEPT_HASHES,
@@ -54,6 +56,7 @@ from curation.imaging import (
     AnalysisConfig,
     decode_and_measure,
     hash_batch,
+    phash256_batch,
 )
 from curation.reader import InputError, read_source
 from curation.schema import INVENTORY_SCHEMA, MANIFEST_SCHEMA, conform
@@ -166,6 +169,12 @@ def _build_batch(manifest: pl.DataFrame, start: int, results: list[dict[str, Any
             for j, i in enumerate(ok):
                 column[i] = values[j]
     cols.update(hashes)
+    detail: list[bytes | None] = [None] * n
+    if ok:
+        packed = phash256_batch(np.stack([results[i]["hash_input"] for i in ok]))
+        for j, i in enumerate(ok):
+            detail[i] = packed[j].tobytes()
+    cols[DETAIL_COLUMN] = detail
     df = pl.DataFrame(cols, schema=INVENTORY_SCHEMA, strict=False)
     return conform(df, INVENTORY_SCHEMA)
 

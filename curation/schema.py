@@ -53,6 +53,7 @@ INVENTORY_SCHEMA: Schema = {
     "entropy": pl.Float32,  # Shannon entropy of the grey histogram, bits (0..8)
     "sharpness": pl.Float32,  # variance of the Laplacian of the analysis-size grey image
     "thumb_rgb": pl.Binary,  # 8x8 RGB thumbnail of the composited image (192 bytes): dedup verification
+    "phash256": pl.Binary,  # 256-bit pHash of the hash image (32 bytes): dedup verification
     "decode_ms": pl.Float32,
     "error_code": pl.String,  # null when the image was analysed; else a code from curation.errors
     "error_message": pl.String,

@@ -130,7 +130,7 @@ STAGES: tuple[Stage, ...] = (
                      "image_classifications, which never trains it."),
     ),
     Stage(
-        RAW_INVENTORY, (), "ingest", CURATE, in_report=True, algorithm=3,  # 2: edge ratios, clipping; 3: texture
+        RAW_INVENTORY, (), "ingest", CURATE, in_report=True, algorithm=4,  # 2: edge ratios, clipping; 3: texture; 4: phash256
         compute=Compute(cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi"),
         checks=("inventory_matches_manifest",),
         description=("One row per file in the shard's manifest, never fewer: URI, bytes, mtime, sha256, format, "
@@ -138,7 +138,7 @@ STAGES: tuple[Stage, ...] = (
                      "unreadable files get an error code and message, and the shard still succeeds."),
     ),
     Stage(
-        DEDUP_CLUSTERS, (RAW_INVENTORY,), "dedup", CURATE, in_report=True,
+        DEDUP_CLUSTERS, (RAW_INVENTORY,), "dedup", CURATE, in_report=True, algorithm=2,  # 2: 256-bit pHash check
         compute=Compute(cpu="2", memory="8Gi"), retry=WAIT_FOR_EARLIER,
         checks=("dedup_representatives_exist",),
         also_writes=(Dataset(

@@ -152,6 +152,7 @@ class DedupSettings(StageConfig):
         "max_chroma_diff": NON_NEGATIVE, "min_contrast": NON_NEGATIVE, "min_entropy": NON_NEGATIVE,
         "pair_batch": POSITIVE, "index_batch": POSITIVE,
         "max_thumb_diff": (lambda v: 0 <= v <= 255, "a channel difference in [0, 255]"),
+        "max_detail_distance": (lambda v: 0 <= v <= 256, "a number of bits in [0, 256] (256: check off)"),
         "max_aspect_diff": NON_NEGATIVE,
         "strict_phash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
         "strict_dhash_radius": (lambda v: 0 <= v < 32, "a whole number in [0, 32)"),
@@ -167,6 +168,8 @@ class DedupSettings(StageConfig):
     index_batch: int = Field(default=_DEDUP.index_batch, description="index rows streamed per batch")
     max_thumb_diff: int = Field(default=_DEDUP.max_thumb_diff,
                                 description="verification: max difference of any 8x8 RGB thumbnail cell/channel")
+    max_detail_distance: int = Field(default=_DEDUP.max_detail_distance,
+                                     description="verification: max 256-bit pHash Hamming distance (256: off)")
     max_aspect_diff: float = Field(default=_DEDUP.max_aspect_diff,
                                    description="verification: max |log(w/h)| difference of a duplicate pair")
     strict_phash_radius: int = Field(default=_DEDUP.strict_phash_radius,

@@ -1,7 +1,7 @@
 """Stage 2: exact and near-duplicate clustering of one shard against itself and all earlier shards.
 
 Modules: `config` (DedupConfig, INDEX_SCHEMA, flags), `keys` (block plan, composite keys, slots),
-`verify` (two-stage verification: thumbnails, aspect, chromaticity), `supersede` (best copy across
+`verify` (two-stage verification: thumbnails, 256-bit pHash, aspect, chromaticity), `supersede` (best copy across
 shards: supersede records and the corpus-level keep decision), `search` (within-shard near pairs), `cluster`
 (leader clustering), `query` (cross-shard query), `prepare` (per-shard arrays, representative
 ranking), `earlier` (matching against the earlier index) and `shard` (the `dedup_shard` pipeline).
@@ -15,11 +15,12 @@ Overview
   (pHash Hamming distance <= ``phash_radius`` 4 AND dHash <= ``dhash_radius`` 8: wide enough for
   neighbouring sizes, SVG re-renders and <= 48 px images); each candidate is then verified on
   features stage 1 stores in the inventory and this stage copies into its index: the 8x8 RGB
-  thumbnail of the white-composited image (every cell and channel within ``max_thumb_diff``) and
-  the aspect ratio (`verify`). Rows without a thumbnail (inventories written before it existed)
-  take the strict one-stage rule (pHash <= 2, dHash <= 4, chromaticity). Only *eligible* images
-  (enough contrast and grey-level entropy) take part: the hashes of flat or near-empty images
-  carry no information.
+  thumbnail of the white-composited image (every cell and channel within ``max_thumb_diff``), the
+  aspect ratio and the 256-bit pHash (``phash256`` within ``max_detail_distance`` bits: the detail
+  the 8x8 thumbnail cannot see, which look-alikes differ in; `verify`). Rows without a thumbnail
+  (inventories written before it existed) take the strict one-stage rule (pHash <= 2, dHash <= 4,
+  chromaticity). Only *eligible* images (enough contrast and grey-level entropy) take part: the
+  hashes of flat or near-empty images carry no information.
 * **No chaining.** Clusters are built by leader (star) clustering in representative-priority order:
   an image joins a cluster only if it is within the radii of the cluster's *representative itself*.
   Connected components over pair links would chain A~B~C into one cluster although A and C differ.

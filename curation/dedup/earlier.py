@@ -21,7 +21,7 @@ import polars as pl
 from curation.dedup.config import FLAG_ELIGIBLE, FLAG_REP, FLAG_SAME_BYTES, FLAG_SUPERSEDES, DedupConfig
 from curation.dedup.prepare import Assignment, ShardArrays
 from curation.dedup.query import query_index
-from curation.dedup.verify import VerifyFeatures
+from curation.dedup.verify import VerifyFeatures, detail_array
 from curation.imaging.features import thumb_array
 
 __all__ = ["best_earlier_match", "index_features", "match_exact_earlier", "match_near_earlier"]
@@ -35,11 +35,13 @@ def best_earlier_match(candidates: pl.DataFrame, order: list[str]) -> pl.DataFra
 
 
 def index_features(rows: pl.DataFrame) -> VerifyFeatures:
-    """`VerifyFeatures` of INDEX_SCHEMA rows (chroma, thumbnails, sizes; nulls where absent)."""
+    """`VerifyFeatures` of INDEX_SCHEMA rows (chroma, thumbnails, 256-bit pHashes, sizes; nulls where
+    absent)."""
     chroma = rows.select("chroma_r", "chroma_g", "chroma_b").to_numpy().astype(np.uint8)
     thumb, has = thumb_array(rows["thumb_rgb"].to_list())
+    detail, has_d = detail_array(rows["phash256"].to_list()) if "phash256" in rows.columns else (None, None)
     return VerifyFeatures.build(chroma, thumb, has, rows["width"].cast(pl.Float64).to_numpy(),
-                                rows["height"].cast(pl.Float64).to_numpy())
+                                rows["height"].cast(pl.Float64).to_numpy(), detail, has_d)
 
 
 def match_exact_earlier(a: ShardArrays, is_canon: np.ndarray, earlier: pl.DataFrame, asg: Assignment) -> None:

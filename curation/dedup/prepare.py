@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from curation.dedup.config import DedupConfig
-from curation.dedup.verify import VerifyFeatures, chromaticity
+from curation.dedup.verify import VerifyFeatures, chromaticity, detail_array
 from curation.imaging.features import thumb_array
 
 __all__ = ["Assignment", "ShardArrays", "prepare_arrays", "representative_rank"]
@@ -42,6 +42,7 @@ class ShardArrays:
     height: np.ndarray  # int64 (-1 where null)
     nbytes: np.ndarray  # int64 file size (-1 where null)
     thumb_rgb: pl.Series  # Binary (null where absent)
+    phash256: pl.Series  # Binary (null where absent)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def representative_rank(current: pl.DataFrame) -> np.ndarray:
 
 def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
     """The arrays of one shard's inventory rows (see `ShardArrays`); missing optional columns
-    (shard, error_code, sha256, colour means, contrast, entropy, thumb_rgb) count as null."""
+    (shard, error_code, sha256, colour means, contrast, entropy, thumb_rgb, phash256) count as null."""
     n = current.height
     cols = current.columns
     err = current["error_code"].is_not_null().to_numpy() if "error_code" in cols else np.zeros(n, bool)
@@ -110,6 +111,9 @@ def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
     width, height = _arr(current, "width", np.int64, -1), _arr(current, "height", np.int64, -1)
     thumbs = current["thumb_rgb"].cast(pl.Binary) if "thumb_rgb" in cols else pl.Series([None] * n, dtype=pl.Binary)
     tarr, has_t = thumb_array(thumbs.to_list())
+    details = (current["phash256"].cast(pl.Binary) if "phash256" in cols
+               else pl.Series([None] * n, dtype=pl.Binary))
+    darr, has_d = detail_array(details.to_list())
     return ShardArrays(
         n=n,
         image_id=current["image_id"].cast(pl.String),
@@ -122,9 +126,10 @@ def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
         sha64=_sha64(current["sha256"]) if "sha256" in cols else np.zeros(n, np.uint64),
         chroma=chroma,
         rank=representative_rank(current),
-        feats=VerifyFeatures.build(chroma, tarr, has_t, width, height),
+        feats=VerifyFeatures.build(chroma, tarr, has_t, width, height, darr, has_d),
         width=width,
         height=height,
         nbytes=_arr(current, "bytes", np.int64, -1),
         thumb_rgb=thumbs,
+        phash256=details,
     )

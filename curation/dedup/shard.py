@@ -211,6 +211,7 @@ def build_index(
         "height": pl.Series(a.height[h], dtype=pl.Int64),
         "bytes": pl.Series(a.nbytes[h], dtype=pl.Int64),
         "thumb_rgb": a.thumb_rgb.gather(h),
+        "phash256": a.phash256.gather(h),
         "supersedes": pl.Series([sup[1][i] for i in h.tolist()], dtype=pl.String),
         "superseded_shard": pl.Series([sup[2][i] for i in h.tolist()], dtype=pl.String),
     }).with_columns(

@@ -5,8 +5,10 @@ Stage one (the search, `near_pairs` / `query_index`) yields every pair within th
 candidate pair when
 
 * both images have a stored thumbnail (`curation.imaging.features`, ``thumb_rgb``): their aspect
-  ratios agree (|log(w/h) difference| <= ``max_aspect_diff``) and every cell and channel of the two
-  8x8 RGB thumbnails differs by at most ``max_thumb_diff`` levels;
+  ratios agree (|log(w/h) difference| <= ``max_aspect_diff``), every cell and channel of the two
+  8x8 RGB thumbnails differs by at most ``max_thumb_diff`` levels and, where both also have a
+  256-bit pHash (``phash256``, `curation.imaging.hashes.phash256_batch`), those differ in at most
+  ``max_detail_distance`` bits (rows analysed before that column existed skip this last check);
 * otherwise (rows written before thumbnails existed): pHash distance <= ``strict_phash_radius``,
   dHash distance <= ``strict_dhash_radius`` and every chromaticity channel differs by at most
   ``max_chroma_diff`` (see `chromaticity`), the rule of the one-stage search.
@@ -24,9 +26,10 @@ import numpy as np
 
 from curation.dedup.config import DedupConfig
 from curation.dedup.keys import bit_field
-from curation.imaging.features import THUMB_BYTES
+from curation.imaging.features import THUMB_BYTES, bytes_array
+from curation.imaging.hashes import DETAIL_BYTES
 
-__all__ = ["VerifyFeatures", "as_features", "chroma_limit", "chromaticity", "verify_candidates"]
+__all__ = ["VerifyFeatures", "as_features", "chroma_limit", "chromaticity", "detail_array", "verify_candidates"]
 
 
 def chromaticity(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -42,33 +45,53 @@ def chroma_limit(cfg: DedupConfig) -> int:
     return int(np.floor(cfg.max_chroma_diff * 255.0 + 1e-9))
 
 
+def detail_array(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, DETAIL_BYTES) uint8 array of ``phash256`` values and a bool mask of the rows that have
+    one (null or wrong-length values are zero rows with mask False)."""
+    return bytes_array(values, DETAIL_BYTES)
+
+
 @dataclass(frozen=True)
 class VerifyFeatures:
     """Per-image verification inputs (length n): chroma uint8 (n, 3); thumb uint8 (n, THUMB_BYTES),
     has_thumb bool (n,) and log_aspect float32 (n,) = log(width / height), or all three None when
-    no image has a thumbnail (every pair then takes the strict rule)."""
+    no image has a thumbnail (every pair then takes the strict rule); detail uint8 (n, DETAIL_BYTES)
+    256-bit pHashes with has_detail bool (n,), or both None when no image has one."""
 
     chroma: np.ndarray
     thumb: np.ndarray | None = None
     has_thumb: np.ndarray | None = None
     log_aspect: np.ndarray | None = None
+    detail: np.ndarray | None = None
+    has_detail: np.ndarray | None = None
 
     def take(self, idx: np.ndarray) -> VerifyFeatures:
         if self.thumb is None:
             return VerifyFeatures(self.chroma[idx])
-        return VerifyFeatures(self.chroma[idx], self.thumb[idx], self.has_thumb[idx], self.log_aspect[idx])  # type: ignore[index]
+        detail = None if self.detail is None else self.detail[idx]
+        has_detail = None if self.has_detail is None else self.has_detail[idx]
+        return VerifyFeatures(self.chroma[idx], self.thumb[idx], self.has_thumb[idx], self.log_aspect[idx],  # type: ignore[index]
+                              detail, has_detail)
 
     @classmethod
     def build(cls, chroma: np.ndarray, thumb: np.ndarray | None, has_thumb: np.ndarray | None,
-              width: np.ndarray | None, height: np.ndarray | None) -> VerifyFeatures:
-        """From thumbnails (`curation.imaging.features.thumb_array`) and pixel sizes (null/0 -> 1)."""
+              width: np.ndarray | None, height: np.ndarray | None,
+              detail: np.ndarray | None = None, has_detail: np.ndarray | None = None) -> VerifyFeatures:
+        """From thumbnails (`curation.imaging.features.thumb_array`), pixel sizes (null/0 -> 1) and
+        256-bit pHashes (`detail_array`; optional)."""
         chroma = np.ascontiguousarray(chroma, dtype=np.uint8).reshape(-1, 3)
         if thumb is None or has_thumb is None or not bool(np.any(has_thumb)):
             return cls(chroma)
         w = np.maximum(np.nan_to_num(np.asarray(width, dtype=np.float64), nan=1.0), 1.0)
         h = np.maximum(np.nan_to_num(np.asarray(height, dtype=np.float64), nan=1.0), 1.0)
         thumb = np.ascontiguousarray(thumb, dtype=np.uint8).reshape(-1, THUMB_BYTES)
-        return cls(chroma, thumb, np.asarray(has_thumb, dtype=bool), np.log(w / h).astype(np.float32))
+        if detail is None or has_detail is None or not bool(np.any(has_detail)):
+            detail = has_detail = None
+        else:
+            detail = np.ascontiguousarray(detail, dtype=np.uint8).reshape(-1, DETAIL_BYTES)
+            has_detail = np.asarray(has_detail, dtype=bool)
+        return cls(chroma, thumb, np.asarray(has_thumb, dtype=bool), np.log(w / h).astype(np.float32),
+                   detail, has_detail)
 
 
 def as_features(x: VerifyFeatures | np.ndarray) -> VerifyFeatures:
@@ -77,7 +100,8 @@ def as_features(x: VerifyFeatures | np.ndarray) -> VerifyFeatures:
 
 
 def _thumb_ok(fa: VerifyFeatures, fb: VerifyFeatures, a: np.ndarray, b: np.ndarray, cfg: DedupConfig) -> np.ndarray:
-    """Aspect and largest thumbnail cell difference within the limits (pairs that both have one)."""
+    """Aspect, largest thumbnail cell difference and (pairs that both have one) 256-bit pHash
+    distance within the limits (pairs that both have a thumbnail)."""
     ok = np.abs(fa.log_aspect[a] - fb.log_aspect[b]) <= cfg.max_aspect_diff  # type: ignore[index]
     out = np.zeros(len(a), dtype=bool)
     idx = np.flatnonzero(ok)
@@ -85,6 +109,12 @@ def _thumb_ok(fa: VerifyFeatures, fb: VerifyFeatures, a: np.ndarray, b: np.ndarr
         k = idx[s:s + (1 << 16)]
         d = np.abs(fa.thumb[a[k]].astype(np.int16) - fb.thumb[b[k]].astype(np.int16)).max(axis=1)  # type: ignore[index]
         out[k] = d <= cfg.max_thumb_diff
+    if fa.detail is not None and fb.detail is not None:
+        idx = np.flatnonzero(out & fa.has_detail[a] & fb.has_detail[b])  # type: ignore[index]
+        for s in range(0, len(idx), 1 << 16):
+            k = idx[s:s + (1 << 16)]
+            bits = np.bitwise_count(fa.detail[a[k]] ^ fb.detail[b[k]]).sum(axis=1, dtype=np.int32)
+            out[k] = bits <= cfg.max_detail_distance
     return out
 
 

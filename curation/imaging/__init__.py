@@ -31,6 +31,8 @@ from curation.imaging.convert import (
     to_8bit,
 )
 from curation.imaging.hashes import (
+    DETAIL_BYTES,
+    DETAIL_COLUMN,
     EXTRA_HASHES,
     HASH_COLUMNS,
     HASH_INPUT_LEN,
@@ -43,6 +45,7 @@ from curation.imaging.hashes import (
     hamming,
     hash_batch,
     pack_bits,
+    phash256_batch,
     phash_batch,
     whash_batch,
 )
@@ -83,6 +86,8 @@ __all__ = [
     "DEFAULT_ANALYSIS_SIZE",
     "DEFAULT_BACKGROUND",
     "DEFAULT_MAX_PIXELS",
+    "DETAIL_BYTES",
+    "DETAIL_COLUMN",
     "EXTRA_HASHES",
     "FLAT_CONTRAST",
     "FLAT_ENTROPY",
@@ -122,6 +127,7 @@ __all__ = [
     "open_header",
     "orient",
     "pack_bits",
+    "phash256_batch",
     "phash_batch",
     "pillow_guard",
     "rgb_opener",

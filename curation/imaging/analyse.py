@@ -51,7 +51,7 @@ from curation.imaging.convert import (
     to_8bit,
 )
 from curation.imaging.features import FEATURE_COLUMNS, image_features
-from curation.imaging.hashes import HASH_COLUMNS, WHASH_IMAGE_SCALE, hash_batch
+from curation.imaging.hashes import DETAIL_COLUMN, HASH_COLUMNS, WHASH_IMAGE_SCALE, hash_batch, phash256_batch
 from curation.imaging.limits import BACKGROUND, MAX_PIXELS
 from curation.imaging.metrics import (
     DEFAULT_ANALYSIS_SIZE,
@@ -181,12 +181,15 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
 
 
 def analyse_image(data: bytes, cfg: AnalysisConfig = AnalysisConfig()) -> dict[str, Any]:
-    """Convenience for one image: measurements plus the four hashes (python ints or None)."""
+    """Convenience for one image: measurements plus the four hashes (python ints or None) and the
+    256-bit pHash (``phash256``, 32 bytes or None)."""
     rec = decode_and_measure(data, cfg)
     hin = rec.pop("hash_input")
     if hin is None:
         rec.update({k: None for k in HASH_COLUMNS})
+        rec[DETAIL_COLUMN] = None
     else:
         hashes = hash_batch(hin[None, :])
         rec.update({k: int(v[0]) for k, v in hashes.items()})
+        rec[DETAIL_COLUMN] = phash256_batch(hin[None, :])[0].tobytes()
     return rec

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["FEATURE_COLUMNS", "THUMB_BYTES", "THUMB_SIDE", "image_features", "thumb_array"]
+__all__ = ["FEATURE_COLUMNS", "THUMB_BYTES", "THUMB_SIDE", "bytes_array", "image_features", "thumb_array"]
 
 THUMB_SIDE = 8
 THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
@@ -41,14 +41,20 @@ def image_features(flat: Image.Image) -> dict[str, Any]:
     return {"thumb_rgb": np.asarray(thumb, dtype=np.uint8).tobytes()}
 
 
-def thumb_array(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, THUMB_BYTES) uint8 array of ``thumb_rgb`` values and a bool mask of the rows that have
+def bytes_array(values: list[bytes | None], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, width) uint8 array of fixed-width binary values and a bool mask of the rows that have
     one (null or wrong-length values are zero rows with mask False)."""
     n = len(values)
-    out = np.zeros((n, THUMB_BYTES), dtype=np.uint8)
+    out = np.zeros((n, width), dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
     for i, v in enumerate(values):
-        if v is not None and len(v) == THUMB_BYTES:
+        if v is not None and len(v) == width:
             out[i] = np.frombuffer(v, dtype=np.uint8)
             ok[i] = True
     return out, ok
+
+
+def thumb_array(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, THUMB_BYTES) uint8 array of ``thumb_rgb`` values and a bool mask of the rows that have
+    one (null or wrong-length values are zero rows with mask False)."""
+    return bytes_array(values, THUMB_BYTES)

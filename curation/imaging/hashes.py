@@ -25,6 +25,8 @@ WHASH_IMAGE_SCALE = 64
 # The per-image hash input is the 64 x 64 hash image, flattened (uint8).
 HASH_INPUT_LEN = WHASH_IMAGE_SCALE * WHASH_IMAGE_SCALE
 HASH_COLUMNS = ("ahash", "dhash", "phash", "whash")
+DETAIL_COLUMN = "phash256"  # Binary: the 256-bit pHash (`phash256_batch`), dedup's verification feature
+DETAIL_BYTES = 32
 
 _BIT_WEIGHTS = np.left_shift(np.uint64(1), np.arange(63, -1, -1, dtype=np.uint64))
 
@@ -59,6 +61,26 @@ def phash_batch(pixels: np.ndarray) -> np.ndarray:
     low = dct[:, :8, :8].reshape(len(p), 64)
     med = np.median(low, axis=1)
     return pack_bits(low > med[:, None])
+
+
+def phash256_batch(pixels: np.ndarray) -> np.ndarray:
+    """256-bit pHash of (N, 64, 64) uint8 hash images: batched 2-D DCT-II, 16x16 low band > its
+    median, packed row-major, first bit most significant (N, 32) uint8 (== the bytes of
+    imagehash.phash(hash_image, hash_size=16), whose 64 x 64 LANCZOS input is the hash image
+    itself). Dedup's verification feature (`DETAIL_COLUMN`): at 16 x 16 frequencies it tells apart
+    look-alikes the 64-bit hashes and the 8 x 8 thumbnail cannot (two shirts of one cut, a family of
+    line drawings), while resizes and re-encodes of one picture keep it within ~40 bits. Cost, in
+    the parent per output batch: ~53 CPU-us per image in batches of 2,048 (dHash + pHash: ~68), ~2%
+    of stage 1."""
+    import scipy.fftpack  # here, not at import (see phash_batch)
+
+    p = np.asarray(pixels, dtype=np.float64).reshape(-1, WHASH_IMAGE_SCALE, WHASH_IMAGE_SCALE)
+    if len(p) == 0:
+        return np.zeros((0, DETAIL_BYTES), dtype=np.uint8)
+    dct = scipy.fftpack.dct(scipy.fftpack.dct(p, axis=1), axis=2)
+    low = dct[:, :16, :16].reshape(len(p), 256)
+    med = np.median(low, axis=1)
+    return np.packbits(low > med[:, None], axis=1)
 
 
 # ---- Haar wavelet steps of imagehash.whash, batched, with pywt's exact floating-point operations ----

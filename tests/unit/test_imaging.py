@@ -114,6 +114,25 @@ def test_batched_hashes_equal_imagehash_bit_for_bit():
     assert all(batch[k].dtype == np.uint64 for k in im.HASH_COLUMNS)
 
 
+def test_256_bit_phash_equals_imagehash_with_hash_size_16():
+    greys: list[Image.Image] = []
+    for name in PHOTOS:
+        flat, _ = im.flatten(Image.fromarray(getattr(skimage.data, name)()))
+        greys.append(im.hash_image(im.analysis_image(flat)))
+    for path in arcade_sprites()[:20]:
+        img = Image.open(path)
+        img.load()
+        flat, _ = im.flatten(img)
+        greys.append(im.hash_image(im.analysis_image(flat)))
+    packed = im.phash256_batch(np.stack([np.asarray(g) for g in greys]))
+    assert packed.shape == (len(greys), im.DETAIL_BYTES) and packed.dtype == np.uint8
+    for g, row in zip(greys, packed):
+        ref = imagehash.phash(g, hash_size=16)  # its 64 x 64 LANCZOS input is the hash image itself
+        assert row.tobytes().hex() == str(ref)
+    assert len({row.tobytes() for row in packed}) == len(greys)
+    assert im.phash256_batch(np.zeros((0, 64, 64), np.uint8)).shape == (0, im.DETAIL_BYTES)
+
+
 def test_batched_hash_functions_on_raw_arrays_match_imagehash():
     photo = Image.fromarray(skimage.data.coffee()).convert("L")
     crops = [photo.crop((x, y, x + 200, y + 150)) for x in (0, 100, 300) for y in (0, 120, 240)]

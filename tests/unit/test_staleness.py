@@ -93,6 +93,8 @@ def test_every_stage_asset_has_its_writers_version():
 def test_the_algorithm_number_is_part_of_the_version():
     import dataclasses
 
-    bumped = tuple(dataclasses.replace(s, algorithm=2) if s.name == "dedup_clusters" else s for s in STAGES)
+    bumped = tuple(dataclasses.replace(s, algorithm=s.algorithm + 1) if s.name == "dedup_clusters" else s for s in STAGES)
     assert changed(lineage_versions({}), lineage_versions({}, bumped)) == below("dedup_clusters")
-    assert stage("raw_inventory").algorithm == 3  # 2: the edge-ratio and clipping signals; 3: mid_ratio, flat_share, clip_boundary
+    # 2: the edge-ratio and clipping signals; 3: mid_ratio, flat_share, clip_boundary; 4: phash256
+    assert stage("raw_inventory").algorithm == 4
+    assert stage("dedup_clusters").algorithm == 2  # 2: the 256-bit pHash check

@@ -1,0 +1,132 @@
+"""Dedup precision as the corpus grows (not a test; not in `make bench`: 6 min at 300k, 28 at 1M, 2 cores).
+
+Why: on the 3,722-image labelled set (bench/accuracy.py) the hash pass links look-alikes rarely,
+but look-alike pairs grow with the square of the corpus, and the million-image run
+(bench/million.py) measured pair precision 0.53 at 1M. This bench reproduces that growth at a size
+that runs in minutes and compares verification rules side by side on the same inventory:
+
+1. the corpus: `bench.million_corpus.generate` (the million run's generator: packaged clip art,
+   sprites, Fashion-MNIST, photo tiles; 11 duplicate variants per base, hue shifts as negatives),
+   `--images` images, cached under `--work`;
+2. stage 1: `curation.inventory.iter_inventory` (2 workers), cached as `<work>/inventory.parquet`;
+3. the hash pass as the pipeline runs it: `dedup_shard` per shard of `--shard-size` in listing
+   order, each against the index of every earlier shard, once per rule:
+   * `default`: `DedupConfig()`;
+   * `no_detail_check`: the same with the 256-bit pHash check off (`max_detail_distance=256`), the
+     rule before the check existed;
+4. pair precision / recall on the manifest's groups (bench.accuracy.pair_scores), overall, for
+   images <= 48 px, per base kind and at nested prefixes of the shards (corpus-size growth).
+
+Writes bench/results/dedup_scale.json (`runs.<images>`; a run at another size keeps the others).
+Usage: python -m bench.dedup_scale [--images 300000]; the committed runs: 300,000 and 1,000,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import polars as pl
+
+from bench.accuracy import pair_scores
+from bench.common import machine, today
+from bench.million_corpus import generate
+from curation.dedup import DedupConfig
+from curation.dedup.shard import dedup_shard
+from curation.inventory import InventoryConfig, iter_inventory
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "results" / "dedup_scale.json"
+RULES = {"default": DedupConfig(), "no_detail_check": DedupConfig(max_detail_distance=256)}
+
+
+def inventory(work: Path, manifest: pl.DataFrame, root: Path) -> pl.DataFrame:
+    cached = work / "inventory.parquet"
+    if cached.exists():
+        inv = pl.read_parquet(cached)
+        if "phash256" in inv.columns and inv.height == manifest.height:
+            return inv
+    uris = [str(root / p) for p in manifest["path"]]
+    man = pl.DataFrame({"image_id": [hashlib.sha1(u.encode()).hexdigest()[:16] for u in uris], "uri": uris,
+                        "rel_path": manifest["path"], "listed_bytes": manifest["bytes"],
+                        "listed_mtime": [0.0] * len(uris)})
+    t0 = time.perf_counter()
+    inv = pl.concat(list(iter_inventory(man, "s", str(root), InventoryConfig(), workers=2, batch_size=2048)))
+    print(f"stage 1: {inv.height} images in {time.perf_counter() - t0:.0f} s", flush=True)
+    inv.write_parquet(cached)
+    return inv
+
+
+def run_rule(inv: pl.DataFrame, shard_size: int, cfg: DedupConfig) -> tuple[pl.DataFrame, float]:
+    """The hash pass shard by shard (listing order), each against every earlier shard's index."""
+    outs, index = [], None
+    t0 = time.process_time()
+    for seq, start in enumerate(range(0, inv.height, shard_size)):
+        shard = inv.slice(start, shard_size).with_columns(pl.lit(f"s{seq:04d}").alias("shard"))
+        rows, idx = dedup_shard(shard, index, cfg, shard_seq=seq)
+        outs.append(rows.select("image_id", "cluster_id").with_columns(pl.lit(seq).alias("seq")))
+        index = idx if index is None else pl.concat([index, idx], how="diagonal_relaxed")
+    return pl.concat(outs), time.process_time() - t0
+
+
+def scores(df: pl.DataFrame) -> dict:
+    group, cluster = df["group"].to_numpy(), df["cluster_id"].to_numpy()
+    small = df.select(pl.max_horizontal("width", "height") <= 48).to_series().to_numpy()
+    out = pair_scores(group, cluster, small)
+    out["by_base_kind"] = {}
+    for kind in sorted(df["base_kind"].unique()):
+        m = (df["base_kind"] == kind).to_numpy()
+        s = pair_scores(group[m], cluster[m], small[m])
+        out["by_base_kind"][kind] = {k: s[k] for k in ("precision", "recall", "positive_pairs", "predicted_pairs")}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=300_000)
+    ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/curation_dedup_scale"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=OUT)
+    args = ap.parse_args()
+    work = args.work / f"n{args.images}_s{args.seed}"
+    root = work / "corpus"
+    t0 = time.perf_counter()
+    manifest = generate(root, args.images, args.seed, args.shard_size).sort("rank")
+    inv = inventory(work, manifest, root)
+    lab = inv.select("image_id", "rel_path").join(
+        manifest.select(pl.col("path").alias("rel_path"), "group", "base_kind", "width", "height"),
+        on="rel_path", how="left", maintain_order="left")
+    n_shards = -(-inv.height // args.shard_size)
+    prefixes = sorted({max(1, n_shards // 10), max(1, n_shards // 3), n_shards})
+    res: dict = {"date": today(), "machine": machine(), "images": inv.height, "shard_size": args.shard_size,
+                 "shards": n_shards, "groups": int(manifest["group"].n_unique()), "seed": args.seed,
+                 "corpus": "bench.million_corpus.generate (the million run's generator)", "rules": {}}
+    for name, cfg in RULES.items():
+        clusters, cpu = run_rule(inv, args.shard_size, cfg)
+        df = lab.join(clusters, on="image_id", how="left", maintain_order="left")
+        entry = {"max_detail_distance": cfg.max_detail_distance, "dedup_cpu_s": round(cpu, 1), **scores(df),
+                 "by_corpus_size": {}}
+        for p in prefixes:
+            sub = df.filter(pl.col("seq") < p)
+            s = pair_scores(sub["group"].to_numpy(), sub["cluster_id"].to_numpy(),
+                            sub.select(pl.max_horizontal("width", "height") <= 48).to_series().to_numpy())
+            entry["by_corpus_size"][str(sub.height)] = {k: s[k] for k in ("precision", "recall", "f1")}
+        res["rules"][name] = entry
+        print(f"{name:16s} P {entry['precision']} R {entry['recall']} F1 {entry['f1']} "
+              f"(<= 48 px P {entry['precision_small']} R {entry['recall_small']}) {cpu:.0f} CPU-s", flush=True)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text()) if args.out.exists() else {}
+    runs = old.get("runs", {})
+    runs[str(inv.height)] = res  # one entry per corpus size; other sizes' entries are kept
+    args.out.write_text(json.dumps({"what": __doc__.splitlines()[0], "runs": dict(sorted(runs.items(), key=lambda kv: int(kv[0])))},
+                                   indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
