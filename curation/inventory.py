@@ -161,19 +161,19 @@ def _build_batch(manifest: pl.DataFrame, start: int, results: list[dict[str, Any
         cols[c] = [r.get(c) for r in results]
     ok = [i for i, r in enumerate(results) if r.get("hash_input") is not None]
     hashes: dict[str, list[int | None]] = {k: [None] * n for k in HASH_COLUMNS}
+    detail: list[bytes | None] = [None] * n
     if ok:
-        computed = hash_batch(np.stack([results[i]["hash_input"] for i in ok]), hash_columns)
+        inputs = np.stack([results[i]["hash_input"] for i in ok])  # one stack for both hash passes
+        computed = hash_batch(inputs, hash_columns)
         for k in hash_columns:
             values = computed[k].tolist()
             column = hashes[k]
             for j, i in enumerate(ok):
                 column[i] = values[j]
-    cols.update(hashes)
-    detail: list[bytes | None] = [None] * n
-    if ok:
-        packed = phash256_batch(np.stack([results[i]["hash_input"] for i in ok]))
+        packed = phash256_batch(inputs)
         for j, i in enumerate(ok):
             detail[i] = packed[j].tobytes()
+    cols.update(hashes)
     cols[DETAIL_COLUMN] = detail
     df = pl.DataFrame(cols, schema=INVENTORY_SCHEMA, strict=False)
     return conform(df, INVENTORY_SCHEMA)

@@ -39,7 +39,7 @@ def index_features(rows: pl.DataFrame) -> VerifyFeatures:
     absent)."""
     chroma = rows.select("chroma_r", "chroma_g", "chroma_b").to_numpy().astype(np.uint8)
     thumb, has = thumb_array(rows["thumb_rgb"].to_list())
-    detail, has_d = detail_array(rows["phash256"].to_list()) if "phash256" in rows.columns else (None, None)
+    detail, has_d = detail_array(rows["phash256"].to_list())
     return VerifyFeatures.build(chroma, thumb, has, rows["width"].cast(pl.Float64).to_numpy(),
                                 rows["height"].cast(pl.Float64).to_numpy(), detail, has_d)
 

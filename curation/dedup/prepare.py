@@ -80,6 +80,11 @@ def _arr(df: pl.DataFrame, name: str, dtype, fill) -> np.ndarray:
     return df[name].fill_null(fill).to_numpy().astype(dtype)
 
 
+def _binary(df: pl.DataFrame, name: str) -> pl.Series:
+    """Column `name` as Binary, all null when the frame has no such column."""
+    return df[name].cast(pl.Binary) if name in df.columns else pl.Series(name, [None] * df.height, dtype=pl.Binary)
+
+
 def representative_rank(current: pl.DataFrame) -> np.ndarray:
     """Representative priority of every row within the shard (0 = the best copy to keep): largest
     width * height, then largest file size, then uri, then image_id (missing values rank last).
@@ -109,10 +114,8 @@ def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
     chroma = chromaticity(*(current[c].cast(pl.Float64).to_numpy() if c in cols else np.full(n, np.nan)
                             for c in ("color_mean_r", "color_mean_g", "color_mean_b")))
     width, height = _arr(current, "width", np.int64, -1), _arr(current, "height", np.int64, -1)
-    thumbs = current["thumb_rgb"].cast(pl.Binary) if "thumb_rgb" in cols else pl.Series([None] * n, dtype=pl.Binary)
+    thumbs, details = _binary(current, "thumb_rgb"), _binary(current, "phash256")
     tarr, has_t = thumb_array(thumbs.to_list())
-    details = (current["phash256"].cast(pl.Binary) if "phash256" in cols
-               else pl.Series([None] * n, dtype=pl.Binary))
     darr, has_d = detail_array(details.to_list())
     return ShardArrays(
         n=n,

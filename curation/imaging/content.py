@@ -70,7 +70,7 @@ of stage 1 in-process, measured on 500 images of the bench's quality set) and mi
 clip_boundary and flat_share ~0.1 ms more (content_signals 1.21 -> 1.32 CPU ms per image, the
 same 500 images, old and new code interleaved in one process). The uint8 histograms (`hist_u8`:
 Pillow's counter instead of np.bincount's int64 copy, from HIST_MIN values on), the steps as uint8
-differences, and the grey image shared with the analysis image (`metrics.grey_of`) took
+differences, and the grey image shared with the analysis image (`grey_of`) took
 content_signals from 1.25 to 1.01 CPU ms per image on the bench's JPEG photos and 1.13 to 1.08 on
 its openclipart PNGs (600 / 450 images, old and new interleaved in one process), every output
 value unchanged (1,706 decode_and_measure rows compared bit for bit). Never raises for an 8-bit
@@ -113,6 +113,12 @@ def jpeg_quality(img: Image.Image) -> int | None:
     scale = 100.0 * float(sum(tables[0])) / _STD_LUMA_SUM  # percent of the quality-50 table
     quality = 5000.0 / scale if scale > 100.0 else (200.0 - scale) / 2.0
     return int(min(100, max(1, round(quality))))
+
+
+def grey_of(flat: Image.Image) -> Image.Image:
+    """The L image (ITU-R 601 luma) of an L or RGB image. A per-pixel map: it commutes with `orient`,
+    so the grey of the composited frame serves the content signals and the analysis image alike."""
+    return flat if flat.mode == "L" else flat.convert("L")
 
 
 def hist_u8(a: np.ndarray) -> np.ndarray:
@@ -248,7 +254,7 @@ def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
     """edge_sharpness, native_sharpness, the directional edge ratios, mid_ratio and the clipping
     statistics of the composited frame's grey (`flat` L or RGB), never upscaled."""
     k = max(1, min(flat.size) // size)
-    grey_img = flat if flat.mode == "L" else flat.convert("L")
+    grey_img = grey_of(flat)
     if k > 1:
         grey_img = grey_img.reduce(k)
     grey = np.asarray(grey_img)
@@ -276,7 +282,7 @@ def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
 def content_signals(img: Image.Image, frame: Image.Image, flat: Image.Image, size: int) -> dict[str, Any]:
     """CONTENT_COLUMNS of one image: `img` the opened file (for its JPEG tables), `frame` its 8-bit
     first frame (L, LA, RGB or RGBA, not composited), `flat` that frame composited on the analysis
-    background (L or RGB, `convert.composite`; only its grey is used, so its L image, `metrics.grey_of`,
+    background (L or RGB, `convert.composite`; only its grey is used, so its L image, `grey_of`,
     serves as well), `size` the analysis size."""
     if frame.mode not in ("L", "LA", "RGB", "RGBA"):
         frame = frame.convert("RGBA" if "A" in frame.mode else "RGB")

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from curation.imaging.content import hist_u8
+from curation.imaging.content import grey_of, hist_u8
 from curation.imaging.hashes import WHASH_IMAGE_SCALE
 from curation.imaging.lanczos import LANCZOS
 
@@ -73,12 +73,6 @@ def grey_metrics(grey: np.ndarray) -> dict[str, float]:
     else:
         sharpness = 0.0
     return {"brightness": mean, "contrast": math.sqrt(variance), "entropy": abs(entropy), "sharpness": sharpness}
-
-
-def grey_of(flat: Image.Image) -> Image.Image:
-    """The L image (ITU-R 601 luma) of an L or RGB image. A per-pixel map: it commutes with `orient`,
-    so the grey of the composited frame serves the content signals and the analysis image alike."""
-    return flat if flat.mode == "L" else flat.convert("L")
 
 
 def analysis_image(flat_oriented: Image.Image, analysis_size: int = DEFAULT_ANALYSIS_SIZE) -> Image.Image:
