@@ -130,7 +130,8 @@ STAGES: tuple[Stage, ...] = (
                      "image_classifications, which never trains it."),
     ),
     Stage(
-        RAW_INVENTORY, (), "ingest", CURATE, in_report=True, algorithm=4,  # 2: edge ratios, clipping; 3: texture; 4: phash256
+        # algorithm 2: edge ratios, clipping; 3: texture; 4: phash256; 5: swallowed cut-outs on black
+        RAW_INVENTORY, (), "ingest", CURATE, in_report=True, algorithm=5,
         compute=Compute(cpu="4", memory="8Gi", cpu_limit="8", memory_limit="16Gi"),
         checks=("inventory_matches_manifest",),
         description=("One row per file in the shard's manifest, never fewer: URI, bytes, mtime, sha256, format, "
@@ -157,7 +158,7 @@ STAGES: tuple[Stage, ...] = (
                      "(`supersedes`); every other image with all of its reasons."),
     ),
     Stage(
-        IMAGE_EMBEDDINGS, (CURATED_IMAGES,), "ml", CURATE, in_report=True,
+        IMAGE_EMBEDDINGS, (CURATED_IMAGES,), "ml", CURATE, in_report=True, algorithm=2,  # 2: swallowed cut-outs on black
         kinds=frozenset({"pytorch", "polars", "parquet"}),
         compute=Compute(kind="gpu", gpus=1, cpu="4", memory="24Gi", cpu_limit="8", memory_limit="32Gi"),
         checks=("embeddings_valid",),

@@ -120,9 +120,10 @@ class Embedder(ABC):
         }
 
     def pil_to_array(self, img: Image.Image) -> np.ndarray:
-        """RGB (alpha composited on white), shortest side -> resize_size (bicubic), centre crop
-        image_size -> uint8 array [S, S, 3] (`curation.embedding.decode_pool.to_model_array`: pure
-        PIL/numpy, safe to call from many threads and from decode processes)."""
+        """RGB (alpha composited on white, or black for a cut-out white swallows), shortest side ->
+        resize_size (bicubic), centre crop image_size -> uint8 array [S, S, 3]
+        (`curation.embedding.decode_pool.to_model_array`: pure PIL/numpy, safe to call from many
+        threads and from decode processes)."""
         from curation.embedding.decode_pool import to_model_array
 
         return to_model_array(img, self.resize_size, self.image_size)

@@ -44,17 +44,17 @@ __all__ = ["DecodePool", "DecodeSpec", "decode_rows", "to_model_array"]
 
 
 def to_model_array(img: Image.Image, resize_size: int, image_size: int) -> np.ndarray:
-    """RGB (alpha composited on white), shortest side -> resize_size (bicubic), centre crop
-    image_size -> uint8 array [S, S, 3]. Pure PIL/numpy (no torch ops): safe to call from threads
-    and worker processes."""
+    """RGB (alpha composited on white, or on black for a cut-out that white swallows:
+    `convert.composite_visible`), shortest side -> resize_size (bicubic), centre crop image_size ->
+    uint8 array [S, S, 3]. Pure PIL/numpy (no torch ops): safe to call from threads and worker
+    processes."""
     from PIL import Image
 
+    from curation.imaging.convert import composite_visible, to_8bit
+
     if img.mode != "RGB":
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(bg, rgba).convert("RGB")
-        else:
+        img, _ = composite_visible(to_8bit(img))
+        if img.mode != "RGB":
             img = img.convert("RGB")
     w, h = img.size
     scale = resize_size / min(w, h)

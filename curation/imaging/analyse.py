@@ -18,6 +18,13 @@ measurements is one more function called from `_decode_and_measure`). For one im
 4. Transparency is composited over `AnalysisConfig.background` (default white) BEFORE anything is
    measured or hashed (`convert.composite`); dropping alpha instead turns sprites into flat
    silhouettes whose hashes collide. `has_alpha` records that alpha / a transparency key was present.
+   The content signals (`curation.imaging.content`, what the quality checks judge) always see that
+   composite. A cut-out the background swallows (`convert.swallowed`: opaque_fraction in
+   [0.001, 0.98) and the grey analysis image's standard deviation, the `contrast` column, under 5;
+   a white icon on transparency is one flat colour on white) is composited on the contrasting
+   background (black) for everything else: the grey metrics, colour means, thumbnail and hashes then
+   show its shape, so dedup can match it (on white it would be flat, hence ineligible:
+   `DedupConfig.min_contrast`). Free for every other image: both inputs are computed anyway.
 5. EXIF orientation is applied (`convert.orient`); `width`/`height` are the declared
    full-resolution size AFTER orientation (swapped for 5..8).
 6. The S x S grey analysis image and its metrics, colour means of the composited image, and the
@@ -46,8 +53,11 @@ from curation.imaging.content import CONTENT_COLUMNS, content_signals
 from curation.imaging.convert import (
     box_reduce,
     composite,
+    composite_visible,
+    contrasting,
     exif_orientation,
     orient,
+    swallowed,
     to_8bit,
 )
 from curation.imaging.features import FEATURE_COLUMNS, image_features
@@ -147,7 +157,7 @@ def prepare_frame(img: Image.Image, cfg: AnalysisConfig) -> Image.Image:
 def flatten_oriented(img: Image.Image, cfg: AnalysisConfig, orientation: int) -> tuple[Image.Image, bool]:
     """Group "prepare" + compositing: transparency composited on the background, EXIF orientation
     applied -> (L or RGB image, had_alpha)."""
-    flat, has_alpha = composite(prepare_frame(img, cfg), cfg.background)
+    flat, has_alpha = composite_visible(prepare_frame(img, cfg), cfg.background)
     return orient(flat, orientation), has_alpha
 
 
@@ -171,9 +181,15 @@ def _decode_and_measure(data: bytes, cfg: AnalysisConfig, t0: float, known: dict
             flat, has_alpha = composite(frame, cfg.background)
             grey = grey_of(flat)  # one grey conversion for the content signals and the analysis image
             content = content_signals(img, frame, grey, cfg.analysis_size)  # kind-of-picture signals (opaque pixels)
-            flat = orient(flat, header["orientation"])
-            grey_img = analysis_image(orient(grey, header["orientation"]), cfg.analysis_size)  # L: no conversion
-            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **measure_grey(grey_img), **content,
+            o = header["orientation"]
+            grey_img = analysis_image(orient(grey, o), cfg.analysis_size)  # L: no conversion
+            grey_m = measure_grey(grey_img)
+            if has_alpha and swallowed(content["opaque_fraction"], grey_m["contrast"]):  # a white icon on white
+                flat, _ = composite(frame, contrasting(cfg.background))
+                grey_img = analysis_image(orient(grey_of(flat), o), cfg.analysis_size)
+                grey_m = measure_grey(grey_img)
+            flat = orient(flat, o)
+            out = {**header, "has_alpha": has_alpha, **measure_colour(flat), **grey_m, **content,
                    **image_features(flat)}
             hin = hash_inputs(grey_img)
     out.update(decode_ms=(time.perf_counter() - t0) * 1000.0, error_code=None, error_message=None, hash_input=hin)

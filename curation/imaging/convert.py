@@ -10,6 +10,16 @@ transparency composited on a background, integer box reduction.
     `transparency` key -> RGBA (or LA).
   * `composite` / `flatten`: L/LA/RGB/RGBA (any mode for `flatten`) -> L or RGB, alpha composited
     on `background` (default `limits.BACKGROUND`, white), plus whether alpha was present.
+  * `composite_visible`: the same, except for a cut-out that the background swallows (a white icon
+    on transparency composited on white is one flat colour): transparency covers more than 2% of
+    the canvas (opaque share < CUTOUT_MAX_OPAQUE), at least EMPTY_OPAQUE of it is opaque, and the
+    composite is flat — then it is composited on the `contrasting` background (black for a light
+    one) instead, so that what is embedded shows the shape. Flat here: every channel spans fewer
+    than 2 x FLAT_CONTRAST levels (so its standard deviation is under FLAT_CONTRAST), one cheap pass
+    (`getextrema`) over the composite. Stage 1 applies the same rule with the inputs it computes
+    anyway (`swallowed`: its content signals' opaque_fraction and its analysis image's standard
+    deviation, `curation.imaging.analyse`). The opaque shares are those of `curation.quality.checks`
+    (cutout kind, EMPTY_OPAQUE) and the flat level `DedupConfig.min_contrast` (5).
   * `box_reduce`: `Image.reduce` by integer factors (alpha-aware) to >= 2 x size per side.
 """
 
@@ -19,6 +29,10 @@ import numpy as np
 from PIL import Image
 
 from curation.imaging.limits import BACKGROUND
+
+CUTOUT_MAX_OPAQUE = 0.98  # opaque share below which an image with alpha is a cut-out (quality's cutout kind)
+EMPTY_OPAQUE = 0.001  # opaque share below which a cut-out shows nothing on any background
+FLAT_CONTRAST = 5.0  # grey standard deviation below which a composite is one flat colour
 
 _ORIENT_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -97,6 +111,42 @@ def composite(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -
         out.paste(rgba, (0, 0), rgba)  # an RGBA mask is its alpha band (no band copy)
         return out, True
     return img, False
+
+
+def contrasting(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black for a light background (ITU-R 601 luma >= 128), white for a dark one."""
+    r, g, b = background
+    return (0, 0, 0) if 299 * r + 587 * g + 114 * b >= 128_000 else (255, 255, 255)
+
+
+def opaque_share(img: Image.Image) -> float:
+    """Share of the pixels of an LA/RGBA image with alpha >= 128 (1.0 without alpha)."""
+    if img.mode not in ("LA", "RGBA"):
+        return 1.0
+    hist = img.getchannel("A").histogram()
+    return sum(hist[128:]) / max(1, img.width * img.height)
+
+
+def swallowed(opaque: float | None, flat_std: float) -> bool:
+    """A cut-out (EMPTY_OPAQUE <= `opaque` < CUTOUT_MAX_OPAQUE) whose composite has a grey standard
+    deviation `flat_std` under FLAT_CONTRAST: the background swallowed it."""
+    return opaque is not None and EMPTY_OPAQUE <= opaque < CUTOUT_MAX_OPAQUE and flat_std < FLAT_CONTRAST
+
+
+def _flat(img: Image.Image) -> bool:
+    """Every channel of an L/RGB image spans fewer than 2 x FLAT_CONTRAST levels."""
+    ext = img.getextrema()
+    bands = [ext] if img.mode == "L" else ext
+    return all(hi - lo < 2 * FLAT_CONTRAST for lo, hi in bands)  # type: ignore[operator, misc]
+
+
+def composite_visible(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> tuple[Image.Image, bool]:
+    """`composite`, on the `contrasting` background when the image is a cut-out that `background`
+    swallows (module docstring). Costs one `getextrema` pass per image with alpha."""
+    flat, had_alpha = composite(img, background)
+    if had_alpha and _flat(flat) and swallowed(opaque_share(img), 0.0):
+        flat, _ = composite(img, contrasting(background))
+    return flat, had_alpha
 
 
 def flatten(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> tuple[Image.Image, bool]:

@@ -41,7 +41,7 @@ from typing import Any, cast
 from PIL import Image, UnidentifiedImageError
 
 from curation import errors
-from curation.imaging.convert import composite, exif_orientation, orient, to_8bit
+from curation.imaging.convert import composite_visible, exif_orientation, orient, to_8bit
 from curation.imaging.limits import BACKGROUND, MAX_BYTES, MAX_PIXELS
 from curation.imaging.sniff import (
     broken_known_format,
@@ -188,11 +188,12 @@ def decode_oriented(data: bytes, *, max_pixels: int = MAX_PIXELS, draft_size: in
 def decode_rgb(data: bytes, *, max_pixels: int = MAX_PIXELS,
                background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """The policy in one call: bytes -> RGB image of the first frame, EXIF orientation applied,
-    transparency composited on `background`. Raises DecodeError."""
+    transparency composited on `background` (on the contrasting one for a cut-out that `background`
+    swallows: `convert.composite_visible`). Raises DecodeError."""
     with pillow_guard(max_pixels):
         img = decode_oriented(data, max_pixels=max_pixels)
         try:
-            flat, _ = composite(to_8bit(img), background)
+            flat, _ = composite_visible(to_8bit(img), background)
             return flat if flat.mode == "RGB" else flat.convert("RGB")
         except MemoryError:
             raise

@@ -95,6 +95,8 @@ def test_the_algorithm_number_is_part_of_the_version():
 
     bumped = tuple(dataclasses.replace(s, algorithm=s.algorithm + 1) if s.name == "dedup_clusters" else s for s in STAGES)
     assert changed(lineage_versions({}), lineage_versions({}, bumped)) == below("dedup_clusters")
-    # 2: the edge-ratio and clipping signals; 3: mid_ratio, flat_share, clip_boundary; 4: phash256
-    assert stage("raw_inventory").algorithm == 4
+    # 2: the edge-ratio and clipping signals; 3: mid_ratio, flat_share, clip_boundary; 4: phash256;
+    # 5: a cut-out the background swallows is hashed / thumbnailed on the contrasting background
+    assert stage("raw_inventory").algorithm == 5
     assert stage("dedup_clusters").algorithm == 2  # 2: the 256-bit pHash check
+    assert stage("image_embeddings").algorithm == 2  # 2: the same cut-outs embedded on the contrasting background
