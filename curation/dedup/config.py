@@ -92,9 +92,10 @@ class DedupConfig:
         way, but not from look-alikes the check could tell apart: at 300,000 images 94% of its
         false pairs (62,968 of 66,891) lie inside one generated series, openclipart's 1,375 star
         polygons (shapes/stars/star_<n>pt<k>step.png), which at the corpus's 48-160 px render as
-        the same ring; without them pair precision is 0.950 at 300,000. Per image, 0.971 of the
-        images dropped as duplicates at 300,000 keep a representative of their own group (0.979
-        without the series; `drop_precision` in bench/results/dedup_scale.json). On the
+        the same ring; without them pair precision is 0.950 at 300,000 and 0.861 at 1,000,000 (95%
+        of clip art's false pairs there), the rest mostly Fashion-MNIST items of one cut. Per image,
+        0.971 / 0.942 of the images dropped as duplicates at 300,000 / 1,000,000 keep a
+        representative of their own group (`drop_precision` in bench/results/dedup_scale.json). On the
         accuracy set it costs recall 0.876 -> 0.867 (<= 48 px 0.800 -> 0.785). Tighter limits buy
         little more: at 1M, 40 bits read precision 0.767 / recall 0.668 and 36 bits 0.792 / 0.661
         (clip art stays 0.24), while on the accuracy set recall falls to 0.863 (<= 48 px 0.777) at 40
