@@ -18,6 +18,9 @@ Execution model
     with the vectorised `imaging.hash_batch`: pHash and dHash (what dedup reads), plus aHash and
     wHash when `cfg.extra_hashes` (else those two columns are null), and the 256-bit pHash
     (`imaging.phash256_batch`, column ``phash256``: dedup's verification of candidate pairs).
+  * Warm-up: `curation.imaging.warm` (numba and the compiled content kernels) is imported once by
+    the forkserver (the workers it forks inherit it), by each spawn worker before it reports
+    ready, or by the calling process with `workers=1`, before any file's time bound starts.
   * Time bound: the parent knows which file each worker is on and since when; a file that takes
     longer than `cfg.decode_timeout_s` gets a TIMEOUT row, its worker is killed (SIGKILL) and
     replaced, and the rest of that worker's queued files are re-queued.
@@ -116,7 +119,8 @@ class InventoryConfig:
     def pool(self) -> PoolSettings:
         return PoolSettings(task_timeout_s=self.decode_timeout_s, chunk_size=self.chunk_size,
                             start_method=self.start_method, timeout_setting="decode_timeout_s",
-                            name="inventory", item="file", preload=("curation.inventory",))
+                            name="inventory", item="file",
+                            preload=("curation.inventory", "curation.imaging.warm"))
 
 
 # ------------------------------------------------------------------------------ per file

@@ -17,9 +17,11 @@ ran in a worker process. It never loses an item and never lets one item sink the
     window), so memory stays bounded whatever the number of items.
   * Workers start with `start_method` ("forkserver" by default, never plain fork; "spawn" where
     forkserver is unavailable), take the parent's current environment, ignore SIGINT (the parent
-    decides when they stop) and preload `preload` modules in the forkserver.
+    decides when they stop) and preload `preload` modules in the forkserver (each worker imports
+    them too before it reports ready: a no-op after the forkserver's, the warm-up under spawn).
 `task`, `args` and `failure` must be picklable (module-level functions). `run_inprocess` is the
-same contract in the calling process (deadline by SIGALRM on the main thread only).
+same contract in the calling process (deadline by SIGALRM on the main thread only; the `preload`
+modules imported before the first item).
 Like every multiprocessing user, a script using this must guard its entry point with
 `if __name__ == "__main__":`.
 """
@@ -27,6 +29,7 @@ Like every multiprocessing user, a script using this must guard its entry point 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
@@ -109,6 +112,13 @@ class TodoQueue:
         self.front.extendleft(reversed(items))
 
 
+def import_preload(names: Sequence[str]) -> None:
+    """Import the `PoolSettings.preload` modules (ImportError ignored, as the forkserver does)."""
+    for name in names:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 # ------------------------------------------------------------------------------ in-process
 
 
@@ -126,6 +136,8 @@ def run_inprocess(todo: TodoQueue, task: Callable[..., Any], args: Sequence[Any]
     enforced with `signal.setitimer` on the main thread only (elsewhere there is none)."""
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     timeout = settings.task_timeout_s
+    if todo:
+        import_preload(settings.preload)  # warm-ups outside the first item's deadline, as a worker's
     while todo:
         idx, item = todo.popleft()
         if not use_alarm:
@@ -149,13 +161,14 @@ def run_inprocess(todo: TodoQueue, task: Callable[..., Any], args: Sequence[Any]
 
 
 def _worker_main(conn: mpc.Connection, task: Callable[..., Any], args: Sequence[Any], failure: Failure,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, preload: Sequence[str] = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     if env is not None:
         # A forkserver keeps the environment it started with; take the parent's current one, so
         # storage settings (AWS_ENDPOINT_URL, credentials) always match the step's.
         os.environ.clear()
         os.environ.update(env)
+    import_preload(preload)  # already imported by a forkserver; under spawn, before the first item's deadline
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -217,7 +230,8 @@ class SupervisedPool:
     def _spawn(self) -> _Worker:
         parent, child = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=_worker_main,
-                                args=(child, self.task, self.args, self.failure, dict(os.environ)),
+                                args=(child, self.task, self.args, self.failure, dict(os.environ),
+                                      self.settings.preload),
                                 name=f"{self.settings.name}-worker", daemon=True)
         proc.start()
         child.close()

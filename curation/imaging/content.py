@@ -64,21 +64,41 @@ CONTENT_COLUMNS:
                     carry 5-10x the standard table; camera and web JPEGs are 70-98.
 
 The colour/alpha statistics use a nearest-neighbour subsample of at most SIGNAL_SIDE pixels per
-side (exact colours, no blending). Cost: ~1-1.1 ms per image on a 2-core machine (numpy on the
-reduced frame; no BLAS calls), of which the edge ratios and clipping statistics ~0.4-0.6 ms (~10%
-of stage 1 in-process, measured on 500 images of the bench's quality set) and mid_ratio,
-clip_boundary and flat_share ~0.1 ms more (content_signals 1.21 -> 1.32 CPU ms per image, the
-same 500 images, old and new code interleaved in one process). The uint8 histograms (`hist_u8`:
-Pillow's counter instead of np.bincount's int64 copy, from HIST_MIN values on), the steps as uint8
-differences, and the grey image shared with the analysis image (`grey_of`) took
-content_signals from 1.25 to 1.01 CPU ms per image on the bench's JPEG photos and 1.13 to 1.08 on
-its openclipart PNGs (600 / 450 images, old and new interleaved in one process), every output
-value unchanged (1,706 decode_and_measure rows compared bit for bit). Never raises for an 8-bit
-frame of any size >= 1 x 1.
+side (exact colours, no blending).
+
+Two implementations give every value bit for bit: the numpy reference (`_colour_stats`,
+`_edge_stats`) and, by default, compiled passes (`curation.imaging.kernels`, numba) that build the
+same integer histograms, counts and sums in a few fused loops over the uint8 frame, the float
+formulas here applied to them unchanged (`_colour_stats_compiled`, `_edge_stats_compiled`).
+`backend()` picks numba unless CURATION_CONTENT_KERNELS=numpy, or numba fails to import or compile
+(numpy then, logged once). Compiled, content_signals costs 0.31 CPU ms per image on the bench's
+JPEG photos (numpy: 0.84) and 0.25 on its openclipart PNGs (numpy: 0.76), 600 / 450 images, both
+interleaved in one process, best of 7; inside the stage (bench/inventory.py's step profile, load
+average 4 on the 2 cores) 0.36-0.37 / 0.32-0.33 (numpy 0.99-1.05 / 0.96). 12,521 decode_and_measure
+rows (all 8,121 openclipart PNGs, 4,400 re-encoded skimage photos of 1 to 1,500 px in L, LA, RGB,
+RGBA, P and JPEG) compared between the two: 0 differences. Fixed costs of the compiled path:
+importing numba and loading the cached kernels ~0.5 CPU s once per process (once per forkserver in
+the inventory's pool), compiling them where numba's cache is cold ~9 CPU s once per machine
+(kernels module docstring).
+
+The numpy reference path: ~1-1.1 ms per image on a 2-core machine (no BLAS calls), of which the
+edge ratios and clipping statistics ~0.4-0.6 ms (~10% of stage 1 in-process, measured on 500 images
+of the bench's quality set) and mid_ratio, clip_boundary and flat_share ~0.1 ms more
+(content_signals 1.21 -> 1.32 CPU ms per image, the same 500 images, old and new code interleaved
+in one process). The uint8 histograms (`hist_u8`: Pillow's counter instead of np.bincount's int64
+copy, from HIST_MIN values on), the steps as uint8 differences, and the grey image shared with the
+analysis image (`grey_of`) took content_signals from 1.25 to 1.01 CPU ms per image on the bench's
+JPEG photos and 1.13 to 1.08 on its openclipart PNGs (600 / 450 images, old and new interleaved in
+one process), every output value unchanged (1,706 decode_and_measure rows compared bit for bit).
+Never raises for an 8-bit frame of any size >= 1 x 1.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -144,17 +164,31 @@ def _split(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]
     return np.asarray(img.convert("L")), (a[..., 3] >= 128) if img.mode == "RGBA" else None, keys
 
 
-def _colour_stats(frame: Image.Image) -> dict[str, Any]:
+def _signal_frame(frame: Image.Image) -> Image.Image:
+    """The frame the colour/alpha statistics are taken on: a nearest-neighbour subsample to at
+    most SIGNAL_SIDE pixels per side (exact colours)."""
     w, h = frame.size
     sub = (min(w, SIGNAL_SIDE), min(h, SIGNAL_SIDE))
-    g, m, keys = _split(frame if sub == (w, h) else frame.resize(sub, Image.Resampling.NEAREST))  # exact colours
+    return frame if sub == (w, h) else frame.resize(sub, Image.Resampling.NEAREST)
+
+
+_NO_OPAQUE = {"opaque_brightness": None, "opaque_contrast": None, "opaque_entropy": None, "opaque_p05": None,
+              "opaque_p95": None, "n_colors": 0, "top_color_share": None, "ink_fraction": 0.0}
+
+
+def _entropy(hist: np.ndarray, n: int) -> float:
+    """256-bin entropy in bits of the grey histogram (float64) of n pixels."""
+    p = hist[hist > 0] / n
+    return abs(float(-(p * np.log2(p)).sum()))
+
+
+def _colour_stats(frame: Image.Image) -> dict[str, Any]:
+    g, m, keys = _split(_signal_frame(frame))
     total = g.size
     n = total if m is None else int(np.count_nonzero(m))
     out: dict[str, Any] = {"opaque_fraction": n / total}
     if n == 0:
-        return {**out, "opaque_brightness": None, "opaque_contrast": None, "opaque_entropy": None,
-                "opaque_p05": None, "opaque_p95": None, "n_colors": 0,
-                "top_color_share": None, "ink_fraction": 0.0}
+        return {**out, **_NO_OPAQUE}
     if m is not None:
         keys, g = keys[m], g[m]
     g, keys = g.reshape(-1), keys.reshape(-1)
@@ -164,15 +198,37 @@ def _colour_stats(frame: Image.Image) -> dict[str, Any]:
     hist = ihist.astype(np.float64)
     mean = float(np.einsum("i,i->", hist, _LEVELS)) / n
     var = max(0.0, float(np.einsum("i,i->", hist, _LEVELS * _LEVELS)) / n - mean * mean)
-    p = hist[hist > 0] / n
     cdf = np.cumsum(hist)
     p05, p95 = (float(np.searchsorted(cdf, q * n)) for q in (0.05, 0.95))
     top_grey = int(g[int(np.argmax(keys == top))])
     ink = n - int(ihist[max(0, top_grey - INK_LEVELS): top_grey + INK_LEVELS + 1].sum())  # |grey - top_grey| > INK_LEVELS
     return {**out, "opaque_brightness": mean, "opaque_contrast": var ** 0.5,
-            "opaque_entropy": abs(float(-(p * np.log2(p)).sum())), "opaque_p05": p05, "opaque_p95": p95,
+            "opaque_entropy": _entropy(hist, n), "opaque_p05": p05, "opaque_p95": p95,
             "n_colors": int((counts > 0).sum()),
             "top_color_share": float(counts[top]) / n, "ink_fraction": ink / total}
+
+
+def _colour_stats_compiled(frame: Image.Image, k: ModuleType) -> dict[str, Any]:
+    """`_colour_stats` from the integers of one compiled pass (`kernels.colour_pass`), the float
+    formulas unchanged: every value bit-identical (see the kernels module)."""
+    img = _signal_frame(frame)
+    mode = img.mode
+    if mode == "RGB":  # Pillow's own 4-byte pixels, unpacked: half the cost of np.asarray's 3-byte copy
+        a = np.frombuffer(img.tobytes("raw", "RGBX"), np.uint8).reshape(img.height, img.width, 4)
+    else:
+        a = np.asarray(img)
+    ghist, ints = k.colour_pass(a[:, :, None] if mode == "L" else a, {"LA": 1, "RGBA": 3}.get(mode, -1),
+                                mode in ("RGB", "RGBA"), INK_LEVELS)
+    n, n_keys, top_count, _top_grey, s1, s2, p05, p95, near = ints.tolist()
+    total = a.shape[0] * a.shape[1]
+    out: dict[str, Any] = {"opaque_fraction": n / total}
+    if n == 0:
+        return {**out, **_NO_OPAQUE}
+    mean = float(s1) / n  # the exact integer sum that einsum of the histogram and its levels gives
+    var = max(0.0, float(s2) / n - mean * mean)
+    return {**out, "opaque_brightness": mean, "opaque_contrast": var ** 0.5,
+            "opaque_entropy": _entropy(ghist.astype(np.float64), n), "opaque_p05": float(p05), "opaque_p95": float(p95),
+            "n_colors": n_keys, "top_color_share": float(top_count) / n, "ink_fraction": (n - near) / total}
 
 
 def _top_mean(hist: np.ndarray, k: int) -> float:
@@ -250,17 +306,26 @@ def _clip_stats(grey: np.ndarray, dv: np.ndarray, dh: np.ndarray, hv: tuple[np.n
             "clip_boundary": int(cdf[-1]) / grey.size, "flat_share": flat / unclipped if unclipped else None}
 
 
-def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
-    """edge_sharpness, native_sharpness, the directional edge ratios, mid_ratio and the clipping
-    statistics of the composited frame's grey (`flat` L or RGB), never upscaled."""
+def _edge_grey(flat: Image.Image, size: int) -> np.ndarray:
+    """The grey (uint8) the edge statistics are measured on: the composited frame's grey at native
+    scale, or box-reduced by an integer factor to a short side in [size, 2 size)."""
     k = max(1, min(flat.size) // size)
     grey_img = grey_of(flat)
     if k > 1:
         grey_img = grey_img.reduce(k)
-    grey = np.asarray(grey_img)
+    return np.asarray(grey_img)
+
+
+_NO_EDGES = {"edge_sharpness": None, "native_sharpness": 0.0, "edge_ratio_min": None, "edge_ratio_max": None,
+             "mid_ratio": None, "clip_share": None, "clip_rolloff": None, "clip_boundary": None, "flat_share": None}
+
+
+def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
+    """edge_sharpness, native_sharpness, the directional edge ratios, mid_ratio and the clipping
+    statistics of the composited frame's grey (`flat` L or RGB), never upscaled."""
+    grey = _edge_grey(flat, size)
     if grey.shape[0] < 3 or grey.shape[1] < 3:
-        return {"edge_sharpness": None, "native_sharpness": 0.0, "edge_ratio_min": None, "edge_ratio_max": None,
-                "mid_ratio": None, "clip_share": None, "clip_rolloff": None, "clip_boundary": None, "flat_share": None}
+        return dict(_NO_EDGES)
     g = grey.astype(np.int16)
     lap = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:] - 4 * g[1:-1, 1:-1]
     dv, dh = _steps(grey[1:], grey[:-1]), _steps(grey[:, 1:], grey[:, :-1])
@@ -279,11 +344,91 @@ def _edge_stats(flat: Image.Image, size: int) -> dict[str, float | None]:
             "mid_ratio": mid, **_clip_stats(grey, dv, dh, hv, ghist)}
 
 
-def content_signals(img: Image.Image, frame: Image.Image, flat: Image.Image, size: int) -> dict[str, Any]:
+def _edge_stats_compiled(flat: Image.Image, size: int, k: ModuleType) -> dict[str, float | None]:
+    """`_edge_stats` from the integers of one compiled call (`kernels.edge_pass`), the float
+    formulas unchanged: every value bit-identical."""
+    grey = _edge_grey(flat, size)
+    h, w = grey.shape
+    if h < 3 or w < 3:
+        return dict(_NO_EDGES)
+    hists, ints = k.edge_pass(grey, CLIP_LEVEL, MIN_RANGE, LINE_STRIDE)
+    lap_sum, lap_sq, unclipped, flat_pairs, lo, hi, top_sum, top_k, *r = ints.tolist()
+    top = float(top_sum) / top_k  # _top_mean: einsum of the top counts and their levels is this exact sum
+    ranged = hi - lo >= MIN_RANGE
+    crisp = min(1.0, top / (hi - lo)) if ranged else None
+    rmin = rmax = mid = None
+    if ranged:  # r: kernels.ratio_pass
+        one = [float(r[j]) / r[4 + j] for j in range(4)]  # directions 0, 45, 90, 135 degrees
+        two = [float(r[8 + j]) / r[12 + j] for j in range(4)]
+        ratios = [one[j] / two[j] if two[j] > 0 else 1.0 for j in range(4)]
+        rmin, rmax = min(ratios), max(ratios)
+        if min(h, w) >= 5:
+            four = r[18] / r[19]
+            mean2 = r[16] / r[17]
+            mid = mean2 / four if four > 0 else None
+    npx = (h - 2) * (w - 2)
+    var = float(lap_sq) / npx - (float(lap_sum) / npx) ** 2  # the exact sums einsum / sum give in float64
+    total = h * w
+    pairs = h * (w - 1) + (h - 1) * w
+    ghist, hv, hh, near = hists
+    n = int(ghist[CLIP_LEVEL:].sum())
+    if n == 0:
+        clip: dict[str, float | None] = {"clip_share": 0.0, "clip_rolloff": None, "clip_boundary": 0.0,
+                                         "flat_share": int(hv[0] + hh[0]) / pairs}
+    elif n == total:
+        clip = {"clip_share": 1.0, "clip_rolloff": None, "clip_boundary": 0.0, "flat_share": None}
+    else:
+        cdf = np.cumsum(near)
+        clip = {"clip_share": n / total, "clip_rolloff": float(np.searchsorted(cdf, cdf[-1] / 2)),
+                "clip_boundary": int(cdf[-1]) / total, "flat_share": flat_pairs / unclipped if unclipped else None}
+    return {"edge_sharpness": crisp, "native_sharpness": max(0.0, var), "edge_ratio_min": rmin, "edge_ratio_max": rmax,
+            "mid_ratio": mid, **clip}
+
+
+# ------------------------------------------------------------------------------ backend
+
+BACKENDS = ("numba", "numpy")
+BACKEND_ENV = "CURATION_CONTENT_KERNELS"
+_backend: str | None = None  # resolved on the first image: "numba" (kernels imported) or "numpy"
+_kernels: ModuleType | None = None
+_log = logging.getLogger(__name__)
+
+
+def backend() -> str:
+    """The implementation `content_signals` uses by default: "numba" (the compiled kernels of
+    `curation.imaging.kernels`, imported on the first call) unless CURATION_CONTENT_KERNELS=numpy
+    selects the numpy reference, or numba fails to import or compile (logged once, then numpy).
+    Both give bit-identical values (tests/unit/test_content_kernels.py)."""
+    global _backend, _kernels
+    if _backend is None:
+        want = os.environ.get(BACKEND_ENV, "numba").strip().lower() or "numba"
+        if want not in BACKENDS:
+            _log.warning("%s=%r is not one of %s; using numba", BACKEND_ENV, want, BACKENDS)
+            want = "numba"
+        if want == "numba":
+            try:
+                _kernels = importlib.import_module("curation.imaging.kernels")
+            except Exception as exc:  # noqa: BLE001 - numba missing or unusable here: the reference path
+                _log.warning("content kernels unavailable (%s: %s); content signals use numpy", type(exc).__name__, exc)
+                want = "numpy"
+        _backend = want
+    return _backend
+
+
+def content_signals(img: Image.Image, frame: Image.Image, flat: Image.Image, size: int, *,
+                    impl: str | None = None) -> dict[str, Any]:
     """CONTENT_COLUMNS of one image: `img` the opened file (for its JPEG tables), `frame` its 8-bit
     first frame (L, LA, RGB or RGBA, not composited), `flat` that frame composited on the analysis
     background (L or RGB, `convert.composite`; only its grey is used, so its L image, `grey_of`,
-    serves as well), `size` the analysis size."""
+    serves as well), `size` the analysis size. `impl` "numba" / "numpy" overrides `backend()`."""
     if frame.mode not in ("L", "LA", "RGB", "RGBA"):
         frame = frame.convert("RGBA" if "A" in frame.mode else "RGB")
+    use = backend() if impl is None else impl
+    if use == "numba":
+        k = _kernels or _require_kernels()
+        return {**_colour_stats_compiled(frame, k), **_edge_stats_compiled(flat, size, k), "jpeg_quality": jpeg_quality(img)}
     return {**_colour_stats(frame), **_edge_stats(flat, size), "jpeg_quality": jpeg_quality(img)}
+
+
+def _require_kernels() -> ModuleType:
+    return importlib.import_module("curation.imaging.kernels")
