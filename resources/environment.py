@@ -261,6 +261,14 @@ ENV_VARS: tuple[EnvSetting, ...] = (
         ("CURATION_CODE_VERSION", "Code version workers and runs compare (a worker with another refuses steps).",
          "a hash of the project's .py files", "any string"),
     )),
+    EnvSetting("CURATION_CONTENT_KERNELS", "Implementation of stage 1's content signals: the compiled numba kernels or "
+               "the numpy reference (bit-identical values; an unknown value is logged and numba used).",
+               "`numba` (numpy when numba cannot be imported)", "`numba` or `numpy`",
+               read_by="curation/imaging/content.py"),
+    EnvSetting("NUMBA_CACHE_DIR", "Where numba caches the compiled content kernels (compiled once per machine and "
+               "kernels.py version, ~9 CPU-s; loading them costs ~0.5 CPU-s per worker process).",
+               "the package's `__pycache__`, else `$XDG_CACHE_HOME/numba` (`/tmp/cache/numba` in the images)",
+               "a writable folder", read_by="numba (curation/imaging/kernels.py)"),
     *(EnvSetting(name, meaning, "unset", allowed, read_by="s3fs (curation/storage.py)") for name, meaning, allowed in (
         ("AWS_ACCESS_KEY_ID", "S3 access key (never stored in configuration).", "a key id"),
         ("AWS_SECRET_ACCESS_KEY", "S3 secret key (never stored in configuration).", "a secret"),

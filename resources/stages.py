@@ -134,7 +134,9 @@ class InventorySettings(StageConfig):
     decode_timeout_s: float = Field(default=_INV.decode_timeout_s, description="wall-clock bound per file -> TIMEOUT")
     analysis_size: int = Field(default=_INV.analysis_size, description="side of the grey analysis image (px)")
     background: list[int] = Field(default=list(_INV.background),
-                                  description="RGB that transparency is composited on")
+                                  description="RGB that transparency is composited on (a cut-out it swallows, e.g. a "
+                                              "white icon on white, is hashed and embedded on the contrasting colour: "
+                                              "black for a light background, white for a dark one; docs/stages.md)")
     chunk_size: int = Field(default=_INV.chunk_size, description="files per message to a worker")
     start_method: str = Field(default=_INV.start_method, description="worker start method: 'forkserver' or 'spawn'")
     extra_hashes: bool = Field(default=_INV.extra_hashes,
