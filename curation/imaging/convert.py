@@ -18,8 +18,9 @@ transparency composited on a background, integer box reduction.
     than 2 x FLAT_CONTRAST levels (so its standard deviation is under FLAT_CONTRAST), one cheap pass
     (`getextrema`) over the composite. Stage 1 applies the same rule with the inputs it computes
     anyway (`swallowed`: its content signals' opaque_fraction and its analysis image's standard
-    deviation, `curation.imaging.analyse`). The opaque shares are those of `curation.quality.checks`
-    (cutout kind, EMPTY_OPAQUE) and the flat level `DedupConfig.min_contrast` (5).
+    deviation, `curation.imaging.analyse`). CUTOUT_MAX_OPAQUE and EMPTY_OPAQUE are defined here once;
+    `curation.quality.checks` imports them (its cutout kind and empty canvas); the flat level is
+    `DedupConfig.min_contrast` (5).
   * `box_reduce`: `Image.reduce` by integer factors (alpha-aware) to >= 2 x size per side.
 """
 

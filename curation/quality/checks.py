@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from curation.imaging.convert import CUTOUT_MAX_OPAQUE, EMPTY_OPAQUE  # shared with stage 1's cut-out compositing
 from curation.quality.config import QualityConfig
 
-CUTOUT_MAX_OPAQUE = 0.98
 GRAPHIC_FLAT_SHARE = 0.3
 GRAPHIC_EDGE = 0.6
 GRAPHIC_MAX_COLORS = 512
@@ -53,7 +53,6 @@ PHOTO = ("photo",)
 DRAWN = ("graphic", "cutout")
 OPAQUE = ("photo", "graphic")
 CUTOUT = ("cutout",)
-EMPTY_OPAQUE = 0.001  # a cutout with fewer opaque pixels than this shows nothing
 
 
 @dataclass(frozen=True)
