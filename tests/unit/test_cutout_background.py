@@ -5,7 +5,6 @@ keep the configured composite. Real images: arcade's white Xbox button prompts (
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from curation.imaging.policy import decode_rgb
 from curation.inventory import InventoryConfig, iter_inventory
 from curation.quality import QualityConfig
 from curation.quality.evaluate import evaluate
+from tests.hostile_corpus import manifest_for
 
 
 def _prompt(name: str) -> Path:
@@ -105,10 +105,7 @@ def white_icons(tmp_path):
 
 
 def _inventory(rows, root):
-    uris = [str(p) for p, _ in rows]
-    man = pl.DataFrame({"image_id": [hashlib.sha1(u.encode()).hexdigest()[:16] for u in uris], "uri": uris,
-                        "rel_path": [Path(u).name for u in uris], "listed_bytes": [Path(u).stat().st_size for u in uris],
-                        "listed_mtime": [0.0] * len(uris)})
+    man = manifest_for(root, [p.name for p, _ in rows])
     return pl.concat(list(iter_inventory(man, "s", str(root), InventoryConfig(), workers=1)))
 
 
