@@ -23,6 +23,8 @@ from pathlib import Path
 from bench.common import REPO, linked_corpus, machine, today
 
 STAGES = ["raw_inventory", "dedup_clusters", "curated_images"]
+# dedup_clusters is a multi-asset that also writes dedup_index: a job selects both or neither
+SELECTION = [*STAGES, "dedup_index"]
 
 
 def _plain(manifest, shard, root, out_root) -> float:
@@ -50,7 +52,7 @@ def bench_job():
     from orchestration.definitions import defs
     from partitions.shards import SHARDS
 
-    job = dg.define_asset_job("bench_cpu_stages", selection=dg.AssetSelection.assets(*STAGES), partitions_def=SHARDS)
+    job = dg.define_asset_job("bench_cpu_stages", selection=dg.AssetSelection.assets(*SELECTION), partitions_def=SHARDS)
     return dg.Definitions(assets=defs.assets, resources=defs.resources, jobs=[job]).resolve_job_def("bench_cpu_stages")
 
 
