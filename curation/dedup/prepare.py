@@ -115,8 +115,8 @@ def prepare_arrays(current: pl.DataFrame, cfg: DedupConfig) -> ShardArrays:
                             for c in ("color_mean_r", "color_mean_g", "color_mean_b")))
     width, height = _arr(current, "width", np.int64, -1), _arr(current, "height", np.int64, -1)
     thumbs, details = _binary(current, "thumb_rgb"), _binary(current, "phash256")
-    tarr, has_t = thumb_array(thumbs.to_list())
-    darr, has_d = detail_array(details.to_list())
+    tarr, has_t = thumb_array(thumbs)
+    darr, has_d = detail_array(details)
     return ShardArrays(
         n=n,
         image_id=current["image_id"].cast(pl.String),

@@ -20,7 +20,9 @@ the per-image verification inputs. Used both by the within-shard search and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,8 @@ from curation.dedup.keys import bit_field
 from curation.imaging.features import THUMB_BYTES, bytes_array
 from curation.imaging.hashes import DETAIL_BYTES
 
-__all__ = ["VerifyFeatures", "as_features", "chroma_limit", "chromaticity", "detail_array", "verify_candidates"]
+__all__ = ["FeatureSource", "VerifyFeatures", "as_features", "chroma_limit", "chromaticity", "detail_array", "feature_source",
+           "verify_candidates", "verify_features"]
 
 
 def chromaticity(r: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -45,9 +48,10 @@ def chroma_limit(cfg: DedupConfig) -> int:
     return int(np.floor(cfg.max_chroma_diff * 255.0 + 1e-9))
 
 
-def detail_array(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
-    """(n, DETAIL_BYTES) uint8 array of ``phash256`` values and a bool mask of the rows that have
-    one (null or wrong-length values are zero rows with mask False)."""
+def detail_array(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(n, DETAIL_BYTES) uint8 array of ``phash256`` values (a list of bytes / None or a polars
+    Binary Series) and a bool mask of the rows that have one (null or wrong-length values are zero
+    rows with mask False)."""
     return bytes_array(values, DETAIL_BYTES)
 
 
@@ -94,9 +98,23 @@ class VerifyFeatures:
                    detail, has_detail)
 
 
+# Features of a table given eagerly, as a bare (n, 3) chroma array, or lazily: a function of row
+# numbers (sorted, unique) that returns their `VerifyFeatures` in that order, called only for the
+# rows of candidate pairs that passed the hash rules (an earlier-shard index of millions of rows
+# then never decodes the thumbnails and 256-bit pHashes of rows no query comes near).
+FeatureSource = VerifyFeatures | np.ndarray | Callable[[np.ndarray], VerifyFeatures]
+
+
 def as_features(x: VerifyFeatures | np.ndarray) -> VerifyFeatures:
     """`VerifyFeatures` as given, or from a bare (n, 3) chroma array (strict rule for every pair)."""
     return x if isinstance(x, VerifyFeatures) else VerifyFeatures(np.ascontiguousarray(x, dtype=np.uint8).reshape(-1, 3))
+
+
+def feature_source(x: FeatureSource) -> VerifyFeatures | Callable[[np.ndarray], VerifyFeatures]:
+    """A lazy source as given, else `as_features(x)`."""
+    if not isinstance(x, (VerifyFeatures, np.ndarray)) and callable(x):
+        return x
+    return as_features(x)
 
 
 def _thumb_ok(fa: VerifyFeatures, fb: VerifyFeatures, a: np.ndarray, b: np.ndarray, cfg: DedupConfig) -> np.ndarray:
@@ -120,12 +138,13 @@ def _thumb_ok(fa: VerifyFeatures, fb: VerifyFeatures, a: np.ndarray, b: np.ndarr
 
 def verify_candidates(
     a: np.ndarray, b: np.ndarray, pa: np.ndarray, pb_: np.ndarray, da: np.ndarray, db_: np.ndarray,
-    fa: VerifyFeatures, fb: VerifyFeatures, cfg: DedupConfig,
+    fa: VerifyFeatures, fb: VerifyFeatures | Callable[[np.ndarray], VerifyFeatures], cfg: DedupConfig,
     plan_p: list[tuple[int, int]], plan_d: list[tuple[int, int]], jp: int, jd: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the candidate pairs (a[k], b[k]) that (1) satisfy the near-duplicate rule (module
     docstring) and (2) are reported by combination (jp, jd) and no earlier one, so every pair is
-    emitted exactly once. pa/da/fa are the hash/feature tables indexed by a, pb_/db_/fb by b.
+    emitted exactly once. pa/da/fa are the hash/feature tables indexed by a, pb_/db_/fb by b (fb
+    may be a lazy source, see `FeatureSource`: asked for the rows that pass the hash rules only).
     Filters progressively (pHash first: it rejects most candidates) so skewed data with big buckets
     stays cheap. Returns (a, b, pHash distance) of the kept pairs."""
     x = pa[a] ^ pb_[b]
@@ -139,7 +158,23 @@ def verify_candidates(
     for sft, w in plan_d[:jd]:
         ok &= bit_field(y, sft, w) != 0
     keep = np.flatnonzero(ok)
-    a, b, dp, y = a[keep], b[keep], dp[keep], y[keep]
+    return verify_features(a[keep], b[keep], dp[keep], y[keep], fa, fb, cfg)
+
+
+def verify_features(
+    a: np.ndarray, b: np.ndarray, dp: np.ndarray, y: np.ndarray,
+    fa: VerifyFeatures, fb: VerifyFeatures | Callable[[np.ndarray], VerifyFeatures], cfg: DedupConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage two of the rule for candidate pairs (a[k], b[k]) already within both candidate radii
+    (dp: their pHash distances, y: their dHash XORs): the thumbnail rule where both have a
+    thumbnail, else the strict rule (module docstring). fb may be a lazy `FeatureSource`. Returns
+    (a, b, pHash distance) of the kept pairs."""
+    b_rows = b  # returned; `b` indexes fb from here on
+    if not isinstance(fb, VerifyFeatures):
+        if len(b) == 0:
+            return a, b, dp.astype(np.int16)
+        rows, b = np.unique(b, return_inverse=True)
+        fb = fb(rows)
     if fa.thumb is not None and fb.thumb is not None:
         both = fa.has_thumb[a] & fb.has_thumb[b]  # type: ignore[index]
     else:
@@ -153,4 +188,4 @@ def verify_candidates(
         cd = np.abs(fa.chroma[a[s]].astype(np.int16) - fb.chroma[b[s]].astype(np.int16)).max(axis=1)
         passed[s] = cd <= chroma_limit(cfg)
     keep = np.flatnonzero(passed)
-    return a[keep], b[keep], dp[keep].astype(np.int16)
+    return a[keep], b_rows[keep], dp[keep].astype(np.int16)

@@ -41,9 +41,13 @@ def image_features(flat: Image.Image) -> dict[str, Any]:
     return {"thumb_rgb": np.asarray(thumb, dtype=np.uint8).tobytes()}
 
 
-def bytes_array(values: list[bytes | None], width: int) -> tuple[np.ndarray, np.ndarray]:
+def bytes_array(values: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, width) uint8 array of fixed-width binary values and a bool mask of the rows that have
-    one (null or wrong-length values are zero rows with mask False)."""
+    one (null or wrong-length values are zero rows with mask False). `values`: a list of bytes /
+    None, or a polars Binary Series, read from its Arrow buffers without a Python object per row
+    (a 1M-row index column: ~0.05 s instead of ~0.6 s for the list)."""
+    if hasattr(values, "to_arrow"):
+        return _series_bytes(values, width)
     n = len(values)
     out = np.zeros((n, width), dtype=np.uint8)
     ok = np.zeros(n, dtype=bool)
@@ -54,7 +58,36 @@ def bytes_array(values: list[bytes | None], width: int) -> tuple[np.ndarray, np.
     return out, ok
 
 
-def thumb_array(values: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+def _series_bytes(series: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """`bytes_array` of a polars Binary Series: its large_binary Arrow chunks' offsets and data."""
+    import polars as pl  # here: stage 1's workers import this module and never need polars
+
+    n = len(series)
+    out = np.zeros((n, width), dtype=np.uint8)
+    ok = np.zeros(n, dtype=bool)
+    arr = series.cast(pl.Binary).to_arrow(compat_level=pl.CompatLevel.oldest())
+    chunks = arr.chunks if hasattr(arr, "chunks") else [arr]
+    start = 0
+    for chunk in chunks:
+        m = len(chunk)
+        if m and chunk.null_count < m:
+            _validity, offs_buf, data_buf = chunk.buffers()
+            offs = np.frombuffer(offs_buf, dtype=np.int64, count=chunk.offset + m + 1)[chunk.offset:]
+            valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+            lengths = np.diff(offs)
+            is_good = valid & (lengths == width)
+            good = np.flatnonzero(is_good)
+            if len(good) and data_buf is not None:
+                data = np.frombuffer(data_buf, dtype=np.uint8)[offs[0]:offs[-1]]
+                if len(good) * width != len(data):  # other lengths present: keep the good rows' bytes
+                    data = data[np.repeat(is_good, lengths)]
+                out[start + good] = data.reshape(len(good), width)
+                ok[start + good] = True
+        start += m
+    return out, ok
+
+
+def thumb_array(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """(n, THUMB_BYTES) uint8 array of ``thumb_rgb`` values and a bool mask of the rows that have
     one (null or wrong-length values are zero rows with mask False)."""
     return bytes_array(values, THUMB_BYTES)

@@ -40,7 +40,7 @@ def best_earlier_match(candidates: pl.DataFrame) -> pl.DataFrame:
 def _thumb_rows(col: pl.Series) -> np.ndarray:
     from curation.imaging.features import thumb_array
 
-    return thumb_array(col.cast(pl.Binary).to_list())[0]
+    return thumb_array(col.cast(pl.Binary))[0]
 
 
 def match_earlier(

@@ -48,7 +48,7 @@ def thumbnails(current: pl.DataFrame) -> np.ndarray | None:
         return None
     from curation.imaging.features import thumb_array
 
-    return thumb_array(current["thumb_rgb"].cast(pl.Binary).to_list())[0]
+    return thumb_array(current["thumb_rgb"].cast(pl.Binary))[0]
 
 
 def cluster_within_shard(

@@ -408,6 +408,34 @@ def test_fast_search_recall_vs_brute_force_on_real_hashes(corpus: pl.DataFrame) 
     assert want and got == want
 
 
+@pytest.mark.parametrize("radii", [(0, 0), (2, 4), (6, 10)])
+def test_cross_shard_query_is_exact_at_other_radii(corpus: pl.DataFrame, radii: tuple[int, int]) -> None:
+    """query_index's keys (pairs of pHash blocks, `query_plan`) find exactly the brute-force pairs
+    between two halves of the real corpus at radii other than the default too."""
+    from dataclasses import replace
+
+    from curation.dedup.query import query_plan
+
+    cfg = replace(CFG, phash_radius=radii[0], dhash_radius=radii[1],
+                  strict_phash_radius=min(CFG.strict_phash_radius, radii[0]),
+                  strict_dhash_radius=min(CFG.strict_dhash_radius, radii[1]))
+    blocks, pairs = query_plan(cfg)
+    assert len(blocks) == radii[0] + 2 and len(pairs) == len(blocks) * (len(blocks) - 1) // 2
+    assert sum(w for _, w in blocks) == 64
+    truth = brute_pairs(corpus, cfg)
+    el = ((corpus["contrast"] >= cfg.min_contrast) & (corpus["entropy"] >= cfg.min_entropy)).to_numpy()
+    idx = np.flatnonzero(el)
+    C = features(corpus)
+    P, D = corpus["phash"].to_numpy(), corpus["dhash"].to_numpy()
+    ix, qx = idx[0::2], idx[1::2]  # interleaved: a group's copies fall on both sides
+    q, r, d = query_index(P[qx], D[qx], C.take(qx), P[ix], D[ix], C.take(ix), cfg)
+    got = [tuple(sorted((int(ix[b]), int(qx[a])))) for a, b in zip(q.tolist(), r.tolist())]
+    side = set(ix.tolist())
+    want = {(a, b) for a, b in truth if (a in side) != (b in side)}
+    assert want and len(got) == len(set(got)) and set(got) == want  # every pair once, no more, no less
+    assert np.array_equal(d, np.bitwise_count(P[qx][q] ^ P[ix][r]))
+
+
 def test_cross_shard_duplicates_join_earlier_cluster(corpus: pl.DataFrame) -> None:
     groups = sorted(corpus["group"].unique().to_list())
     g1 = set(groups[: len(groups) // 2])
@@ -448,6 +476,61 @@ def test_cross_shard_duplicates_join_earlier_cluster(corpus: pl.DataFrame) -> No
     s = score(pl.concat([out1, out2]), corpus)
     print("two shards:", {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()})
     assert s["precision"] >= 0.98
+
+
+def test_earlier_index_features_are_decoded_only_for_candidate_rows(corpus: pl.DataFrame) -> None:
+    """The cross-shard query asks a lazy index-feature source only for the representatives that
+    candidate pairs reach (within the candidate radii) and finds exactly the pairs the eagerly
+    decoded features give."""
+    from curation.dedup.config import FLAG_ELIGIBLE, FLAG_REP
+    from curation.dedup.earlier import FEATURE_INPUTS, index_features
+    from curation.dedup.query import query_index
+
+    inv = _inv(corpus)
+    half = inv.height // 2
+    s1 = inv.head(half).with_columns(pl.lit("s001").alias("shard"))
+    s2 = inv.tail(inv.height - half).with_columns(pl.lit("s002").alias("shard"))
+    _, idx1 = dedup_shard(s1, None, CFG)
+    reps = np.flatnonzero((idx1["flags"].to_numpy() & (FLAG_ELIGIBLE | FLAG_REP)) == (FLAG_ELIGIBLE | FLAG_REP))
+    ip = idx1["phash"].to_numpy()[reps].astype(np.uint64)
+    idh = idx1["dhash"].to_numpy()[reps].astype(np.uint64)
+    qp, qd = s2["phash"].to_numpy().astype(np.uint64), s2["dhash"].to_numpy().astype(np.uint64)
+    fq = features(s2)
+    eager = query_index(qp, qd, fq, ip, idh, index_features(idx1[reps]), CFG)
+    asked: list[np.ndarray] = []
+    rows = idx1.select(FEATURE_INPUTS)
+
+    def lazy(i: np.ndarray):
+        asked.append(i.copy())
+        return index_features(rows[reps[i]])
+
+    got = query_index(qp, qd, fq, ip, idh, lazy, CFG)
+    for e, g in zip(eager, got):
+        assert np.array_equal(e, g)
+    assert len(eager[0]) > 0
+    seen = np.unique(np.concatenate(asked))
+    within = np.flatnonzero(((np.bitwise_count(qp[:, None] ^ ip[None, :]) <= CFG.phash_radius)
+                             & (np.bitwise_count(qd[:, None] ^ idh[None, :]) <= CFG.dhash_radius)).any(axis=0))
+    assert set(seen.tolist()) <= set(within.tolist())
+    assert set(np.unique(eager[1]).tolist()) <= set(seen.tolist())
+    assert len(seen) < 0.5 * len(reps)  # most representatives are never decoded
+
+
+def test_binary_columns_read_from_arrow_equal_the_list_path(corpus: pl.DataFrame) -> None:
+    """`thumb_array` of a Binary Series (Arrow buffers) equals the per-row list path, with nulls,
+    wrong-length values, slices and several chunks."""
+    col = corpus["thumb_rgb"].cast(pl.Binary)
+    vals = col.to_list()
+    vals[1], vals[4] = None, vals[4][:-1]  # a null and a truncated thumbnail
+    vals[7] = b""
+    s = pl.Series(vals, dtype=pl.Binary)
+    for series in (s, s.slice(3), s.slice(2, 9), pl.concat([s.slice(0, 5), s.slice(5)], rechunk=False),
+                   pl.Series([None, None], dtype=pl.Binary), pl.Series([], dtype=pl.Binary)):
+        a, ok = thumb_array(series)
+        b, ok_list = thumb_array(series.to_list())
+        assert a.shape == b.shape and np.array_equal(a, b) and np.array_equal(ok, ok_list)
+    a, ok = thumb_array(s)
+    assert not ok[1] and not ok[4] and not ok[7] and ok[0] and ok.sum() == len(vals) - 3
 
 
 def test_deterministic(corpus: pl.DataFrame) -> None:
