@@ -37,15 +37,19 @@ class Inputs:
         self.used: dict[str, dict[str, Any]] = {}
         self._cache: dict[str, dict] = {}
 
-    def get(self, name: str, file: str, *keys: str) -> float | None:
+    def get(self, name: str, file: str, *keys: str | int) -> float | None:
+        """The number at `keys` (dict keys; an int indexes a list) of bench/results/<file>, or None."""
         if file not in self._cache:
             p = self.root / file
             self._cache[file] = json.loads(p.read_text()) if p.exists() else {}
         v: Any = self._cache[file]
         for k in keys:
-            v = v.get(k) if isinstance(v, dict) else None
+            if isinstance(k, int):
+                v = v[k] if isinstance(v, list) and -len(v) <= k < len(v) else None
+            else:
+                v = v.get(k) if isinstance(v, dict) else None
         value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-        self.used[name] = {"value": value, "file": f"bench/results/{file}", "key": ".".join(keys),
+        self.used[name] = {"value": value, "file": f"bench/results/{file}", "key": ".".join(map(str, keys)),
                            "measured": self._cache[file].get("date")}
         return value
 
@@ -58,18 +62,25 @@ def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> d
     per_core = inp.get("stage1_img_per_cpu_s", "inventory.json", "img_per_cpu_s", "jpeg_stage_1_worker")
     eff = inp.get("stage1_parallel_efficiency_2_workers", "inventory.json", "parallel_efficiency_2_workers_cpu")
     gpu = inp.get("embeddings_gpu_stage_img_per_s", "embeddings-nvidia-h100.json", "stage_img_per_s")
-    cross = inp.get("dedup_shard_10k_vs_1m_index_seconds", "dedup.json", "cross_shard",
-                    "shard_10000_index_1000000", "dedup_shard_seconds")
+    flat = ("runs", "sqlite", "flatness", "dedup_clusters_first_last_decile_median_s")
+    first = inp.get("million_dedup_step_first_decile_s", "million.json", *flat, 0)
+    last = inp.get("million_dedup_step_last_decile_s", "million.json", *flat, 1)
     overhead = inp.get("dagster_overhead_fraction", "overhead.json", "dagster_overhead_fraction") or 0.0
     if not (per_core and eff):
         return {"minutes": None, "why_not": "stage 1 rate or parallel efficiency missing"}
     stage1_s = n / (per_core * cores * eff)
     embed_s = n / gpu if gpu else None
-    # cross-shard dedup is linear in the earlier index (bench/million.py: 0.4 -> 3.1 s a shard over 1M)
-    # and shard k's step follows shard k-1's: the sum over shards, at the measured 10k-vs-1M cost
-    # scaled to each shard's earlier rows (mean n/2), is not overlapped with anything (upper bound)
+    # The cross-shard dedup step (dedup_clusters: loading the earlier index, matching, clustering) is
+    # linear in the earlier index, and shard k's step follows shard k-1's. Its cost per shard as a
+    # line a + b * earlier rows through the million-image run's first and last decile medians
+    # (shards 1-10: ~45k earlier rows; 91-100: ~945k), summed over the shards, not overlapped with
+    # anything (an upper bound).
     shards = n // 10_000
-    dedup_s = shards * cross * (n / 2) / 1_000_000 if cross else None
+    dedup_s = None
+    if first is not None and last is not None:
+        b = max(0.0, (last - first) / 900_000)
+        a = max(0.0, first - b * 45_000)
+        dedup_s = shards * a + b * 10_000 * shards * (shards - 1) / 2
     total = (max(stage1_s, embed_s or 0.0) + (dedup_s or 0.0)) / (1 - overhead)
     return {
         "images": n, "minutes": _minutes(total),
@@ -79,8 +90,9 @@ def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> d
             f"{cores} cores at the per-core rate and 2-worker efficiency measured on the 2-core VM "
             "(16-worker efficiency not measured: no GPU machine was lent since)",
             "shards pipelined: wall = max(CPU stages, GPU stage) + dedup, divided by (1 - Dagster overhead)",
-            f"dedup: {shards} shards of 10,000 in sequence, each costing the measured 10k-vs-1M cross-shard "
-            "step scaled linearly to its earlier rows (mean 2.5M): an upper bound, not overlapped",
+            f"dedup: {shards} shards of 10,000 in sequence, each costing the million-image run's dedup_clusters "
+            "step (first / last decile medians, a line in the earlier rows) at its earlier rows (mean 2.5M): "
+            "an upper bound, not overlapped",
             "JPEG photos 500x375..1024x768 (the inventory bench's corpus); the semantic pass is not included",
         ],
     }
@@ -92,7 +104,7 @@ def one_million_this_machine(inp: Inputs, cores: int = 2, n: int = 1_000_000, sh
     cross = inp.get("dedup_shard_10k_vs_1m_index_seconds", "dedup.json", "cross_shard",
                     "shard_10000_index_1000000", "dedup_shard_seconds")
     plain = inp.get("shard_10k_plain_seconds", "overhead.json", "plain_seconds")
-    multi = inp.get("shard_10k_dagster_multiprocess_seconds", "overhead.json", "multiprocess_seconds")
+    in_process = inp.get("shard_10k_dagster_in_process_seconds", "overhead.json", "in_process_seconds")
     report_s = inp.get("shard_report_seconds_2000_images", "demo.json", "stages", "demo-000001", "shard_report",
                        "elapsed_s")
     if not (per_core and eff):
@@ -102,7 +114,8 @@ def one_million_this_machine(inp: Inputs, cores: int = 2, n: int = 1_000_000, sh
     dedup_s = shards * (cross or 0.0)  # every shard against an index of up to 1M rows: an upper bound
     # the shard report's cost is mostly thumbnails of a bounded sample, so per shard, not per image
     reports_s = shards * (report_s or 0.0)
-    dagster_s = shards * max(0.0, (multi or 0.0) - (plain or 0.0))  # seconds Dagster adds per 10k shard
+    # seconds Dagster adds per 10k shard, with the in-process executor `curate run` and bench/million.py use
+    dagster_s = shards * max(0.0, (in_process or 0.0) - (plain or 0.0))
     total = stage1_s + dedup_s + reports_s + dagster_s
     return {
         "images": n, "shards": shards, "minutes": _minutes(total),
@@ -113,7 +126,8 @@ def one_million_this_machine(inp: Inputs, cores: int = 2, n: int = 1_000_000, sh
             "graphics decode faster, large ones slower)",
             "dedup: every shard costs what a 10k shard against a 1M-row index cost (upper bound)",
             "shard report: the demo's measured report time per shard (2,000 images, loaded machine)",
-            "Dagster: the seconds its multiprocess executor added to a 10k shard, per shard",
+            "Dagster: the seconds its in-process executor (what `curate run` and bench/million.py use) added "
+            "to a 10k shard, per shard",
             "the measured run (bench/million.py) is set against this figure in one_million_gap",
         ],
     }

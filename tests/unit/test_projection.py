@@ -15,21 +15,27 @@ def test_projection_reads_only_named_inputs(tmp_path):
     _write(tmp_path, "embeddings-nvidia-h100.json", {"date": "d2", "stage_img_per_s": 10_000.0})
     _write(tmp_path, "dedup.json", {"date": "d3", "dedup_5m_skewed_seconds": 60.0,
                                     "cross_shard": {"shard_10000_index_1000000": {"dedup_shard_seconds": 0.6}}})
-    _write(tmp_path, "overhead.json", {"date": "d4", "dagster_overhead_fraction": 0.0,
-                                       "plain_seconds": 5.0, "multiprocess_seconds": 11.0})
+    _write(tmp_path, "overhead.json", {"date": "d4", "dagster_overhead_fraction": 0.0, "plain_seconds": 5.0,
+                                       "in_process_seconds": 5.5, "multiprocess_seconds": 11.0})
     _write(tmp_path, "demo.json", {"date": "d5", "stages": {"demo-000001": {"shard_report": {"elapsed_s": 12.0}}}})
+    flat = {"dedup_clusters_first_last_decile_median_s": [0.3, 1.2]}
+    _write(tmp_path, "million.json", {"date": "d6", "runs": {"sqlite": {"flatness": flat}}})
     p = projections(tmp_path)
     five = p["five_million_gpu_node"]
     # stage 1: 5M / (500 * 16 * 0.5) = 1250 s; GPU 500 s; pipelined max + dedup of 500 shards in
-    # sequence, each 0.6 s per 1M earlier rows at a mean 2.5M rows: 750 s -> 2000 s
+    # sequence on the million run's line: b = 0.9 s / 900k rows, a = 0.3 - 45k * b = 0.255 s;
+    # 500 * 0.255 + b * 10k * (0 + 1 + ... + 499) = 127.5 + 1247.5 = 1375 s -> 2625 s
     assert five["parts_minutes"]["stage_1"] == round(1250 / 60, 1)
-    assert five["parts_minutes"]["dedup"] == round(750 / 60, 1)
-    assert five["minutes"] == round(2000 / 60, 1)
+    assert five["parts_minutes"]["dedup"] == round(1375 / 60, 1)
+    assert five["minutes"] == round(2625 / 60, 1)
     one = p["one_million_this_machine"]
-    # 1M / (500 * 2 * 0.5) = 2000 s; 100 shards x (0.6 + 12 + 6) s = 1860 s
-    assert one["minutes"] == round(3860 / 60, 1)
+    # 1M / (500 * 2 * 0.5) = 2000 s; 100 shards x (0.6 + 12 + (5.5 - 5.0)) s = 1310 s: the in-process executor
+    assert one["minutes"] == round(3310 / 60, 1)
     assert p["inputs"]["stage1_img_per_cpu_s"] == {"value": 500.0, "file": "bench/results/inventory.json",
                                                    "key": "img_per_cpu_s.jpeg_stage_1_worker", "measured": "d1"}
+    assert p["inputs"]["million_dedup_step_last_decile_s"] == {
+        "value": 1.2, "file": "bench/results/million.json", "measured": "d6",
+        "key": "runs.sqlite.flatness.dedup_clusters_first_last_decile_median_s.1"}
 
 
 def test_projection_without_inputs_says_why(tmp_path):
