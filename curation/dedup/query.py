@@ -20,7 +20,7 @@ import itertools
 import numpy as np
 
 from curation.dedup.config import DedupConfig
-from curation.dedup.keys import GOLDEN, LOW32, SLOT_BITS, U64, bit_field, slot, split_blocks
+from curation.dedup.keys import LOW32, SLOT_BITS, U64, bit_field, composite_key, slot, split_blocks
 from curation.dedup.verify import FeatureSource, VerifyFeatures, as_features, feature_source, verify_features
 
 __all__ = ["query_index", "query_plan"]
@@ -34,15 +34,6 @@ def query_plan(cfg: DedupConfig) -> tuple[list[Block], list[tuple[int, int]]]:
     key of some block pair (the first of them, in that order, reports it)."""
     blocks = split_blocks(cfg.phash_radius + 2)
     return blocks, list(itertools.combinations(range(len(blocks)), 2))
-
-
-def _key(p: np.ndarray, b1: Block, b2: Block) -> np.ndarray:
-    """Key of a pair of pHash blocks: their bits side by side, folded to 32 bits by a
-    multiplicative hash when wider (collisions only add candidates, which verification rejects)."""
-    key = (bit_field(p, *b1) << U64(b2[1])) | bit_field(p, *b2)
-    if b1[1] + b2[1] > 32:
-        key = (key * GOLDEN) >> U64(32)
-    return key
 
 
 def _first_reporter(x: np.ndarray, blocks: list[Block], u: int, v: int) -> np.ndarray:
@@ -89,7 +80,7 @@ def query_index(
     out_d: list[np.ndarray] = []
     for u, v in pairs:
         b1, b2 = blocks[u], blocks[v]
-        comb = (_key(phash, b1, b2) << U64(32)) | qidx
+        comb = (composite_key(phash, phash, b1, b2) << U64(32)) | qidx  # two pHash blocks side by side
         comb.sort()
         qkey = comb >> U64(32)
         qorder = (comb & LOW32).astype(np.int64)
@@ -98,7 +89,7 @@ def query_index(
         present = np.zeros(1 << SLOT_BITS, dtype=bool)
         present[slot(qkey)] = True
         for s in range(0, len(ip), cfg.index_batch):
-            ikey = _key(ip[s:s + cfg.index_batch], b1, b2)
+            ikey = composite_key(ip[s:s + cfg.index_batch], ip[s:s + cfg.index_batch], b1, b2)
             rows = np.flatnonzero(present[slot(ikey)])
             if len(rows) == 0:
                 continue

@@ -26,11 +26,11 @@ from PIL import Image
 __all__ = ["FEATURE_COLUMNS", "THUMB_BYTES", "THUMB_SIDE", "bytes_array", "image_features", "thumb_array"]
 
 THUMB_SIDE = 8
+THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
+FEATURE_COLUMNS = ("thumb_rgb",)
 # Binary Series at least this long are read from their Arrow buffers even where pyarrow is not yet
 # imported (its first use costs ~0.4 s; the list path ~1.2 us a row)
 ARROW_MIN_ROWS = 300_000
-THUMB_BYTES = THUMB_SIDE * THUMB_SIDE * 3
-FEATURE_COLUMNS = ("thumb_rgb",)
 
 
 def image_features(flat: Image.Image) -> dict[str, Any]:
