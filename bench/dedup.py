@@ -394,9 +394,7 @@ def clustering_only() -> None:
     cfg = DedupConfig()
     df = labelled_corpus(quick=True)
     runs = clustering_runs(cfg, df["phash"].to_numpy(), df["dhash"].to_numpy(), [5_000_000], 5_000_000)
-    out = REPO / "bench" / "results" / "dedup.json"
-    result = json.loads(out.read_text()) if out.exists() else {}
-    result.update({
+    _update_results({
         "clustering": runs,
         "dedup_5m_seconds": runs["uniform_5000000"]["seconds"],
         "dedup_5m_skewed_seconds": runs["skewed_5000000"]["seconds"],
@@ -408,8 +406,15 @@ def clustering_only() -> None:
                              "note": "--clustering-only: skewed modes from the quick corpus; the other keys are "
                                      "from the last full run (its config)"},
     })
-    out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v["seconds"] for k, v in runs.items()}))
+
+
+def _update_results(keys: dict) -> None:
+    """Replace `keys` in bench/results/dedup.json, keeping the rest (the partial re-runs)."""
+    out = REPO / "bench" / "results" / "dedup.json"
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result.update(keys)
+    out.write_text(json.dumps(result, indent=2, default=str))
 
 
 CROSS_SHARD_CASES = [(10_000, 100_000), (10_000, 1_000_000), (1_000, 1_000_000), (100_000, 1_000_000)]
@@ -418,14 +423,10 @@ CROSS_SHARD_CASES = [(10_000, 100_000), (10_000, 1_000_000), (1_000, 1_000_000),
 def cross_shard_only() -> None:
     cfg = DedupConfig()
     res = cross_shard(cfg, CROSS_SHARD_CASES)
-    out = REPO / "bench" / "results" / "dedup.json"
-    result = json.loads(out.read_text()) if out.exists() else {}
-    result["cross_shard"] = res
-    result["cross_shard_rerun"] = {
+    _update_results({"cross_shard": res, "cross_shard_rerun": {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine() | {"load_avg_at_start": list(os.getloadavg())},
-        "note": "--cross-shard-only; the other keys are from the last full run"}
-    out.write_text(json.dumps(result, indent=2, default=str))
+        "note": "--cross-shard-only; the other keys are from the last full run"}})
     print(json.dumps(res, indent=2))
 
 

@@ -65,6 +65,8 @@ def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> d
     flat = ("runs", "sqlite", "flatness", "dedup_clusters_first_last_decile_median_s")
     first = inp.get("million_dedup_step_first_decile_s", "million.json", *flat, 0)
     last = inp.get("million_dedup_step_last_decile_s", "million.json", *flat, 1)
+    run_shards = inp.get("million_shards_run", "million.json", "runs", "sqlite", "shards_run")
+    run_shard_size = inp.get("million_shard_size", "million.json", "runs", "sqlite", "shard_size")
     overhead = inp.get("dagster_overhead_fraction", "overhead.json", "dagster_overhead_fraction") or 0.0
     if not (per_core and eff):
         return {"minutes": None, "why_not": "stage 1 rate or parallel efficiency missing"}
@@ -72,14 +74,17 @@ def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> d
     embed_s = n / gpu if gpu else None
     # The cross-shard dedup step (dedup_clusters: loading the earlier index, matching, clustering) is
     # linear in the earlier index, and shard k's step follows shard k-1's. Its cost per shard as a
-    # line a + b * earlier rows through the million-image run's first and last decile medians
-    # (shards 1-10: ~45k earlier rows; 91-100: ~945k), summed over the shards, not overlapped with
-    # anything (an upper bound).
+    # line a + b * earlier rows through the million-image run's first and last decile medians (at
+    # the median earlier rows of those shards: 45k and 945k for 100 shards of 10,000), summed over
+    # the shards, not overlapped with anything (an upper bound).
     shards = n // 10_000
     dedup_s = None
-    if first is not None and last is not None:
-        b = max(0.0, (last - first) / 900_000)
-        a = max(0.0, first - b * 45_000)
+    if first is not None and last is not None and run_shards and run_shard_size:
+        q = max(1, int(run_shards) // 10)  # shards per decile, as bench/million.py's `flatness`
+        rows_first = (q - 1) / 2 * run_shard_size  # shards 1..q have 0..q-1 earlier shards
+        rows_last = (run_shards - q + (q - 1) / 2) * run_shard_size
+        b = max(0.0, (last - first) / (rows_last - rows_first)) if rows_last > rows_first else 0.0
+        a = max(0.0, first - b * rows_first)
         dedup_s = shards * a + b * 10_000 * shards * (shards - 1) / 2
     total = (max(stage1_s, embed_s or 0.0) + (dedup_s or 0.0)) / (1 - overhead)
     return {

@@ -19,7 +19,8 @@ def test_projection_reads_only_named_inputs(tmp_path):
                                        "in_process_seconds": 5.5, "multiprocess_seconds": 11.0})
     _write(tmp_path, "demo.json", {"date": "d5", "stages": {"demo-000001": {"shard_report": {"elapsed_s": 12.0}}}})
     flat = {"dedup_clusters_first_last_decile_median_s": [0.3, 1.2]}
-    _write(tmp_path, "million.json", {"date": "d6", "runs": {"sqlite": {"flatness": flat}}})
+    _write(tmp_path, "million.json", {"date": "d6", "runs": {"sqlite": {"flatness": flat, "shards_run": 100,
+                                                                        "shard_size": 10_000}}})
     p = projections(tmp_path)
     five = p["five_million_gpu_node"]
     # stage 1: 5M / (500 * 16 * 0.5) = 1250 s; GPU 500 s; pipelined max + dedup of 500 shards in
