@@ -15,7 +15,10 @@ that runs in minutes and compares verification rules side by side on the same in
    * `no_detail_check`: the same with the 256-bit pHash check off (`max_detail_distance=256`), the
      rule before the check existed;
 4. pair precision / recall on the manifest's groups (bench.accuracy.pair_scores), overall, for
-   images <= 48 px, per base kind and at nested prefixes of the shards (corpus-size growth).
+   images <= 48 px, per base kind and at nested prefixes of the shards (corpus-size growth);
+5. `earlier_index`: the default rule's index of every shard, as the last shard reads it: bytes and
+   read time, beside the same rows with the verification features on every row (the format before
+   2026-12-03; only near-matchable rows carry them now).
 
 Writes bench/results/dedup_scale.json (`runs.<images>`; a run at another size keeps the others).
 Usage: python -m bench.dedup_scale [--images 300000]; the committed runs: 300,000 and 1,000,000.
@@ -65,8 +68,9 @@ def inventory(work: Path, manifest: pl.DataFrame, root: Path) -> pl.DataFrame:
     return inv
 
 
-def run_rule(inv: pl.DataFrame, shard_size: int, cfg: DedupConfig) -> tuple[pl.DataFrame, float]:
-    """The hash pass shard by shard (listing order), each against every earlier shard's index."""
+def run_rule(inv: pl.DataFrame, shard_size: int, cfg: DedupConfig) -> tuple[pl.DataFrame, float, pl.DataFrame]:
+    """The hash pass shard by shard (listing order), each against every earlier shard's index.
+    Returns (clusters, CPU-s, the index of every shard)."""
     outs, index = [], None
     t0 = time.process_time()
     for seq, start in enumerate(range(0, inv.height, shard_size)):
@@ -74,7 +78,36 @@ def run_rule(inv: pl.DataFrame, shard_size: int, cfg: DedupConfig) -> tuple[pl.D
         rows, idx = dedup_shard(shard, index, cfg, shard_seq=seq)
         outs.append(rows.select("image_id", "cluster_id").with_columns(pl.lit(seq).alias("seq")))
         index = idx if index is None else pl.concat([index, idx], how="diagonal_relaxed")
-    return pl.concat(outs), time.process_time() - t0
+    assert index is not None, "an inventory of at least one row"
+    return pl.concat(outs), time.process_time() - t0, index
+
+
+def index_read_cost(index: pl.DataFrame, inv: pl.DataFrame, work: Path, rounds: int = 5) -> dict:
+    """The index every shard of the run wrote, as the last shard would read it (one Parquet file
+    written and read by `curation.storage`), beside the same rows with the verification features
+    (MATCH_FEATURES) on every row, as indexes were written before 2026-12-03: bytes and read time,
+    interleaved rounds, best of `rounds`."""
+    from curation import storage
+    from curation.dedup.shard import MATCH_FEATURES
+
+    every = index.drop(*MATCH_FEATURES).join(inv.select("image_id", *MATCH_FEATURES), on="image_id", how="left",
+                                             maintain_order="left").select(index.columns)
+    files = {"matchable_rows_only": work / "index_now.parquet", "every_row": work / "index_every_row.parquet"}
+    storage.write_parquet(index, str(files["matchable_rows_only"]))
+    storage.write_parquet(every, str(files["every_row"]))
+    best = {k: [float("inf"), float("inf")] for k in files}
+    for _ in range(rounds):
+        for k, f in files.items():
+            c0, w0 = time.process_time(), time.perf_counter()
+            storage.read_parquet(str(f))
+            best[k] = [min(best[k][0], time.process_time() - c0), min(best[k][1], time.perf_counter() - w0)]
+    out: dict = {"rows": index.height, "rows_with_features": int(index["thumb_rgb"].is_not_null().sum()), "rounds": rounds}
+    for k, f in files.items():
+        out[k] = {"bytes": f.stat().st_size, "read_cpu_s": round(best[k][0], 3), "read_wall_s": round(best[k][1], 3)}
+        f.unlink()
+    out["bytes_ratio"] = round(out["matchable_rows_only"]["bytes"] / out["every_row"]["bytes"], 3)
+    out["read_cpu_ratio"] = round(out["matchable_rows_only"]["read_cpu_s"] / out["every_row"]["read_cpu_s"], 3)
+    return out
 
 
 def scores(df: pl.DataFrame) -> dict:
@@ -117,7 +150,7 @@ def main() -> None:
                  "shards": n_shards, "groups": int(manifest["group"].n_unique()), "seed": args.seed,
                  "corpus": "bench.million_corpus.generate (the million run's generator)", "rules": {}}
     for name, cfg in RULES.items():
-        clusters, cpu = run_rule(inv, args.shard_size, cfg)
+        clusters, cpu, index = run_rule(inv, args.shard_size, cfg)
         df = lab.join(clusters, on="image_id", how="left", maintain_order="left")
         entry = {"max_detail_distance": cfg.max_detail_distance, "dedup_cpu_s": round(cpu, 1), **scores(df),
                  "by_corpus_size": {}}
@@ -127,6 +160,9 @@ def main() -> None:
                             sub.select(pl.max_horizontal("width", "height") <= 48).to_series().to_numpy())
             entry["by_corpus_size"][str(sub.height)] = {k: s[k] for k in ("precision", "recall", "f1")}
         res["rules"][name] = entry
+        if name == "default":
+            res["earlier_index"] = index_read_cost(index, inv, work)
+            print("earlier index:", res["earlier_index"], flush=True)
         print(f"{name:16s} P {entry['precision']} R {entry['recall']} F1 {entry['f1']} "
               f"(<= 48 px P {entry['precision_small']} R {entry['recall_small']}; drops P {entry['drop_precision']} "
               f"R {entry['drop_recall']}; without the star series P {entry['without_star_series']['precision']}) "

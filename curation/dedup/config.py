@@ -4,9 +4,10 @@
 of the search; invalid values raise ValueError in the constructor. `INDEX_SCHEMA` is the schema of
 the persisted cross-shard index (one row per hashed image of every materialised shard) and the
 ``FLAG_*`` constants are the bits of its ``flags`` column. The numeric part is 4 + 2 + 8 + 8 + 8 +
-3 + 1 = 34 bytes per image, plus the 192-byte thumbnail and the 32-byte 256-bit pHash that verify
-candidates; the near-duplicate search touches only phash, dhash, chroma and flags of eligible
-representatives (20 bytes).
+3 + 1 = 34 bytes per image, plus, on the rows later shards near-match (eligible representatives and
+superseding copies), the 192-byte thumbnail and the 32-byte 256-bit pHash that verify candidates;
+the near-duplicate search touches only phash, dhash, chroma and flags of eligible representatives
+(20 bytes).
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ INDEX_SCHEMA: Schema = {
     "width": pl.Int32,  # pixel size and file size: aspect check, and which copy is the best one
     "height": pl.Int32,
     "bytes": pl.Int64,
-    "thumb_rgb": pl.Binary,  # stage 1's 8x8 RGB thumbnail (null for rows analysed before it existed)
-    "phash256": pl.Binary,  # stage 1's 256-bit pHash (32 bytes; null for rows analysed before it existed)
+    # the verification features, on near-matchable rows only (FLAG_ELIGIBLE with FLAG_REP or
+    # FLAG_SUPERSEDES; null on the others, which later shards never near-match, and on rows analysed
+    # before stage 1 computed them):
+    "thumb_rgb": pl.Binary,  # stage 1's 8x8 RGB thumbnail
+    "phash256": pl.Binary,  # stage 1's 256-bit pHash (32 bytes)
     "supersedes": pl.String,  # FLAG_SUPERSEDES rows: image_id of the cluster's previous best copy
     "superseded_shard": pl.String,  # ...and its shard
 }

@@ -29,6 +29,8 @@ from curation.dedup.prepare import Assignment, ShardArrays, prepare_arrays
 from curation.dedup.supersede import find_supersedes
 from curation.schema import DEDUP_SCHEMA, conform
 
+MATCH_FEATURES = ("thumb_rgb", "phash256")  # index columns only near-matchable rows carry (`build_index`)
+
 __all__ = [
     "build_index", "build_rows", "cluster_within_shard", "dedup_shard", "exact_groups", "follow_copies",
     "local_kinds",
@@ -193,6 +195,7 @@ def build_index(
         + sup[0].astype(np.uint8) * FLAG_SUPERSEDES
     ).astype(np.uint8)
     h = np.flatnonzero(hashed)
+    matchable = a.eligible & (is_rep | sup[0])
     idx = pl.DataFrame({
         "image_id": a.image_id.gather(h),
         "shard": a.shard.gather(h),
@@ -216,5 +219,12 @@ def build_index(
         "superseded_shard": pl.Series([sup[2][i] for i in h.tolist()], dtype=pl.String),
     }).with_columns(
         [pl.when(pl.col(c) >= 0).then(pl.col(c)).otherwise(None).alias(c) for c in ("width", "height", "bytes")]
-    ).with_columns(pl.when(pl.Series(a.has_sha[h])).then(pl.col("sha64")).otherwise(None).alias("sha64"))
+    ).with_columns(
+        pl.when(pl.Series(a.has_sha[h])).then(pl.col("sha64")).otherwise(None).alias("sha64"),
+        # only eligible representatives and superseding rows are near-matched by later shards
+        # (`match_near_earlier`), so only they keep the verification features: on a corpus where most
+        # rows are copies the index, and what every later shard reads of it, shrinks by up to 224 bytes
+        # (uncompressed) a row
+        *[pl.when(pl.Series(matchable[h])).then(pl.col(c)).otherwise(None).alias(c) for c in MATCH_FEATURES],
+    )
     return conform(idx, INDEX_SCHEMA)

@@ -478,6 +478,36 @@ def test_cross_shard_duplicates_join_earlier_cluster(corpus: pl.DataFrame) -> No
     assert s["precision"] >= 0.98
 
 
+def test_index_keeps_verification_features_only_on_near_matchable_rows(corpus: pl.DataFrame) -> None:
+    """A shard's index carries thumbnails and 256-bit pHashes only on the rows later shards near-match
+    (eligible representatives and superseding copies); a later shard's result is the same as
+    against an index that kept them on every row."""
+    from curation.dedup.config import FLAG_ELIGIBLE, FLAG_REP, FLAG_SUPERSEDES
+    from curation.dedup.shard import MATCH_FEATURES
+
+    inv = _inv(corpus)
+    third = inv.height // 3
+    shards = [inv.slice(i * third, third if i < 2 else inv.height).with_columns(pl.lit(f"s{i:03d}").alias("shard"))
+              for i in range(3)]
+    full = inv.select("image_id", *MATCH_FEATURES)
+    index = index_full = None
+    for seq, s in enumerate(shards):
+        out, idx = dedup_shard(s, index, CFG, shard_seq=seq)
+        out_full, _ = dedup_shard(s, index_full, CFG, shard_seq=seq)
+        assert out.equals(out_full)
+        flags = idx["flags"].to_numpy()
+        matchable = ((flags & FLAG_ELIGIBLE) != 0) & ((flags & (FLAG_REP | FLAG_SUPERSEDES)) != 0)
+        assert 0 < matchable.sum() < idx.height  # both kinds of row occur
+        has = idx.select("image_id").join(full, on="image_id", how="left")
+        for c in MATCH_FEATURES:  # (the test corpus has thumbnails; a feature absent upstream stays null)
+            assert np.array_equal(idx[c].is_not_null().to_numpy(), matchable & has[c].is_not_null().to_numpy())
+        assert idx["thumb_rgb"].is_not_null().sum() == matchable.sum()
+        refilled = idx.drop(*MATCH_FEATURES).join(full, on="image_id", how="left").select(idx.columns)
+        index = idx if index is None else pl.concat([index, idx])
+        index_full = refilled if index_full is None else pl.concat([index_full, refilled])
+    assert (index["rep_shard"] != index["shard"]).any()  # rows did join earlier clusters
+
+
 def test_earlier_index_features_are_decoded_only_for_candidate_rows(corpus: pl.DataFrame) -> None:
     """The cross-shard query asks a lazy index-feature source only for the representatives that
     candidate pairs reach (within the candidate radii) and finds exactly the pairs the eagerly
