@@ -29,12 +29,30 @@ def evaluate(inventory: pl.DataFrame, clusters: pl.DataFrame, cfg: QualityConfig
     ok = pl.col("error_code").is_null()
     df = df.with_columns(pl.when(ok).then(kind_expr(cfg.profile)).otherwise(None).alias("content_kind"))
     duplicate = (pl.lit(cfg.reject_duplicates) & ok & ~pl.col("is_representative").fill_null(True)).fill_null(False)
-    details = fired_details(cfg, ok, pl.col("content_kind"), duplicate)
-    df = df.with_columns(pl.concat_list([d.cast(DETAIL_DTYPE) for d in details]).list.drop_nulls().alias("reject_details"))
+    df = df.with_columns(_collect_details(df, fired_details(cfg, ok, pl.col("content_kind"), duplicate)))
     df = df.with_columns(pl.col("reject_details").list.eval(pl.element().struct.field("reason"))
                          .list.unique(maintain_order=True).alias("reasons"))
     df = df.with_columns((pl.col("reasons").list.len() == 0).alias("keep"))
     return conform(df, CURATED_SCHEMA)
+
+
+def _collect_details(df: pl.DataFrame, details: list[pl.Expr]) -> pl.Series:
+    """``reject_details``: per row, the non-null values of `details` (one DETAIL_DTYPE-able expression
+    per condition, null where its check did not fire) as a list, in the order of `details`.
+
+    Through a long frame (one row per fired condition, grouped back by row): the same lists as
+    ``concat_list(details).list.drop_nulls()``, which costs ~2.8 CPU-s for a 10,000-row shard and 63
+    conditions against ~0.1 s this way (tests/unit/test_quality.py compares the two)."""
+    n = df.height
+    wide = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"),
+                     *[d.cast(DETAIL_DTYPE).alias(str(i)) for i, d in enumerate(details)])
+    fired = (wide.unpivot(index="_row", variable_name="_k", value_name="d")
+             .filter(pl.col("d").is_not_null())
+             .sort("_row", pl.col("_k").cast(pl.Int32))
+             .group_by("_row", maintain_order=True).agg(pl.col("d")))
+    rows = pl.DataFrame({"_row": pl.int_range(n, dtype=pl.UInt32, eager=True)})
+    lists = rows.join(fired, on="_row", how="left", maintain_order="left")["d"]
+    return lists.fill_null(pl.lit([], dtype=pl.List(DETAIL_DTYPE))).cast(pl.List(DETAIL_DTYPE)).alias("reject_details")
 
 
 def reject_counts(curated: pl.DataFrame) -> dict[str, int]:
