@@ -17,6 +17,8 @@ Runs, in order (each writes its own JSON under bench/results/):
   bench/peers.py         stage 1 (and stage 1 + dedup) beside imagehash, imagededup and fastdup, each
                          in its own venv, on the same files: images per CPU-second, peak RSS, ratios;
   bench/overhead.py Dagster's own time per shard at the default shard size (10,000 images);
+  bench/quality_eval.py  the quality stage's `evaluate` on a 10,000-image shard against the way it
+                         gathered reject details before (concat_list), same rows, CPU-seconds;
   bench/accuracy.py      the quality filter's per-reason precision/recall and false rejects of clean
                          graphics and photos, and the hash dedup's pairwise precision/recall (all and
                          <= 48 px) and kept-copy-is-largest rate, beside plain imagehash and
@@ -151,6 +153,7 @@ def main() -> None:
         timings["embeddings_cpu"] = _run("bench.embeddings", "--device", "cpu")
         timings["decode_pool"] = _run("bench.decode_pool")
         timings["overhead"] = _run("bench.overhead")
+        timings["quality_eval"] = _run("bench.quality_eval")
         timings["accuracy"] = _run("bench.accuracy")
     scale = merge()
     if timings:
