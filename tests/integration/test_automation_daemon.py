@@ -88,6 +88,9 @@ def test_the_daemon_follows_a_new_shard_with_its_semantic_pass_and_the_summary(t
             wait("the daemon's semantic pass and summary",
                  lambda: materialized(instance, "semantic_duplicates", keys[0])
                  and materialized(instance, "curation_summary"), 420, log)
+            # a run reports SUCCESS after its last materialisation: wait for the daemon's runs to end
+            wait("the daemon's runs to finish",
+                 lambda: all(r.is_finished for r in instance.get_runs() if r.run_id not in ours), 120, log)
             runs = [r for r in instance.get_runs() if r.run_id not in ours]
             assert runs and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs), [r.status for r in runs]
             launched = set().union(*(r.asset_selection or set() for r in runs))
