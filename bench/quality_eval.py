@@ -6,8 +6,8 @@ repeated under distinct names, `bench.common.linked_corpus`) stage 1 and the has
 then, in interleaved rounds, best of `--rounds`, in CPU-seconds of this process:
   evaluate      `curation.quality.evaluate` (reject details gathered through a long frame: one row
                 per fired condition, grouped back by row);
-  concat_list   the same checks with the details gathered by ``pl.concat_list(...).list.drop_nulls()``
-                over every condition's struct column (the code before), written out here;
+  concat_list   the same `evaluate` with only its detail collector swapped for the former one,
+                ``pl.concat_list(...).list.drop_nulls()`` over every condition's struct column;
 and checks that both give the same rows. Writes bench/results/quality_eval.json.
 """
 
@@ -26,25 +26,23 @@ import polars as pl
 from bench.common import REPO, linked_corpus, machine, today
 
 
-def evaluate_concat_list(inventory: pl.DataFrame, clusters: pl.DataFrame, cfg) -> pl.DataFrame:
-    """`evaluate` as it was before 2026-12-03 (details by concat_list)."""
-    from curation.imaging.content import CONTENT_COLUMNS
-    from curation.quality.checks import DETAIL_DTYPE, fired_details, kind_expr
-    from curation.schema import CURATED_SCHEMA, INVENTORY_SCHEMA, conform
+def concat_list_details(df: pl.DataFrame, details: list[pl.Expr]) -> pl.Series:
+    """``reject_details`` as `evaluate` gathered them before 2026-12-03 (its `_collect_details`
+    before): concat_list over every condition's struct column, nulls dropped."""
+    from curation.quality.checks import DETAIL_DTYPE
 
-    cols = [c for c in ("image_id", "cluster_id", "is_representative", "distance") if c in clusters.columns]
-    df = inventory.join(clusters.select(cols), on="image_id", how="left")
-    missing = [c for c in ("distance", *CONTENT_COLUMNS) if c not in df.columns]
-    df = df.with_columns(pl.lit(None, dtype=INVENTORY_SCHEMA.get(c, pl.Int16)).alias(c) for c in missing)
-    ok = pl.col("error_code").is_null()
-    df = df.with_columns(pl.when(ok).then(kind_expr(cfg.profile)).otherwise(None).alias("content_kind"))
-    duplicate = (pl.lit(cfg.reject_duplicates) & ok & ~pl.col("is_representative").fill_null(True)).fill_null(False)
-    details = fired_details(cfg, ok, pl.col("content_kind"), duplicate)
-    df = df.with_columns(pl.concat_list([d.cast(DETAIL_DTYPE) for d in details]).list.drop_nulls().alias("reject_details"))
-    df = df.with_columns(pl.col("reject_details").list.eval(pl.element().struct.field("reason"))
-                         .list.unique(maintain_order=True).alias("reasons"))
-    df = df.with_columns((pl.col("reasons").list.len() == 0).alias("keep"))
-    return conform(df, CURATED_SCHEMA)
+    return df.select(pl.concat_list([d.cast(DETAIL_DTYPE) for d in details]).list.drop_nulls()
+                     .alias("reject_details")).to_series()
+
+
+def evaluate_concat_list(inventory: pl.DataFrame, clusters: pl.DataFrame, cfg) -> pl.DataFrame:
+    """`curation.quality.evaluate` itself, with only its detail collector swapped for the former one."""
+    import importlib
+    from unittest import mock
+
+    module = importlib.import_module("curation.quality.evaluate")  # the module (the package re-exports the function)
+    with mock.patch.object(module, "_collect_details", concat_list_details):
+        return module.evaluate(inventory, clusters, cfg)
 
 
 def run(n: int, rounds: int) -> dict:

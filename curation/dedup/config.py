@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from curation.schema import Schema
 
-__all__ = ["FLAG_ELIGIBLE", "FLAG_REP", "FLAG_SAME_BYTES", "FLAG_SUPERSEDES", "INDEX_SCHEMA", "DedupConfig"]
+__all__ = ["FLAG_ELIGIBLE", "FLAG_REP", "FLAG_SAME_BYTES", "FLAG_SUPERSEDES", "INDEX_SCHEMA", "DedupConfig", "near_matchable"]
 
 
 INDEX_SCHEMA: Schema = {
@@ -51,6 +52,14 @@ FLAG_ELIGIBLE = 1  # may take part in near-duplicate matching
 FLAG_REP = 2  # representative of its cluster (the only rows later shards near-match against)
 FLAG_SAME_BYTES = 4  # byte-identical to its representative (representatives themselves included)
 FLAG_SUPERSEDES = 8  # joined an earlier cluster and is a better copy than its best copy so far
+
+
+def near_matchable(flags: np.ndarray) -> np.ndarray:
+    """The index rows later shards near-match against: eligible, and the representative of their
+    cluster or a copy that superseded it (`match_near_earlier`); only they carry the verification
+    features (`build_index`)."""
+    f = np.asarray(flags)
+    return ((f & FLAG_ELIGIBLE) != 0) & ((f & (FLAG_REP | FLAG_SUPERSEDES)) != 0)
 
 
 @dataclass(frozen=True)

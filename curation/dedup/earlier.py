@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from curation.dedup.config import FLAG_ELIGIBLE, FLAG_REP, FLAG_SAME_BYTES, FLAG_SUPERSEDES, DedupConfig
+from curation.dedup.config import FLAG_SAME_BYTES, DedupConfig, near_matchable
 from curation.dedup.prepare import Assignment, ShardArrays
 from curation.dedup.query import query_index
 from curation.dedup.verify import VerifyFeatures, detail_array
@@ -94,7 +94,7 @@ def match_near_earlier(
     if earlier.height == 0 or len(pend) == 0:
         return
     e_flags = earlier["flags"].to_numpy()
-    reps = np.flatnonzero(((e_flags & FLAG_ELIGIBLE) != 0) & ((e_flags & (FLAG_REP | FLAG_SUPERSEDES)) != 0))
+    reps = np.flatnonzero(near_matchable(e_flags))
     if len(reps) == 0:
         return
     feature_rows = earlier.select(FEATURE_INPUTS)

@@ -23,6 +23,7 @@ from curation.dedup.config import (
     FLAG_SUPERSEDES,
     INDEX_SCHEMA,
     DedupConfig,
+    near_matchable,
 )
 from curation.dedup.earlier import match_exact_earlier, match_near_earlier
 from curation.dedup.prepare import Assignment, ShardArrays, prepare_arrays
@@ -195,7 +196,7 @@ def build_index(
         + sup[0].astype(np.uint8) * FLAG_SUPERSEDES
     ).astype(np.uint8)
     h = np.flatnonzero(hashed)
-    matchable = a.eligible & (is_rep | sup[0])
+    matchable = near_matchable(flags)
     idx = pl.DataFrame({
         "image_id": a.image_id.gather(h),
         "shard": a.shard.gather(h),
