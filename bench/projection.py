@@ -5,7 +5,8 @@ named with its file and key, so a projection can always be traced to the run tha
 
 Two projections:
 * ``five_million_gpu_node``: 5M images on one node like the lent GPU machine (16 cores, one GPU):
-  stage 1 at the per-core CPU rate times the cores times the 2-worker parallel efficiency, the GPU
+  stage 1 at the rate its 16-worker pool measured on that machine (`stage1_scaling-gpu-host-h200.json`;
+  where that file is absent, the per-core CPU rate times the cores times the 2-worker efficiency), the GPU
   embedding stage at its measured rate, shards pipelined (CPU stages of shard k+1 beside the GPU stage
   of shard k), plus dedup of 5M hashes and Dagster's measured overhead fraction.
 * ``one_million_this_machine``: stages 1-3 and the shard reports for 1M images on the 2-core machine the
@@ -68,9 +69,20 @@ def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> d
     run_shards = inp.get("million_shards_run", "million.json", "runs", "sqlite", "shards_run")
     run_shard_size = inp.get("million_shard_size", "million.json", "runs", "sqlite", "shard_size")
     overhead = inp.get("dagster_overhead_fraction", "overhead.json", "dagster_overhead_fraction") or 0.0
-    if not (per_core and eff):
+    node = inp.get("stage1_img_per_s_16_workers_gpu_host", "stage1_scaling-gpu-host-h200.json",
+                   "workers", str(cores), "img_per_s")
+    if node:
+        node_eff = inp.get("stage1_efficiency_16_workers_gpu_host", "stage1_scaling-gpu-host-h200.json",
+                           "workers", str(cores), "efficiency_wall")
+        stage1_s = n / node
+        stage1_how = (f"stage 1 at the {node:.0f} img/s its {cores}-worker pool measured on the lent GPU host "
+                      f"(wall efficiency {node_eff} against its own 1-worker rate; JPEG photos 500x375..1024x768)")
+    elif per_core and eff:
+        stage1_s = n / (per_core * cores * eff)
+        stage1_how = (f"{cores} cores at the per-core rate and 2-worker efficiency measured on the 2-core VM "
+                      "(16-worker efficiency not measured)")
+    else:
         return {"minutes": None, "why_not": "stage 1 rate or parallel efficiency missing"}
-    stage1_s = n / (per_core * cores * eff)
     embed_s = n / gpu if gpu else None
     # The cross-shard dedup step (dedup_clusters: loading the earlier index, matching, clustering) is
     # linear in the earlier index, and shard k's step follows shard k-1's. Its cost per shard as a
@@ -92,8 +104,7 @@ def five_million_gpu_node(inp: Inputs, cores: int = 16, n: int = 5_000_000) -> d
         "parts_minutes": {"stage_1": _minutes(stage1_s), "embeddings_gpu": _minutes(embed_s),
                           "dedup": _minutes(dedup_s)},
         "assumptions": [
-            f"{cores} cores at the per-core rate and 2-worker efficiency measured on the 2-core VM "
-            "(16-worker efficiency not measured: no GPU machine was lent since)",
+            stage1_how,
             "shards pipelined: wall = max(CPU stages, GPU stage) + dedup, divided by (1 - Dagster overhead)",
             f"dedup: {shards} shards of 10,000 in sequence, each costing the million-image run's dedup_clusters "
             "step (first / last decile medians, a line in the earlier rows) at its earlier rows (mean 2.5M): "

@@ -6,6 +6,11 @@ the same run, and projections (5M images on a GPU node, 1M on this machine) from
 Runs, in order (each writes its own JSON under bench/results/):
   bench/inventory.py     stage 1 vs bare decode of the same files, 1 and 2 workers, worker peak RSS
                          as the shard grows from 1,000 to 50,000 images;
+  bench/stage1_scaling.py stage 1's pool at 1, 2, ... workers (up to the cores) against one worker and
+                         against the same number of processes doing only the draft decode (the
+                         hardware's own scaling); the 16-worker figures come from
+                         bench/results/stage1_scaling-gpu-host-h200.json, run on the lent H200 host
+                         through bench/device_run.sh;
   bench/dedup.py         5M / 1M synthetic hashes clustered, search recall vs brute force on real
                          hashes, bytes per image, cross-shard query cost, precision/recall on real
                          labelled duplicate groups at two corpus sizes;
@@ -90,6 +95,9 @@ def merge() -> dict:
         "embeddings_gpu": {k: gpu.get(k) for k in ("device_name", "date", "model", "model_only_img_per_s",
                                                    "ceiling_img_per_s", "stage_img_per_s", "stage_over_ceiling",
                                                    "peak_rss_mb", "peak_gpu_mem_mb")},
+        "stage1_scaling": {name: {k: _load(f"stage1_scaling-{name}.json").get(k) for k in (
+            "date", "top_workers", "efficiency_wall_at_top", "efficiency_cpu_at_top", "decode_scaling_at_top",
+            "efficiency_vs_hardware_at_top")} for name in ("cpu2", "gpu-host-h200")},
         "embeddings_decode_pool": {k: _load("decode_pool.json").get(k) for k in (
             "workers", "img_per_s", "processes_over_threads", "processes_over_ceiling")},
     }
@@ -148,6 +156,7 @@ def main() -> None:
     timings = {}
     if not args.merge_only:
         timings["inventory"] = _run("bench.inventory", "--shard-sizes", "1000,5000,20000,50000")
+        timings["stage1_scaling"] = _run("bench.stage1_scaling", "--out", str(RESULTS / "stage1_scaling-cpu2.json"))
         timings["peers"] = _run("bench.peers")
         timings["dedup"] = _run("bench.dedup")
         timings["embeddings_cpu"] = _run("bench.embeddings", "--device", "cpu")

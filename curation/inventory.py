@@ -13,11 +13,14 @@ Execution model
     fork), each fed through its own pipe
     with chunks of `cfg.chunk_size` files, at most two chunks queued per worker. Each worker reads
     the file (`curation.reader.read_source`), hashes its bytes (sha256) and decodes/measures it
-    (`curation.imaging.decode_and_measure`), sending one small result per file (measurements plus
-    the 4 KiB 64 x 64 hash image). The parent computes the perceptual hashes per output batch
-    with the vectorised `imaging.hash_batch`: pHash and dHash (what dedup reads), plus aHash and
-    wHash when `cfg.extra_hashes` (else those two columns are null), and the 256-bit pHash
-    (`imaging.phash256_batch`, column ``phash256``: dedup's verification of candidate pairs).
+    (`curation.imaging.decode_and_measure`), then computes the perceptual hashes of its chunk
+    together (`hash_chunk`, the pool's `finish` step) with the vectorised `imaging.hash_batch`:
+    pHash and dHash (what dedup reads), plus aHash and wHash when `cfg.extra_hashes` (else those
+    two columns are null), and the 256-bit pHash (`imaging.phash256_batch`, column ``phash256``:
+    dedup's verification of candidate pairs), and sends the chunk's results (measurements and
+    hashes; the 64 x 64 hash image stays in the worker). The parent only reorders and builds
+    batches (~0.1 CPU ms a file), so it does not bound the pool at 16 workers, as it did when it
+    hashed every file itself (~0.25 ms). With `workers=1` the hashes are computed per output batch.
   * Warm-up: `curation.imaging.warm` (numba and the compiled content kernels) is imported once by
     the forkserver (the workers it forks inherit it), by each spawn worker before it reports
     ready, or by the calling process with `workers=1`, before any file's time bound starts.
@@ -148,6 +151,27 @@ def process_file(uri: str, root: str, cfg: InventoryConfig) -> dict[str, Any]:
     return out
 
 
+def _hashes_of(inputs: np.ndarray, hash_columns: tuple[str, ...]) -> tuple[dict[str, list[int]], list[bytes]]:
+    computed = hash_batch(inputs, hash_columns)
+    packed = phash256_batch(inputs)
+    return {k: computed[k].tolist() for k in hash_columns}, [row.tobytes() for row in packed]
+
+
+def hash_chunk(done: list[tuple[int, dict[str, Any]]], root: str, cfg: InventoryConfig) -> list[tuple[int, dict[str, Any]]]:
+    """The pool's `finish` step, in the worker: the perceptual hashes of a chunk's decoded files
+    in one vectorised pass; each result's `hash_input` is replaced by `hashes` (column -> int)
+    and the 256-bit pHash bytes."""
+    ok = [r for _, r in done if r.get("hash_input") is not None]
+    if ok:
+        values, detail = _hashes_of(np.stack([r["hash_input"] for r in ok]), cfg.hash_columns)
+        for j, r in enumerate(ok):
+            r["hashes"] = {k: v[j] for k, v in values.items()}
+            r[DETAIL_COLUMN] = detail[j]
+    for _, r in done:
+        r.pop("hash_input", None)
+    return done
+
+
 # ------------------------------------------------------------------------------ batches
 
 
@@ -163,20 +187,22 @@ def _build_batch(manifest: pl.DataFrame, start: int, results: list[dict[str, Any
     }
     for c in (*_FILE_COLUMNS, *MEASURE_COLUMNS):
         cols[c] = [r.get(c) for r in results]
-    ok = [i for i, r in enumerate(results) if r.get("hash_input") is not None]
     hashes: dict[str, list[int | None]] = {k: [None] * n for k in HASH_COLUMNS}
     detail: list[bytes | None] = [None] * n
-    if ok:
-        inputs = np.stack([results[i]["hash_input"] for i in ok])  # one stack for both hash passes
-        computed = hash_batch(inputs, hash_columns)
-        for k in hash_columns:
-            values = computed[k].tolist()
+    for i, r in enumerate(results):  # hashed in the worker (`hash_chunk`)
+        if "hashes" in r:
+            for k, v in r["hashes"].items():
+                hashes[k][i] = v
+            detail[i] = r[DETAIL_COLUMN]
+    ok = [i for i, r in enumerate(results) if r.get("hash_input") is not None]
+    if ok:  # in-process rows: one vectorised pass per output batch
+        values, packed = _hashes_of(np.stack([results[i]["hash_input"] for i in ok]), hash_columns)
+        for k, vals in values.items():
             column = hashes[k]
             for j, i in enumerate(ok):
-                column[i] = values[j]
-        packed = phash256_batch(inputs)
+                column[i] = vals[j]
         for j, i in enumerate(ok):
-            detail[i] = packed[j].tobytes()
+            detail[i] = packed[j]
     cols.update(hashes)
     cols[DETAIL_COLUMN] = detail
     df = pl.DataFrame(cols, schema=INVENTORY_SCHEMA, strict=False)
@@ -234,7 +260,7 @@ def iter_inventory(
         if workers == 1:
             source: Iterator[tuple[int, dict[str, Any]]] = run_inprocess(todo, task, (root, cfg), error_result, cfg.pool)
         else:
-            pool = SupervisedPool(workers, task, (root, cfg), error_result, cfg.pool)
+            pool = SupervisedPool(workers, task, (root, cfg), error_result, cfg.pool, finish=hash_chunk)
             source = pool.run(todo, may_dispatch)
         contiguous = 0  # rows [emitted, contiguous) are all done
         for idx, result in source:

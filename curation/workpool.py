@@ -12,6 +12,14 @@ ran in a worker process. It never loses an item and never lets one item sink the
   * Crash detection: a worker that dies (segfault, OOM kill) turns the item it was on into
     `failure(WORKER_CRASHED, message)`; its other queued items are re-queued on a fresh worker.
   * An exception escaping `task` becomes `failure(INTERNAL_ERROR, "<Type>: <text>")`.
+  * `finish` (optional, module-level): `finish([(idx, result), ...], *args)` runs in the worker on
+    each chunk's results before they are sent, so that per-chunk batch work (stage 1's perceptual
+    hashes) runs in the workers rather than in the parent, which would otherwise bound the pool at
+    high worker counts. The worker then sends ("at", idx) as it starts each item after a chunk's
+    first (the parent's per-item deadline and crash blame stay per item) and the chunk's results in
+    one message; items it finished but had not yet sent when it died or timed out go back to the
+    queue (their results died with it), the item it was on gets the failure. An exception in
+    `finish` fails every item of that chunk with INTERNAL_ERROR.
   * Each worker is fed through its own pipe with chunks of `chunk_size` items, at most two chunks
     queued per worker, and only items whose index passes `may_dispatch` (the caller's reorder
     window), so memory stays bounded whatever the number of items.
@@ -160,8 +168,12 @@ def run_inprocess(todo: TodoQueue, task: Callable[..., Any], args: Sequence[Any]
 # ------------------------------------------------------------------------------ processes
 
 
+Finish = Callable[..., list[tuple[int, Any]]]  # ([(idx, result)], *args) -> [(idx, result)], same order
+
+
 def _worker_main(conn: mpc.Connection, task: Callable[..., Any], args: Sequence[Any], failure: Failure,
-                 env: dict[str, str] | None = None, preload: Sequence[str] = ()) -> None:
+                 env: dict[str, str] | None = None, preload: Sequence[str] = (),
+                 finish: Finish | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
     if env is not None:
         # A forkserver keeps the environment it started with; take the parent's current one, so
@@ -177,12 +189,27 @@ def _worker_main(conn: mpc.Connection, task: Callable[..., Any], args: Sequence[
             return
         if msg is None:
             return
-        for idx, item in msg:
+        done: list[tuple[int, Any]] = []
+        for j, (idx, item) in enumerate(msg):
+            if finish is not None and j:
+                conn.send(("at", idx))  # the parent's deadline and crash blame move to this item
             try:
                 result = task(item, *args)
             except Exception as exc:  # noqa: BLE001 - the task should not raise; never lose an item
                 result = failure(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            conn.send(("done", idx, result))
+            if finish is None:
+                conn.send(("done", idx, result))
+            else:
+                done.append((idx, result))
+        if finish is not None:
+            try:
+                out = finish(done, *args)
+                if [i for i, _ in out] != [i for i, _ in done]:
+                    raise RuntimeError("finish must return the chunk's rows in order")
+            except Exception as exc:  # noqa: BLE001 - never lose an item
+                out = [(i, failure(errors.INTERNAL_ERROR, f"finishing the chunk: {type(exc).__name__}: {exc}"))
+                       for i, _ in done]
+            conn.send(("chunk", out))
 
 
 @dataclass
@@ -192,7 +219,8 @@ class _Worker:
     spawned_at: float
     ready: bool = False
     pending: deque = field(default_factory=deque)  # (idx, item) in the order the worker runs them
-    started_at: float | None = None  # when the worker began pending[0]
+    started_at: float | None = None  # when the worker began pending[held]
+    held: int = 0  # items at the front of pending that the worker finished but holds (finish mode)
 
 
 def exit_description(proc: Any) -> str:
@@ -212,8 +240,9 @@ class SupervisedPool:
     """Worker processes with per-worker queues, per-item deadlines and crash recovery."""
 
     def __init__(self, n: int, task: Callable[..., Any], args: Sequence[Any], failure: Failure,
-                 settings: PoolSettings):
+                 settings: PoolSettings, finish: Finish | None = None):
         self.task, self.args, self.failure, self.settings = task, tuple(args), failure, settings
+        self.finish = finish
         method = settings.start_method
         if method not in multiprocessing.get_all_start_methods():
             method = "spawn"
@@ -231,7 +260,7 @@ class SupervisedPool:
         parent, child = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=_worker_main,
                                 args=(child, self.task, self.args, self.failure, dict(os.environ),
-                                      self.settings.preload),
+                                      self.settings.preload, self.finish),
                                 name=f"{self.settings.name}-worker", daemon=True)
         proc.start()
         child.close()
@@ -319,16 +348,14 @@ class SupervisedPool:
                 except (EOFError, OSError):
                     dead.append(w)
                     continue
-                result = self._handle(w, msg)
-                if result is not None:
+                for result in self._handle(w, msg):
                     outstanding -= 1
                     yield result
             for w in dead:
                 # drain what it sent before dying: those files were analysed
                 with contextlib.suppress(EOFError, OSError):
                     while w.conn.poll():
-                        result = self._handle(w, w.conn.recv())
-                        if result is not None:
+                        for result in self._handle(w, w.conn.recv()):
                             outstanding -= 1
                             yield result
                 outstanding -= self._fail_current(w, todo, errors.WORKER_CRASHED,
@@ -345,20 +372,31 @@ class SupervisedPool:
                 elif not w.ready and now - w.spawned_at > cfg.startup_timeout_s:
                     raise RuntimeError(f"{cfg.name} worker did not start within {cfg.startup_timeout_s:.0f} s")
 
-    def _handle(self, w: _Worker, msg: tuple) -> tuple[int, Any] | None:
-        """Book one worker message; returns (idx, result) for a finished item."""
-        if msg[0] == "ready":
+    def _handle(self, w: _Worker, msg: tuple) -> list[tuple[int, Any]]:
+        """Book one worker message; returns the (idx, result) of the items it finished."""
+        kind = msg[0]
+        if kind == "ready":
             w.ready = True
             self.startup_failures = 0
             if w.pending:
                 w.started_at = time.monotonic()
-            return None
-        _, idx, result = msg
-        expected = w.pending.popleft()
-        if expected[0] != idx:  # protocol invariant; never silently mislabel a row
-            raise RuntimeError(f"worker answered row {idx}, expected {expected[0]}")
+            return []
+        if kind == "at":  # finish mode: the worker holds one more finished item and starts msg[1]
+            w.held += 1
+            if w.held >= len(w.pending) or w.pending[w.held][0] != msg[1]:
+                raise RuntimeError(f"worker started row {msg[1]} out of order")
+            w.started_at = time.monotonic()
+            return []
+        answered = [(msg[1], msg[2])] if kind == "done" else list(msg[1])
+        out = []
+        for idx, result in answered:
+            expected = w.pending.popleft()
+            if expected[0] != idx:  # protocol invariant; never silently mislabel a row
+                raise RuntimeError(f"worker answered row {idx}, expected {expected[0]}")
+            out.append((idx, result))
+        w.held = 0
         w.started_at = time.monotonic() if w.pending else None
-        return idx, result
+        return out
 
     def _fail_current(self, w: _Worker, todo: TodoQueue, code: str, template: str) -> int:
         """Kill/replace `w`; its current item gets `code`, the rest go back to the queue front."""
@@ -366,10 +404,12 @@ class SupervisedPool:
             w.proc.kill()
         w.proc.join(5)
         self._failed = []
-        if w.pending and w.ready:
-            idx, _uri = w.pending.popleft()
+        items = list(w.pending)
+        held, w.held = (min(w.held, len(items) - 1) if items else 0), 0
+        if items and w.ready:
+            idx, _uri = items.pop(held)  # the item it was on; those it held finished go back with the rest
             self._failed.append((idx, self.failure(code, template.format(exit_description(w.proc)))))
-        todo.requeue(list(w.pending))
+        todo.requeue(items)
         w.pending.clear()
         self._replace(w)
         return len(self._failed)

@@ -283,3 +283,25 @@ def crash_on_marked(uri: str, root: str, cfg) -> dict:
     if "CRASH" in os.path.basename(uri):
         os.kill(os.getpid(), signal.SIGSEGV)
     return process_file(uri, root, cfg)
+
+
+def square(item: str, *args) -> dict:
+    """A per-item task for pool tests: segfaults on items containing 'CRASH', else returns a row."""
+    import signal
+
+    if "CRASH" in item:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return {"item": item, "pid": os.getpid()}
+
+
+def failed_row(code: str, message: str) -> dict:
+    return {"error_code": code, "error_message": message}
+
+
+def finish_marks(done: list, *args) -> list:
+    """A pool `finish` step for tests: marks each row; raises when a chunk holds an item with 'BADCHUNK'."""
+    if any("BADCHUNK" in r.get("item", "") for _, r in done):
+        raise ValueError("finish failed")
+    for _, r in done:
+        r["finished"] = True
+    return done

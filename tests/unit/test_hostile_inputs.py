@@ -286,3 +286,18 @@ def test_todo_queue_streams_the_manifest_and_requeues_in_order():
         rest.append(q.popleft())
     assert rest[-1] == (10_000, "") and len(rest) == 5_000
     assert len(q._buf) <= _TodoQueue._SLICE
+
+
+def test_the_pool_hashes_in_its_workers_to_the_same_rows_as_in_process(corpus):
+    """Stage 1's perceptual hashes are computed per chunk in the workers (`hash_chunk`) with
+    workers > 1 and per output batch in process: every column, hashes and phash256 included, equal."""
+    root, expected = corpus
+    rels = sorted(expected)
+    cfg = InventoryConfig(extra_hashes=True)
+    one = _inventory(root, rels, workers=1, cfg=cfg)
+    two = _inventory(root, rels, workers=2, cfg=cfg)
+    drop = ["decode_ms"]  # wall-clock
+    assert one.drop(drop).equals(two.drop(drop), null_equal=True)
+    ok = two.filter(pl.col("error_code").is_null())
+    assert ok.height > 10 and ok["phash"].null_count() == 0 and ok["whash"].null_count() == 0
+    assert ok["phash256"].null_count() == 0
