@@ -70,7 +70,8 @@ def phash256_batch(pixels: np.ndarray) -> np.ndarray:
     itself). Dedup's verification feature (`DETAIL_COLUMN`): at 16 x 16 frequencies it tells apart
     look-alikes the 64-bit hashes and the 8 x 8 thumbnail cannot (two shirts of one cut, a family of
     line drawings), while resizes and re-encodes of one picture keep it within ~40 bits. Cost, in
-    the parent per output batch: ~53 CPU-us per image in batches of 2,048 (dHash + pHash: ~68), ~2%
+    stage 1's workers per chunk of files (`curation.inventory.hash_chunk`): with dHash + pHash about
+    0.07 CPU ms an image in chunks of 4 (0.05 in 16, 0.10 in 512: small batches stay in cache), ~3%
     of stage 1."""
     import scipy.fftpack  # here, not at import (see phash_batch)
 
