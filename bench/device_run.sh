@@ -9,6 +9,7 @@
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+(lscpu 2>/dev/null || grep -E "model name|siblings|cpu cores|core id|physical id" /proc/cpuinfo | sort | uniq -c) > "$OUT/cpu.txt" 2>&1  # SMT?
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 python3 -c "import torch, torchvision, polars, open_clip, numba, numpy, PIL, scipy; print('torch', torch.__version__, 'tv', torchvision.__version__, 'polars', polars.__version__, 'open_clip', open_clip.__version__, 'numba', numba.__version__, 'numpy', numpy.__version__, 'PIL', PIL.__version__, 'cuda', torch.cuda.is_available(), 'cpus', __import__('os').cpu_count())" 2>&1 | tee "$OUT/versions.txt"
 label=$(python3 -c "from bench.embeddings import device_label; print(device_label('cuda'))" 2>/dev/null || echo nvidia-gpu)
