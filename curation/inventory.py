@@ -248,7 +248,7 @@ def iter_inventory(
     workers = max(1, min(workers, n))
     todo = TodoQueue(manifest["uri"])
 
-    window = 2 * batch_size + workers * 2 * cfg.chunk_size
+    window = 2 * batch_size + workers * cfg.pool.queued_chunks * cfg.chunk_size
     done: dict[int, dict[str, Any]] = {}
     emitted = 0
 

@@ -20,9 +20,10 @@ ran in a worker process. It never loses an item and never lets one item sink the
     one message; items it finished but had not yet sent when it died or timed out go back to the
     queue (their results died with it), the item it was on gets the failure. An exception in
     `finish` fails every item of that chunk with INTERNAL_ERROR.
-  * Each worker is fed through its own pipe with chunks of `chunk_size` items, at most two chunks
-    queued per worker, and only items whose index passes `may_dispatch` (the caller's reorder
-    window), so memory stays bounded whatever the number of items.
+  * Each worker is fed through its own pipe with chunks of `chunk_size` items, at most
+    `queued_chunks` (default two) chunks queued per worker, and only items whose index passes
+    `may_dispatch` (the caller's reorder window), so memory stays bounded whatever the number of
+    items.
   * Workers start with `start_method` ("forkserver" by default, never plain fork; "spawn" where
     forkserver is unavailable), take the parent's current environment, ignore SIGINT (the parent
     decides when they stop) and preload `preload` modules in the forkserver (each worker imports
@@ -65,6 +66,7 @@ class PoolSettings:
 
     task_timeout_s: float
     chunk_size: int = 4
+    queued_chunks: int = 2  # chunks a worker may hold: its buffer while the parent builds a batch
     start_method: str = "forkserver"
     timeout_setting: str = "task_timeout_s"
     name: str = "pool"
@@ -78,6 +80,8 @@ class PoolSettings:
             raise ValueError(f"{self.timeout_setting} must be positive, got {self.task_timeout_s}")
         if self.chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {self.chunk_size}")
+        if self.queued_chunks <= 0:
+            raise ValueError(f"queued_chunks must be positive, got {self.queued_chunks}")
 
 
 class TodoQueue:
@@ -315,7 +319,8 @@ class SupervisedPool:
             for w in self.workers:
                 if not w.ready:
                     continue
-                while len(w.pending) <= cfg.chunk_size and todo and may_dispatch(todo.peek_idx()):
+                while (len(w.pending) <= (cfg.queued_chunks - 1) * cfg.chunk_size and todo
+                       and may_dispatch(todo.peek_idx())):
                     chunk: list[tuple[int, str]] = []
                     while todo and len(chunk) < cfg.chunk_size and may_dispatch(todo.peek_idx()):
                         chunk.append(todo.popleft())
