@@ -21,9 +21,10 @@ Execution model
     hashes; the 64 x 64 hash image stays in the worker). The parent only reorders and builds
     batches (~0.1 CPU ms a file), so it does not bound the pool at 16 workers, as it did when it
     hashed every file itself (~0.25 ms). With `workers=1` the hashes are computed per output batch.
-  * Warm-up: `curation.imaging.warm` (numba and the compiled content kernels) is imported once by
-    the forkserver (the workers it forks inherit it), by each spawn worker before it reports
-    ready, or by the calling process with `workers=1`, before any file's time bound starts.
+  * Warm-up: `curation.imaging.warm` (numba and the compiled content kernels) and scipy's DCT (the
+    workers' hashes; ~0.07 CPU-s a worker otherwise) are imported once by the forkserver (the
+    workers it forks inherit them), by each spawn worker before it reports ready, or by the
+    calling process with `workers=1`, before any file's time bound starts.
   * Time bound: the parent knows which file each worker is on and since when; a file that takes
     longer than `cfg.decode_timeout_s` gets a TIMEOUT row, its worker is killed (SIGKILL) and
     replaced, and the rest of that worker's queued files are re-queued.
@@ -32,8 +33,8 @@ Execution model
   * Like every multiprocessing user, a script that calls this with workers > 1 must guard its
     entry point with `if __name__ == "__main__":` (workers re-import the main module).
   * Constant memory: files are dispatched only within a window of
-    `2 * batch_size + workers * 2 * chunk_size` rows past the last emitted row, so the reorder
-    buffer and the in-flight work are bounded whatever the shard size; the decoded pixels never
+    `2 * batch_size + workers * queued_chunks * chunk_size` rows (queued_chunks: 2) past the last
+    emitted row, so the reorder buffer and the in-flight work are bounded whatever the shard size; the decoded pixels never
     leave the worker, and `cfg.max_pixels` bounds a worker's decode memory.
 """
 
@@ -123,7 +124,7 @@ class InventoryConfig:
         return PoolSettings(task_timeout_s=self.decode_timeout_s, chunk_size=self.chunk_size,
                             start_method=self.start_method, timeout_setting="decode_timeout_s",
                             name="inventory", item="file",
-                            preload=("curation.inventory", "curation.imaging.warm"))
+                            preload=("curation.inventory", "curation.imaging.warm", "scipy.fftpack"))
 
 
 # ------------------------------------------------------------------------------ per file
