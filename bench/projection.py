@@ -44,14 +44,17 @@ class Inputs:
             p = self.root / file
             self._cache[file] = json.loads(p.read_text()) if p.exists() else {}
         v: Any = self._cache[file]
+        measured = v.get("date")
         for k in keys:
             if isinstance(k, int):
                 v = v[k] if isinstance(v, list) and -len(v) <= k < len(v) else None
             else:
                 v = v.get(k) if isinstance(v, dict) else None
+            if isinstance(v, dict) and isinstance(v.get("date"), str):
+                measured = v["date"]  # the innermost dated record: e.g. one run of million.json
         value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
         self.used[name] = {"value": value, "file": f"bench/results/{file}", "key": ".".join(map(str, keys)),
-                           "measured": self._cache[file].get("date")}
+                           "measured": measured}
         return value
 
 
